@@ -1,0 +1,153 @@
+"""Model configurations: the named Mirasol sizes and the geometry of their inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+TubeSpec = tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]]
+"""A tube type: (kernel, stride, offset), each as (time, height, width)."""
+
+# The TubeViT tube set for 32-frame chunks at 224 px (DESIGN.md section 4).
+PAPER_TUBES: tuple[TubeSpec, ...] = (
+    ((8, 8, 8), (16, 32, 32), (0, 0, 0)),
+    ((16, 4, 4), (6, 32, 32), (4, 8, 8)),
+    ((4, 12, 12), (16, 32, 32), (0, 16, 16)),
+    ((1, 16, 16), (32, 16, 16), (0, 0, 0)),  # the 2D patches
+)
+
+# A tube set laid out for 4-frame chunks at 32 px, the geometry of the CPU configs.
+SMALL_TUBES: tuple[TubeSpec, ...] = (
+    ((4, 8, 8), (4, 8, 8), (0, 0, 0)),
+    ((2, 4, 4), (2, 8, 8), (1, 4, 4)),
+    ((1, 8, 8), (4, 8, 8), (2, 0, 0)),  # the 2D patches, on the chunk's third frame
+)
+
+
+@dataclass(frozen=True)
+class MirasolConfig:
+    """Every size and input-geometry choice of a Mirasol model.
+
+    The parameter count depends on none of `num_frames`/`fps` beyond one chunk:
+    more frames means more chunks, each processed by the same weights.
+    """
+
+    name: str = "custom"
+    # Input geometry.
+    image_size: int = 32
+    frames_per_chunk: int = 4
+    num_frames: int = 16  # default clip length; any multiple of frames_per_chunk works
+    fps: float = 8.0
+    sample_rate: int = 16_000
+    n_mels: int = 32
+    audio_patch: tuple[int, int] = (16, 8)  # (spectrogram frames, mel bins)
+    tubes: tuple[TubeSpec, ...] = SMALL_TUBES
+    tube_reference: tuple[int, int] = (4, 32)  # (frames, pixels) the tubes were laid out for
+    # Widths and depths.
+    width: int = 64
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    video_depth: int = 1
+    audio_depth: int = 1
+    combiner: str = "transformer"  # "transformer" or "ttm"
+    combiner_depth: int = 1
+    latents_per_chunk: int = 4  # m
+    ttm_memory: int = 8  # Token Turing Machine memory size
+    ar_depth: int = 1
+    text_depth: int = 1
+    max_text_len: int = 64
+    num_classes: int = 8
+    dropout: float = 0.0
+    fusion: str = "chunked"  # "chunked" (Mirasol) or "joint" (one transformer over all chunks)
+    # Loss weights.
+    class_weight: float = 1.0
+    text_weight: float = 0.2
+    latent_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.combiner not in ("transformer", "ttm"):
+            raise ValueError(f"combiner must be 'transformer' or 'ttm', got {self.combiner!r}")
+        if self.fusion not in ("chunked", "joint"):
+            raise ValueError(f"fusion must be 'chunked' or 'joint', got {self.fusion!r}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.num_frames % self.frames_per_chunk:
+            raise ValueError(
+                f"num_frames {self.num_frames} is not a multiple of frames_per_chunk "
+                f"{self.frames_per_chunk}"
+            )
+        samples = self.frames_per_chunk / self.fps * self.sample_rate
+        if abs(samples - round(samples)) > 1e-6:
+            raise ValueError(
+                f"a chunk of {self.frames_per_chunk} frames at {self.fps} fps is "
+                f"{samples} audio samples at {self.sample_rate} Hz; pick values that give "
+                "a whole number so audio and video chunks cover the same seconds"
+            )
+
+    @property
+    def samples_per_chunk(self) -> int:
+        """Audio samples covering exactly the seconds of one video chunk."""
+        return round(self.frames_per_chunk / self.fps * self.sample_rate)
+
+    @property
+    def num_chunks(self) -> int:
+        return self.num_frames // self.frames_per_chunk
+
+    @property
+    def num_samples(self) -> int:
+        """Audio samples of a default-length clip."""
+        return self.num_chunks * self.samples_per_chunk
+
+    def replace(self, **changes: Any) -> "MirasolConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "MirasolConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise KeyError(f"unknown model config keys: {', '.join(unknown)}")
+        values = dict(values)
+        if "tubes" in values:
+            values["tubes"] = tuple(tuple(tuple(part) for part in tube) for tube in values["tubes"])
+        for key in ("audio_patch", "tube_reference"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+NAMED_CONFIGS: dict[str, MirasolConfig] = {
+    # CPU tests and the default simulation: under 2M parameters.
+    "tiny": MirasolConfig(name="tiny"),
+    # CPU demo and edge clients.
+    "small": MirasolConfig(
+        name="small", image_size=64, n_mels=64, audio_patch=(16, 16), tube_reference=(4, 32),
+        width=128, heads=4, video_depth=2, audio_depth=2, combiner_depth=2, ar_depth=2,
+        text_depth=2, latents_per_chunk=8, ttm_memory=16,
+    ),
+    # A GPU client.
+    "base": MirasolConfig(
+        name="base", image_size=224, frames_per_chunk=16, num_frames=64, fps=16.0, n_mels=128,
+        audio_patch=(16, 16), tubes=PAPER_TUBES, tube_reference=(32, 224), width=512, heads=8,
+        mlp_ratio=4.0, video_depth=6, audio_depth=6, combiner_depth=2, ar_depth=4, text_depth=4,
+        latents_per_chunk=16, ttm_memory=32, max_text_len=128,
+    ),
+    # The paper's scale (about 3B parameters); build it on the meta device.
+    "mirasol3b": MirasolConfig(
+        name="mirasol3b", image_size=224, frames_per_chunk=32, num_frames=512, fps=16.0,
+        n_mels=128, audio_patch=(16, 16), tubes=PAPER_TUBES, tube_reference=(32, 224),
+        width=2048, heads=16, mlp_ratio=4.0, video_depth=24, audio_depth=12, combiner_depth=4,
+        ar_depth=8, text_depth=8, latents_per_chunk=32, ttm_memory=64, max_text_len=256,
+    ),
+}
+
+
+def get_config(name: str, **overrides: Any) -> MirasolConfig:
+    """Return the named config (`tiny`, `small`, `base`, `mirasol3b`) with overrides applied."""
+    if name not in NAMED_CONFIGS:
+        raise KeyError(f"unknown model config {name!r}; known: {', '.join(NAMED_CONFIGS)}")
+    return NAMED_CONFIGS[name].replace(**overrides) if overrides else NAMED_CONFIGS[name]
