@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Sequence
 
 import av
 import numpy as np
@@ -16,6 +17,7 @@ CODECS_BY_SUFFIX = {
     ".webm": ("libvpx-vp9", "libopus"),
 }
 AUDIO_FRAME = 1024  # samples per audio frame handed to the encoder
+VFR_TIME_BASE = Fraction(1, 1000)  # timestamps of variable-frame-rate video, in seconds
 
 
 def _rate(fps: float | Fraction) -> Fraction:
@@ -36,11 +38,13 @@ def write_media_file(
     video_codec: str | None = None,
     audio_codec: str | None = None,
     crf: int = 18,
+    frame_times: Sequence[float] | None = None,
 ) -> Path:
     """Encode `frames` (uint8 N x H x W x 3, even H and W) at `fps` and `audio`.
 
     `audio` is float32 in [-1, 1], shaped ``M`` (mono) or ``C x M``. Either may be None (but
     not both). Codecs default from the suffix (mp4/mov/mkv: h264 + aac, webm: vp9 + opus).
+    `frame_times` (seconds, increasing) gives each frame its own timestamp: variable frame rate.
     """
     path = Path(path)
     default_video, default_audio = CODECS_BY_SUFFIX.get(path.suffix.lower(), ("libx264", "aac"))
@@ -57,6 +61,10 @@ def write_media_file(
             video_stream.pix_fmt = "yuv420p"
             if (video_codec or default_video) == "libx264":
                 video_stream.options = {"crf": str(crf)}
+            if frame_times is not None:
+                if len(frame_times) != len(frames):
+                    raise ValueError(f"{len(frame_times)} frame times for {len(frames)} frames")
+                video_stream.codec_context.time_base = VFR_TIME_BASE
         if audio is not None:
             audio = np.atleast_2d(np.asarray(audio, dtype=np.float32))
             layout = {1: "mono", 2: "stereo"}[audio.shape[0]]
@@ -64,8 +72,11 @@ def write_media_file(
                 audio_codec or default_audio, rate=sample_rate, layout=layout
             )
         if video_stream is not None:
-            for frame in frames:
-                container.mux(video_stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            for index, pixels in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+                if frame_times is not None:
+                    frame.pts, frame.time_base = round(frame_times[index] / VFR_TIME_BASE), VFR_TIME_BASE
+                container.mux(video_stream.encode(frame))
             container.mux(video_stream.encode())
         if audio_stream is not None:
             for start in range(0, audio.shape[1], AUDIO_FRAME):
