@@ -1,0 +1,6 @@
+"""fedmirasol's ClientApp (`flwr run .` loads `clients.client_app:app`); the work is in
+fedmirasol.federated."""
+
+from fedmirasol.federated.apps import build_client_app
+
+app = build_client_app()

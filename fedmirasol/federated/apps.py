@@ -1,0 +1,59 @@
+"""The Flower ServerApp and ClientApp, built over the library.
+
+`server/server_app.py` and `clients/client_app.py` (what `flwr run .` loads) and
+`fedmirasol simulate` all use these builders, so both paths run the same app.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from flwr.app import Context
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from fedmirasol.federated import client_handlers
+from fedmirasol.federated import run_dir as rundir
+from fedmirasol.federated.run_config import from_flower_run_config
+from fedmirasol.federated.server_loop import FederatedRun, Progress
+
+log = logging.getLogger("fedmirasol.server")
+
+
+def build_client_app() -> ClientApp:
+    app = ClientApp()
+    app.train()(client_handlers.handle_train)
+    app.evaluate()(client_handlers.handle_evaluate)
+    app.query()(client_handlers.handle_query)
+    return app
+
+
+def build_server_app(config: Mapping[str, Any] | None = None, run_dir: Path | None = None,
+                     checkpoint: rundir.Checkpoint | None = None,
+                     progress: Progress | None = None) -> ServerApp:
+    """A ServerApp for `config` writing `run_dir` (resuming after `checkpoint` if given).
+
+    Without `config` (under `flwr run`), the config comes from the Flower run config and a
+    new run directory is created under `output.runs-dir`.
+    """
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = dict(config) if config is not None else from_flower_run_config(context.run_config)
+        directory = run_dir
+        if directory is None:
+            directory = rundir.create(cfg["output"]["runs-dir"], cfg["name"])
+            rundir.write_config(directory, cfg)
+            print(f"fedmirasol: run directory {directory.resolve()}", flush=True)
+        run = FederatedRun(grid, cfg, directory, progress)
+        if checkpoint is not None:
+            run.resume(checkpoint)
+        run.run()
+        from fedmirasol.federated.plots import plot_run
+
+        plot_run(directory)
+
+    return app

@@ -1,0 +1,158 @@
+"""Each client's local train/validation data and the server's held-out test set.
+
+Both ends rebuild the same data from the run config alone (seeded), so nothing but the config
+travels. `data.source = "synthetic"` renders procedural clips; `data.source = "manifest"`
+hands over to the media ingestion package (PyAV) when it is installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from fedmirasol.data.batch import Sample, collate
+from fedmirasol.data.synthetic import DomainShift, SyntheticAVDataset, SyntheticConfig
+from fedmirasol.federated.partitioning import ClientSpec, client_specs
+from fedmirasol.federated.run_config import model_config
+
+TEST_SEED_OFFSET = 1_000_003  # the test set never shares clips with the client pool
+
+
+@dataclass(frozen=True)
+class ClientData:
+    spec: ClientSpec
+    train: Dataset
+    val: Dataset
+
+
+class Materialized(Dataset):
+    """A dataset rendered once and kept in memory (clients see it every round)."""
+
+    def __init__(self, source: Dataset) -> None:
+        self.samples: list[Sample] = [source[i] for i in range(len(source))]  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.samples[index]
+
+
+def synthetic_config(config: Mapping[str, Any]) -> SyntheticConfig:
+    return SyntheticConfig.for_model(model_config(config))
+
+
+def pool_size(config: Mapping[str, Any]) -> int:
+    data = config["data"]
+    return data["num-clients"] * data["clips-per-client"]
+
+
+def pool_labels(config: Mapping[str, Any]) -> np.ndarray:
+    """Labels of the whole client pool (read without rendering any clip)."""
+    labels = getattr(_pool_dataset(config, None), "labels", None)
+    if labels is None:
+        raise ValueError("the data source gives no `labels` array to partition by")
+    return np.asarray(labels, dtype=np.int64)
+
+
+def domain_shift(config: Mapping[str, Any], domain: int | None) -> DomainShift | None:
+    if domain is None:
+        return None
+    seed = int(np.random.SeedSequence([config["seed"], domain, 0xD0]).generate_state(1)[0])
+    return DomainShift.random(seed, config["data"]["domain-strength"])
+
+
+def specs(config: Mapping[str, Any]) -> list[ClientSpec]:
+    """Every client's partition, from the config alone."""
+    return client_specs(pool_labels(config), config["data"], config["seed"])
+
+
+def _manifest_module() -> Any:
+    try:
+        return importlib.import_module("fedmirasol.data.media.dataset")
+    except ModuleNotFoundError as error:
+        raise ValueError(
+            "data.source = 'manifest' needs fedmirasol.data.media.dataset "
+            "(media ingestion), which is not installed in this build"
+        ) from error
+
+
+def _pool_dataset(config: Mapping[str, Any], spec: ClientSpec | None) -> Dataset:
+    """The client pool as client `spec` sees it (its domain, its missing modalities)."""
+    if config["data"]["source"] == "manifest":
+        # The manifest's clips form the pool; the media package decodes them (PyAV).
+        return _manifest_module().load_manifest_datasets(
+            config["data"]["manifest"], model_config(config)
+        )
+    return SyntheticAVDataset(
+        synthetic_config(config), pool_size(config), seed=config["seed"],
+        domain=domain_shift(config, spec.domain) if spec else None,
+        drop_audio=bool(spec and spec.drop_audio), drop_video=bool(spec and spec.drop_video),
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _client_data_cached(config_json: str, partition_id: int) -> ClientData:
+    config = json.loads(config_json)
+    all_specs = _specs_cached(config_json)
+    if not 0 <= partition_id < len(all_specs):
+        raise ValueError(f"partition id {partition_id} is outside data.num-clients = "
+                         f"{len(all_specs)}")
+    spec = all_specs[partition_id]
+    pool = _pool_dataset(config, spec)
+    return ClientData(
+        spec=spec,
+        train=Materialized(Subset(pool, list(spec.train_indices))),
+        val=Materialized(Subset(pool, list(spec.val_indices))),
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _specs_cached(config_json: str) -> tuple[ClientSpec, ...]:
+    return tuple(specs(json.loads(config_json)))
+
+
+def data_key(config: Mapping[str, Any]) -> str:
+    """The part of the config that determines the data (cache key)."""
+    return json.dumps({"seed": config["seed"], "data": config["data"], "model": config["model"]},
+                      sort_keys=True)
+
+
+def client_data(config: Mapping[str, Any], partition_id: int) -> ClientData:
+    """Client `partition_id`'s train/validation data (rendered once per process)."""
+    return _client_data_cached(data_key(config), partition_id)
+
+
+@functools.lru_cache(maxsize=2)
+def _test_cached(key: str) -> Materialized:
+    config = json.loads(key)
+    dataset = SyntheticAVDataset(synthetic_config(config), config["data"]["test-clips"],
+                                 seed=config["seed"] + TEST_SEED_OFFSET)
+    return Materialized(dataset)
+
+
+def test_dataset(config: Mapping[str, Any]) -> Dataset:
+    """The server's held-out test set (neutral domain, both modalities)."""
+    return _test_cached(data_key(config))
+
+
+def pooled_train(config: Mapping[str, Any], partition_ids: Sequence[int] | None = None) -> Dataset:
+    """All clients' training data together (the centralized baseline's data)."""
+    from torch.utils.data import ConcatDataset
+
+    ids = range(config["data"]["num-clients"]) if partition_ids is None else partition_ids
+    return ConcatDataset([client_data(config, pid).train for pid in ids])
+
+
+def loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      collate_fn=collate, num_workers=0)

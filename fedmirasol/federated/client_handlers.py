@@ -1,0 +1,94 @@
+"""The ClientApp's message handlers: decode a Flower message, run the task, encode the reply.
+
+Wire protocol (keys of the RecordDict):
+
+- server -> client: ``arrays`` (the global shared parameters), ``config`` (``server-round``,
+  ``fedmirasol-config`` = the run config as JSON, ``proximal-mu`` under FedProx,
+  ``client-state-dir`` where a simulation mirrors client state for resuming).
+- client -> server after training: ``arrays`` (the update: shared-parameter deltas, float32)
+  and ``metrics`` (``num-examples``, ``partition-id``, train losses).
+- client -> server after evaluation: ``metrics`` (``num-examples``, ``partition-id``,
+  ``val-loss``, ``val-accuracy``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from fedmirasol.federated import client_state, client_task
+from fedmirasol.federated.parameters import from_record, to_record
+from fedmirasol.federated.run_config import Config, from_json
+
+CONFIG_KEY = "fedmirasol-config"
+STATE_DIR_KEY = "client-state-dir"
+_config_cache: dict[str, Config] = {}
+
+
+def partition_id(context: Context, config: Config) -> int:
+    """This node's partition, checked against the run config."""
+    node = context.node_config
+    if "partition-id" not in node:
+        raise ValueError("node config has no 'partition-id' (start the SuperNode with "
+                         "--node-config \"partition-id=N num-partitions=M\")")
+    pid = int(node["partition-id"])
+    expected = config["data"]["num-clients"]
+    if "num-partitions" in node and int(node["num-partitions"]) != expected:
+        raise ValueError(f"this federation has {node['num-partitions']} nodes but the run "
+                         f"config's data.num-clients is {expected}; make them equal")
+    if not 0 <= pid < expected:
+        raise ValueError(f"partition-id {pid} is outside data.num-clients = {expected}")
+    return pid
+
+
+def _run_config(message: Message) -> tuple[Config, ConfigRecord]:
+    record = message.content.config_records.get("config")
+    if record is None or CONFIG_KEY not in record:
+        raise ValueError(f"the server's message carries no '{CONFIG_KEY}'")
+    text = str(record[CONFIG_KEY])
+    if text not in _config_cache:
+        _config_cache.clear()
+        _config_cache[text] = from_json(text)
+    return _config_cache[text], record
+
+
+def _restore_state(context: Context, record: ConfigRecord, pid: int, server_round: int) -> None:
+    directory = str(record.get(STATE_DIR_KEY, ""))
+    if directory:
+        client_state.restore_from_disk(context.state, directory, pid, server_round - 1)
+
+
+def handle_train(message: Message, context: Context) -> Message:
+    config, record = _run_config(message)
+    pid = partition_id(context, config)
+    server_round = int(record["server-round"])
+    _restore_state(context, record, pid, server_round)
+    global_shared = from_record(message.content.array_records["arrays"])
+    result = client_task.train(config, pid, server_round, global_shared, context.state,
+                               proximal_mu=float(record.get("proximal-mu", 0.0)))
+    directory = str(record.get(STATE_DIR_KEY, ""))
+    if directory:
+        client_state.mirror_to_disk(context.state, directory, pid, server_round)
+    metrics: dict[str, Any] = {"num-examples": result.num_examples, "partition-id": pid}
+    metrics.update(result.metrics)
+    content = RecordDict({"arrays": to_record(result.update), "metrics": MetricRecord(metrics)})
+    return Message(content=content, reply_to=message)
+
+
+def handle_evaluate(message: Message, context: Context) -> Message:
+    config, record = _run_config(message)
+    pid = partition_id(context, config)
+    _restore_state(context, record, pid, int(record["server-round"]))
+    global_shared = from_record(message.content.array_records["arrays"])
+    metrics: dict[str, Any] = {"partition-id": pid}
+    metrics.update(client_task.evaluate_local(config, pid, global_shared, context.state))
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=message)
+
+
+def handle_query(message: Message, context: Context) -> Message:
+    """Answer which partition this node holds (the server orders nodes by it)."""
+    config, _ = _run_config(message)
+    pid = partition_id(context, config)
+    return Message(content=RecordDict({"metrics": MetricRecord({"partition-id": pid})}),
+                   reply_to=message)

@@ -1,0 +1,115 @@
+"""Split one labelled pool of clips into non-IID clients.
+
+Label and quantity skew come from flwr-datasets partitioners, run over a `datasets.Dataset`
+of (index, label) rows so nothing is rendered to partition. Feature shift (per-client domains)
+and missing modalities are per-client properties drawn from the run seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+from datasets import Dataset
+from flwr_datasets.partitioner import (
+    DirichletPartitioner,
+    IidPartitioner,
+    Partitioner,
+    PathologicalPartitioner,
+    SizePartitioner,
+)
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """Everything that defines one client's local data."""
+
+    partition_id: int
+    train_indices: tuple[int, ...]
+    val_indices: tuple[int, ...]
+    domain: int | None  # index of the client's domain (feature shift), None for neutral
+    drop_audio: bool
+    drop_video: bool
+
+
+def quantity_sizes(total: int, num_partitions: int, alpha: float, min_size: int,
+                   seed: int) -> list[int]:
+    """Client sizes drawn from Dirichlet(alpha) over clients, each at least `min_size`."""
+    if total < num_partitions * min_size:
+        raise ValueError(f"{total} clips cannot give {num_partitions} clients "
+                         f"at least {min_size} clips each")
+    rng = np.random.default_rng([seed, 0x51E])
+    shares = rng.dirichlet(np.full(num_partitions, alpha))
+    spare = total - num_partitions * min_size
+    sizes = np.floor(shares * spare).astype(int) + min_size
+    sizes[np.argsort(-shares)[: total - sizes.sum()]] += 1  # hand out the rounding remainder
+    return [int(s) for s in sizes]
+
+
+def build_partitioner(data: Mapping[str, Any], num_labels: int, seed: int) -> Partitioner:
+    """The flwr-datasets partitioner a run config's `data` section describes."""
+    n = data["num-clients"]
+    scheme = data["partitioner"]
+    if scheme == "iid":
+        return IidPartitioner(num_partitions=n)
+    if scheme == "dirichlet":
+        return DirichletPartitioner(
+            num_partitions=n, partition_by="label", alpha=data["alpha"],
+            min_partition_size=data["min-partition-size"], self_balancing=True, seed=seed,
+        )
+    if scheme == "pathological":
+        return PathologicalPartitioner(
+            num_partitions=n, partition_by="label",
+            num_classes_per_partition=data["classes-per-client"], seed=seed,
+        )
+    if scheme == "quantity":
+        sizes = quantity_sizes(num_labels, n, data["quantity-alpha"],
+                               data["min-partition-size"], seed)
+        return SizePartitioner(partition_sizes=sizes)
+    raise ValueError(f"unknown data.partitioner {scheme!r}")
+
+
+def partition_indices(labels: np.ndarray, data: Mapping[str, Any], seed: int) -> list[np.ndarray]:
+    """Pool indices per client, in partition-id order."""
+    table = Dataset.from_dict({"index": np.arange(len(labels)), "label": labels.astype(np.int64)})
+    partitioner = build_partitioner(data, len(labels), seed)
+    partitioner.dataset = table
+    parts = [np.asarray(partitioner.load_partition(pid)["index"], dtype=np.int64)
+             for pid in range(data["num-clients"])]
+    return parts
+
+
+def client_specs(labels: np.ndarray, data: Mapping[str, Any], seed: int) -> list[ClientSpec]:
+    """Every client's local train/validation split, domain and missing modalities."""
+    order = np.arange(len(labels))
+    if data["partitioner"] == "quantity":  # sizes come in contiguous ranges: shuffle first
+        order = np.random.default_rng([seed, 0x0DE]).permutation(len(labels))
+    parts = [order[part] for part in partition_indices(labels[order], data, seed)]
+    specs = []
+    for pid, indices in enumerate(parts):
+        if len(indices) < 2:
+            raise ValueError(f"client {pid} got {len(indices)} clips; it needs at least 2 "
+                             "(raise data.clips-per-client or data.min-partition-size)")
+        rng = np.random.default_rng([seed, pid, 0xC11E])
+        indices = rng.permutation(indices)
+        num_val = min(max(1, round(len(indices) * data["val-fraction"])), len(indices) - 1)
+        draw = rng.random()
+        drop_audio = draw < data["drop-audio-prob"]
+        drop_video = not drop_audio and draw < data["drop-audio-prob"] + data["drop-video-prob"]
+        domains = data["domains"]
+        specs.append(ClientSpec(
+            partition_id=pid,
+            train_indices=tuple(int(i) for i in indices[num_val:]),
+            val_indices=tuple(int(i) for i in indices[:num_val]),
+            domain=pid % domains if domains > 0 else None,
+            drop_audio=bool(drop_audio),
+            drop_video=bool(drop_video),
+        ))
+    return specs
+
+
+def label_histogram(labels: np.ndarray, indices: np.ndarray | tuple[int, ...],
+                    num_classes: int) -> list[int]:
+    return np.bincount(labels[np.asarray(indices, dtype=np.int64)],
+                       minlength=num_classes).tolist()

@@ -1,0 +1,72 @@
+"""PNG plots of a run: accuracy and loss per round, per-client accuracy, bytes per round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fedmirasol.federated import run_dir as rundir  # noqa: E402
+
+PLOT_DIR = "plots"
+
+
+def _series(rounds: list[dict], key: str) -> tuple[list[int], list[float]]:
+    points = [(r["round"], r[key]) for r in rounds if r.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Write the plots under `run_dir/plots/`; return their paths."""
+    run_dir = Path(run_dir)
+    rounds = rundir.read_metrics(run_dir)
+    if not rounds:
+        raise ValueError(f"{run_dir} has no metrics to plot")
+    out = run_dir / PLOT_DIR
+    out.mkdir(exist_ok=True)
+    paths = []
+
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("centralized_accuracy", "centralized (server test set)"),
+                       ("federated_accuracy", "federated (clients' validation, weighted)")):
+        acc.plot(*_series(rounds, key), marker="o", label=label)
+    for key, label in (("train_loss", "train (clients, weighted)"),
+                       ("centralized_loss", "centralized"), ("federated_loss", "federated")):
+        loss.plot(*_series(rounds, key), marker="o", label=label)
+    acc.set(xlabel="round", ylabel="accuracy", title="Accuracy per round", ylim=(0, 1))
+    loss.set(xlabel="round", ylabel="loss", title="Loss per round")
+    acc.legend(), loss.legend()
+    paths.append(_save(fig, out / "accuracy_loss.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    clients = sorted({pid for r in rounds for pid in r.get("clients", {})}, key=int)
+    for pid in clients:
+        points = [(r["round"], r["clients"][pid]["val_accuracy"]) for r in rounds
+                  if "val_accuracy" in r.get("clients", {}).get(pid, {})]
+        if points:
+            ax.plot(*zip(*points), alpha=0.6, linewidth=1, label=f"client {pid}")
+    ax.set(xlabel="round", ylabel="validation accuracy", title="Per-client accuracy",
+           ylim=(0, 1))
+    if len(clients) <= 12:
+        ax.legend(fontsize=7, ncol=2)
+    paths.append(_save(fig, out / "client_accuracy.png"))
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    trained = [r for r in rounds if r["round"] > 0]
+    xs = [r["round"] for r in trained]
+    ax.bar([x - 0.2 for x in xs], [r["bytes_down"] / 1e6 for r in trained], 0.4, label="down")
+    ax.bar([x + 0.2 for x in xs], [r["bytes_up"] / 1e6 for r in trained], 0.4, label="up")
+    ax.set(xlabel="round", ylabel="MB", title="Bytes per round")
+    ax.legend()
+    paths.append(_save(fig, out / "bytes.png"))
+    return paths
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

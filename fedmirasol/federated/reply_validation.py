@@ -1,0 +1,126 @@
+"""Check every client reply before it can reach aggregation.
+
+A reply is rejected, with its reason, when it carries an error, lacks the update or its
+metrics, has missing or unexpected keys, wrong shapes or dtypes, NaN or Inf values, or a
+non-positive example count. Rejected replies are never aggregated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+from flwr.app import Message, RecordDict
+
+UPDATE_DTYPE = np.dtype(np.float32)
+WEIGHT_KEY = "num-examples"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    node_id: int
+    partition_id: int | None
+    reason: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"node-id": self.node_id, "partition-id": self.partition_id, "reason": self.reason}
+
+
+def error_reason(message: Message, limit: int = 300) -> str:
+    """A client error's reason, without the transport's traceback around it."""
+    reason = str(message.error.reason)
+    if "Message:" in reason:  # Ray wraps the ClientApp's exception message
+        reason = reason.rsplit("Message:", 1)[1]
+    reason = " ".join(reason.split())
+    return f"client error: {reason[:limit]}"
+
+
+def _metrics(content: RecordDict) -> Mapping[str, object] | None:
+    return content.metric_records.get("metrics")
+
+
+def reply_partition(message: Message, partitions: Mapping[int, int]) -> int | None:
+    """The partition a reply comes from (by its node), or None when unknown."""
+    return partitions.get(message.metadata.src_node_id)
+
+
+def check_metrics(content: RecordDict, required: Iterable[str]) -> str | None:
+    metrics = _metrics(content)
+    if metrics is None:
+        return "reply has no 'metrics' record"
+    for key in required:
+        if key not in metrics:
+            return f"metrics lack {key!r}"
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            return f"metric {key!r} is {value}"
+    weight = metrics.get(WEIGHT_KEY)
+    if weight is not None and (not isinstance(weight, (int, float)) or weight <= 0):
+        return f"{WEIGHT_KEY!r} must be a positive number, got {weight!r}"
+    return None
+
+
+def check_update(content: RecordDict, expected: Mapping[str, tuple[int, ...]]) -> str | None:
+    """Why the update (``arrays``) in `content` is unusable, or None when it is fine."""
+    records = content.array_records
+    if set(records) != {"arrays"}:
+        return f"reply must carry exactly one array record 'arrays', got {sorted(records)}"
+    update = records["arrays"]
+    missing = [key for key in expected if key not in update]
+    if missing:
+        return f"update lacks {len(missing)} parameter(s), e.g. {missing[0]!r}"
+    unexpected = [key for key in update if key not in expected]
+    if unexpected:
+        return f"update has {len(unexpected)} unexpected parameter(s), e.g. {unexpected[0]!r}"
+    for key, shape in expected.items():
+        array = update[key]
+        if tuple(array.shape) != tuple(shape):
+            return f"parameter {key!r} has shape {tuple(array.shape)}, expected {tuple(shape)}"
+        values = array.numpy()
+        if values.dtype != UPDATE_DTYPE:
+            return f"parameter {key!r} has dtype {values.dtype}, expected {UPDATE_DTYPE}"
+        if not np.isfinite(values).all():
+            bad = int((~np.isfinite(values)).sum())
+            return f"parameter {key!r} holds {bad} NaN/Inf value(s)"
+    return None
+
+
+def validate_train_replies(
+    replies: Iterable[Message], expected: Mapping[str, tuple[int, ...]],
+    partitions: Mapping[int, int],
+) -> tuple[list[Message], list[Rejection]]:
+    """Split train replies into usable ones and rejections (with reasons)."""
+    accepted, rejected = [], []
+    for message in replies:
+        pid = reply_partition(message, partitions)
+        if message.has_error():
+            reason = error_reason(message)
+        else:
+            reason = (check_metrics(message.content, (WEIGHT_KEY, "partition-id"))
+                      or check_update(message.content, expected))
+        if reason is None:
+            accepted.append(message)
+        else:
+            rejected.append(Rejection(message.metadata.src_node_id, pid, reason))
+    return accepted, rejected
+
+
+def validate_evaluate_replies(
+    replies: Iterable[Message], partitions: Mapping[int, int],
+) -> tuple[list[Message], list[Rejection]]:
+    """Split evaluate replies into usable ones and rejections (with reasons)."""
+    accepted, rejected = [], []
+    for message in replies:
+        pid = reply_partition(message, partitions)
+        if message.has_error():
+            reason = error_reason(message)
+        else:
+            reason = check_metrics(message.content,
+                                   (WEIGHT_KEY, "partition-id", "val-loss", "val-accuracy"))
+        if reason is None:
+            accepted.append(message)
+        else:
+            rejected.append(Rejection(message.metadata.src_node_id, pid, reason))
+    return accepted, rejected

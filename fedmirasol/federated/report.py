@@ -1,0 +1,63 @@
+"""A run's summary (report.json) and the table `fedmirasol report` prints, from metrics.jsonl."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedmirasol.federated import run_dir as rundir
+from fedmirasol.federated.metrics import mean
+
+
+def build_report(run_dir: str | Path) -> dict[str, Any]:
+    """Summary of a run directory's metrics (final and best accuracies, totals)."""
+    config = rundir.read_config(run_dir)
+    rounds = [r for r in rundir.read_metrics(run_dir) if r["round"] > 0]
+    if not rounds:
+        raise ValueError(f"{run_dir} has no completed rounds in {rundir.METRICS_FILE}")
+    final = rounds[-1]
+    clients = final.get("clients", {})
+    return {
+        "name": config["name"],
+        "strategy": config["strategy"]["name"],
+        "split_local": config["split"]["local"],
+        "rounds_completed": final["round"],
+        "num_rounds": config["num-rounds"],
+        "final_centralized_accuracy": final["centralized_accuracy"],
+        "final_centralized_loss": final["centralized_loss"],
+        "best_centralized_accuracy": max(r["centralized_accuracy"] for r in rounds),
+        "final_federated_accuracy": final.get("federated_accuracy"),
+        "final_federated_loss": final.get("federated_loss"),
+        "final_mean_client_accuracy": final.get("federated_accuracy_client_mean"),
+        "final_client_accuracy": {pid: row["val_accuracy"] for pid, row in clients.items()
+                                  if "val_accuracy" in row},
+        "total_bytes_down": sum(r["bytes_down"] for r in rounds),
+        "total_bytes_up": sum(r["bytes_up"] for r in rounds),
+        "total_rejected_updates": sum(len(r["rejected"]) for r in rounds),
+        "total_round_seconds": sum(r["duration_s"] for r in rounds),
+        "mean_round_seconds": mean(r["duration_s"] for r in rounds),
+        "rejections": [{"round": r["round"], **x} for r in rounds for x in r["rejected"]],
+    }
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def summary_table(run_dir: str | Path) -> str:
+    """One line per round: accuracy, losses, participants, bytes, time."""
+    header = (f"{'round':>5} {'train_loss':>10} {'central_acc':>11} {'central_loss':>12} "
+              f"{'fed_acc':>8} {'fed_loss':>8} {'clients':>7} {'rejected':>8} "
+              f"{'MB_down':>8} {'MB_up':>7} {'sec':>6}")
+    lines = [header, "-" * len(header)]
+    for r in rundir.read_metrics(run_dir):
+        lines.append(
+            f"{r['round']:>5} {_fmt(r.get('train_loss'), '10.4f')} "
+            f"{_fmt(r.get('centralized_accuracy'), '11.3f')} "
+            f"{_fmt(r.get('centralized_loss'), '12.4f')} "
+            f"{_fmt(r.get('federated_accuracy'), '8.3f')} {_fmt(r.get('federated_loss'), '8.4f')} "
+            f"{len(r.get('participants', [])):>7} {len(r.get('rejected', [])):>8} "
+            f"{r.get('bytes_down', 0) / 1e6:>8.2f} {r.get('bytes_up', 0) / 1e6:>7.2f} "
+            f"{_fmt(r.get('duration_s'), '6.1f')}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,289 @@
+"""The simulation run config: defaults, TOML files, `key=value` overrides and validation.
+
+A run config is a nested dict of plain values (JSON- and TOML-friendly). Keys use dashes, the
+way Flower's run configs do; dotted paths (``strategy.name``) address nested keys, so the same
+names work in `--set`, in `flwr run --run-config` and in `[tool.flwr.app.config]`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from fedmirasol.models.config import MirasolConfig
+
+Config = dict[str, Any]
+
+DEFAULTS: Config = {
+    "name": "quickstart",
+    "seed": 0,
+    "num-rounds": 12,
+    "model": {"name": "tiny"},  # plus any MirasolConfig field, e.g. model.num-frames = 8
+    "data": {
+        "source": "synthetic",  # "synthetic" or "manifest"
+        "manifest": "",  # path of a media manifest when source = "manifest"
+        "num-clients": 10,
+        "clips-per-client": 40,  # mean clips per client (train + validation)
+        "test-clips": 240,  # the server's held-out test set
+        "val-fraction": 0.2,
+        "partitioner": "dirichlet",  # iid | dirichlet | pathological | quantity
+        "alpha": 0.5,  # Dirichlet label skew
+        "min-partition-size": 4,
+        "classes-per-client": 2,  # pathological
+        "quantity-alpha": 1.0,  # quantity skew: Dirichlet over client sizes
+        "domains": 0,  # feature shift: number of distinct client domains (0 = none)
+        "domain-strength": 1.0,
+        "drop-audio-prob": 0.0,  # probability that a client has no audio
+        "drop-video-prob": 0.0,  # probability that a client has no video
+    },
+    "client": {
+        "local-epochs": 1,
+        "batch-size": 8,
+        "optimizer": "adam",  # adam | sgd
+        "lr": 0.002,
+        "momentum": 0.9,
+        "weight-decay": 0.0,
+        "device": "cpu",
+        "threads": 1,  # torch threads per simulated client
+        "eval-batch-size": 32,
+    },
+    "strategy": {
+        # fedavg | fedprox | fedbn | fedadam | fedyogi | fedadagrad | fedavgm | trimmed-mean
+        # | median | krum | multikrum | bulyan
+        "name": "fedavg",
+        "fraction-train": 1.0,
+        "fraction-evaluate": 1.0,
+        "min-train-nodes": 2,
+        "min-evaluate-nodes": 2,
+        "min-available-nodes": 2,
+        "proximal-mu": 0.0,
+        "server-lr": 0.01,  # eta of FedAdam/FedYogi/FedAdagrad, server lr of FedAvgM
+        "server-momentum": 0.9,  # FedAvgM
+        "beta-1": 0.9,
+        "beta-2": 0.99,
+        "tau": 0.001,
+        "trim-beta": 0.2,  # trimmed mean: fraction cut from each end
+        "num-malicious": 0,  # Krum, MultiKrum, Bulyan
+        "num-to-keep": 0,  # MultiKrum (0 = Flower's default)
+        "round-timeout": 600.0,  # seconds a round waits for replies
+    },
+    "split": {
+        # Parameters that stay on the clients: "normalization" (module types) and/or
+        # comma-separated state_dict name patterns (fnmatch). Empty: everything is shared.
+        "local": "",
+    },
+    "faults": {
+        # Fault injection for robustness experiments: comma-separated partition ids.
+        "crash-clients": "",  # raise during training
+        "nan-clients": "",  # reply with a NaN update
+    },
+    "output": {
+        "runs-dir": "runs",
+        "checkpoint-every": 1,
+    },
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.source": ("synthetic", "manifest"),
+    "data.partitioner": ("iid", "dirichlet", "pathological", "quantity"),
+    "client.optimizer": ("adam", "sgd"),
+    "strategy.name": (
+        "fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "fedadagrad", "fedavgm",
+        "trimmed-mean", "median", "krum", "multikrum", "bulyan",
+    ),
+}
+
+_MODEL_FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(MirasolConfig)}
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"a.b": value}."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> Config:
+    """{"a.b": value} -> nested dict."""
+    nested: Config = {}
+    for path, value in flat.items():
+        node = nested
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse one `key=value`; the value is read as a TOML value, else kept as a string."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not of the form key=value")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    if not key:
+        raise ValueError(f"override {text!r} has an empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def _check_value(key: str, value: Any, default: Any) -> Any:
+    """Coerce `value` to the type of `default`, or raise naming `key`."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {key!r} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config key {key!r} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config key {key!r} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ValueError(f"config key {key!r} must be a string, got {value!r}")
+    return value
+
+
+def _check_model_key(key: str, value: Any) -> Any:
+    field = key.split(".", 1)[1]
+    if field not in _MODEL_FIELDS:
+        known = ", ".join(sorted(_MODEL_FIELDS))
+        raise KeyError(f"unknown config key {key!r}; model fields are: {known}")
+    return value
+
+
+def validate(config: Mapping[str, Any]) -> Config:
+    """Return a validated copy of a nested config, with defaults filled in.
+
+    Unknown keys, wrong types and values outside their choices raise, naming the key.
+    """
+    flat_defaults = flatten(DEFAULTS)
+    resolved = dict(flat_defaults)
+    for key, value in flatten(config).items():
+        if key.startswith("model.") and key != "model.name":
+            resolved[key] = _check_model_key(key, value)
+        elif key not in flat_defaults:
+            raise KeyError(f"unknown config key {key!r}")
+        else:
+            resolved[key] = _check_value(key, value, flat_defaults[key])
+    for key, choices in CHOICES.items():
+        if resolved[key] not in choices:
+            raise ValueError(f"config key {key!r} must be one of {choices}, got {resolved[key]!r}")
+    _check_ranges(resolved)
+    nested = unflatten(resolved)
+    model_config(nested)  # raises, naming the field, if the model overrides are invalid
+    return nested
+
+
+def _check_ranges(flat: Mapping[str, Any]) -> None:
+    positive = ("num-rounds", "data.num-clients", "data.clips-per-client", "data.test-clips",
+                "client.local-epochs", "client.batch-size", "client.threads",
+                "client.eval-batch-size", "output.checkpoint-every")
+    for key in positive:
+        if flat[key] < 1:
+            raise ValueError(f"config key {key!r} must be at least 1, got {flat[key]!r}")
+    fractions = ("strategy.fraction-train", "strategy.fraction-evaluate", "data.val-fraction",
+                 "data.drop-audio-prob", "data.drop-video-prob", "strategy.trim-beta")
+    for key in fractions:
+        if not 0.0 <= flat[key] <= 1.0:
+            raise ValueError(f"config key {key!r} must be within [0, 1], got {flat[key]!r}")
+    if flat["data.drop-audio-prob"] + flat["data.drop-video-prob"] > 1.0:
+        raise ValueError("data.drop-audio-prob + data.drop-video-prob must not exceed 1 "
+                         "(a client keeps at least one modality)")
+    for key in ("data.alpha", "data.quantity-alpha", "client.lr"):
+        if flat[key] <= 0:
+            raise ValueError(f"config key {key!r} must be positive, got {flat[key]!r}")
+    if flat["strategy.proximal-mu"] < 0:
+        raise ValueError("config key 'strategy.proximal-mu' must be >= 0")
+    if flat["data.source"] == "manifest" and not flat["data.manifest"]:
+        raise ValueError("config key 'data.manifest' must name a manifest when "
+                         "data.source = 'manifest'")
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Defaults <- TOML file (if any) <- `key=value` overrides, validated."""
+    merged = flatten(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"simulation config {path} does not exist")
+        with path.open("rb") as handle:
+            try:
+                merged.update(flatten(tomllib.load(handle)))
+            except tomllib.TOMLDecodeError as error:
+                raise ValueError(f"{path}: {error}") from error
+    for text in overrides:
+        key, value = parse_assignment(text)
+        merged[key] = value
+    return validate(unflatten(merged))
+
+
+def from_flower_run_config(run_config: Mapping[str, Any]) -> Config:
+    """Resolve a config from Flower's flat run config (`[tool.flwr.app.config]` + overrides).
+
+    `config-file` names a TOML file to start from; every other key that differs from the
+    built-in default overrides that file.
+    """
+    flat = dict(run_config)
+    path = flat.pop("config-file", "") or None
+    defaults = flatten(DEFAULTS)
+    overrides = [f"{k}={json.dumps(v)}" for k, v in flat.items() if defaults.get(k, None) != v]
+    return load_config(path, overrides)
+
+
+def model_config(config: Mapping[str, Any]) -> MirasolConfig:
+    """The MirasolConfig a run config describes (named config + field overrides)."""
+    from fedmirasol.models.config import get_config
+
+    model = dict(config["model"])
+    name = model.pop("name")
+    overrides = {key.replace("-", "_"): value for key, value in model.items()}
+    base = get_config(name)
+    merged = base.to_dict() | overrides
+    try:
+        return MirasolConfig.from_dict(merged)
+    except (TypeError, ValueError, KeyError) as error:
+        raise ValueError(f"invalid model config in run config: {error}") from error
+
+
+def local_spec(config: Mapping[str, Any]) -> str:
+    """The `split.local` selector, with `fedbn` implying normalization layers."""
+    local = config["split"]["local"]
+    if config["strategy"]["name"] == "fedbn" and not local:
+        return "normalization"
+    return local
+
+
+def parse_ids(text: str) -> set[int]:
+    """'1, 4,7' -> {1, 4, 7}; raises naming the bad item."""
+    ids: set[int] = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if not item.lstrip("-").isdigit():
+            raise ValueError(f"{item!r} is not a client (partition) id")
+        ids.add(int(item))
+    return ids
+
+
+def to_json(config: Mapping[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def from_json(text: str) -> Config:
+    return validate(json.loads(text))
+
+
+def deep_copy(config: Mapping[str, Any]) -> Config:
+    return copy.deepcopy(dict(config))

@@ -1,0 +1,117 @@
+"""The run directory: resolved config, per-round metrics, checkpoints, final model, report.
+
+Layout::
+
+    runs/<name>-<time>/
+        config.json          the resolved run config
+        metrics.jsonl        one JSON object per completed round
+        checkpoints/round-NNNN.pkl  global shared arrays + strategy state after round N
+        client-state/        client state mirrors (simulation only; for resuming)
+        final_model.pt       the final global model's state_dict
+        report.json          summary of the run
+        plots/*.png
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+REPORT_FILE = "report.json"
+FINAL_MODEL_FILE = "final_model.pt"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def create(runs_dir: str | Path, name: str) -> Path:
+    """A new, empty `runs_dir/<name>-<time>` directory."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(runs_dir) / f"{name}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    path.mkdir(parents=True)
+    return path
+
+
+def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
+    (run_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+    return json.loads(path.read_text())
+
+
+def append_metrics(run_dir: Path, record: Mapping[str, Any]) -> None:
+    with (run_dir / METRICS_FILE).open("a") as handle:
+        handle.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(run_dir: Path, last_round: int) -> None:
+    """Drop metric lines of rounds after `last_round` (a resumed run redoes them)."""
+    kept = [r for r in read_metrics(run_dir) if r["round"] <= last_round]
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+    (run_dir / METRICS_FILE).write_text(text)
+
+
+@dataclass
+class Checkpoint:
+    server_round: int
+    global_shared: dict[str, np.ndarray]
+    strategy_state: bytes
+    partitions: dict[int, int]  # node id -> partition id at the time (informational)
+
+
+def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
+    directory = run_dir / CHECKPOINT_DIR
+    directory.mkdir(exist_ok=True)
+    path = directory / f"round-{checkpoint.server_round:04d}.pkl"
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as handle:
+        pickle.dump(checkpoint, handle)
+    tmp.replace(path)
+    return path
+
+
+def latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
+    directory = Path(run_dir) / CHECKPOINT_DIR
+    paths = sorted(directory.glob("round-*.pkl")) if directory.is_dir() else []
+    if not paths:
+        return None
+    with paths[-1].open("rb") as handle:
+        return pickle.load(handle)
+
+
+def save_final_model(run_dir: Path, state_dict: Mapping[str, torch.Tensor],
+                     model_config: Mapping[str, Any]) -> Path:
+    path = run_dir / FINAL_MODEL_FILE
+    torch.save({"model_config": dict(model_config), "state_dict": dict(state_dict)}, path)
+    return path
+
+
+def write_report(run_dir: Path, report: Mapping[str, Any]) -> None:
+    (run_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+
+def read_report(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / REPORT_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,50 @@
+"""Centralized evaluation of the global model on the server's held-out test set.
+
+Under a split (FedBN), the server has no client's local parameters: it evaluates the shared
+parameters together with the initial local ones, which is what a new client would start from.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from fedmirasol.federated import client_data
+from fedmirasol.federated.client_task import init_model
+from fedmirasol.federated.parameters import ParameterSplit, load_state, model_state
+from fedmirasol.federated.run_config import local_spec
+from fedmirasol.training.device import resolve_device
+from fedmirasol.training.loop import evaluate
+
+EvaluateFn = Callable[[Mapping[str, np.ndarray]], dict[str, float]]
+
+
+def make_evaluate_fn(config: Mapping[str, Any], device: str = "cpu") -> EvaluateFn:
+    """`fn(global_shared) -> {"test-loss", "test-accuracy", "num-examples"}`."""
+    model = init_model(config)
+    split = ParameterSplit.from_model(model, local_spec(config))
+    initial_local = model_state(model, split.local)
+    test_loader = client_data.loader(client_data.test_dataset(config),
+                                     config["client"]["eval-batch-size"], shuffle=False)
+    target = resolve_device(device)
+
+    def evaluate_global(global_shared: Mapping[str, np.ndarray]) -> dict[str, float]:
+        load_state(model, global_shared)
+        load_state(model, initial_local)
+        model.to(target)
+        result = evaluate(model, test_loader, device=target)
+        model.to("cpu")
+        return {"test-loss": result["loss"], "test-accuracy": result["accuracy"],
+                "num-examples": result["num_examples"]}
+
+    return evaluate_global
+
+
+def full_state(config: Mapping[str, Any], global_shared: Mapping[str, np.ndarray]
+               ) -> dict[str, torch.Tensor]:
+    """A complete state_dict: the global shared parameters plus the initial local ones."""
+    model = init_model(config)
+    load_state(model, global_shared)
+    return model.state_dict()

@@ -1,0 +1,231 @@
+"""The ServerApp's round loop around a Flower strategy, with checkpoints and resume.
+
+Each round: the strategy samples nodes and builds the train messages (Flower's code); replies
+are validated (bad ones rejected with their reason, missing ones recorded); the accepted
+updates (deltas) are turned back into weights and aggregated by the strategy; clients
+evaluate the new model on their validation splits; the server evaluates it on its test set;
+the round's record goes to metrics.jsonl and a checkpoint is written.
+
+The loop is the strategy's own `start()` cut open at the round boundary, which is what makes
+resuming after round N possible.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedmirasol.federated import run_dir as rundir
+from fedmirasol.federated.client_handlers import CONFIG_KEY, STATE_DIR_KEY
+from fedmirasol.federated.client_task import init_model, seed_for
+from fedmirasol.federated.metrics import client_metrics, mean, message_array_bytes, weighted_mean
+from fedmirasol.federated.node_directory import PartitionOrderedGrid, discover_partitions
+from fedmirasol.federated.parameters import (
+    NumpyState,
+    ParameterSplit,
+    apply_delta,
+    from_record,
+    model_state,
+    to_record,
+)
+from fedmirasol.federated.reply_validation import (
+    Rejection,
+    validate_evaluate_replies,
+    validate_train_replies,
+)
+from fedmirasol.federated.run_config import local_spec, model_config, to_json
+from fedmirasol.federated.server_eval import full_state, make_evaluate_fn
+from fedmirasol.federated.strategy import (
+    build_strategy,
+    restore_strategy_state,
+    strategy_state,
+)
+
+log = logging.getLogger("fedmirasol.server")
+Progress = Callable[[Mapping[str, Any]], None]
+
+
+def _sampled_partitions(messages: list[Message], partitions: Mapping[int, int]) -> list[int]:
+    return sorted(partitions[m.metadata.dst_node_id] for m in messages)
+
+
+def _missing(messages: list[Message], replies: list[Message],
+             partitions: Mapping[int, int], timeout: float) -> list[Rejection]:
+    answered = {r.metadata.src_node_id for r in replies}
+    return [Rejection(m.metadata.dst_node_id, partitions.get(m.metadata.dst_node_id),
+                      f"no reply within round-timeout ({timeout:.0f} s)")
+            for m in messages if m.metadata.dst_node_id not in answered]
+
+
+def _to_weights(replies: list[Message], global_shared: NumpyState) -> None:
+    """Turn each accepted update (a delta) into weights, in place, for the strategy."""
+    for reply in replies:
+        update = from_record(reply.content.array_records["arrays"])
+        reply.content["arrays"] = to_record(apply_delta(global_shared, update))
+
+
+def _aggregate(strategy: Strategy, server_round: int, accepted: list[Message],
+               global_shared: NumpyState) -> tuple[NumpyState, str | None]:
+    """The strategy's aggregate, or the unchanged global model and the reason it was kept."""
+    if not accepted:
+        return global_shared, "no accepted updates"
+    _to_weights(accepted, global_shared)
+    try:
+        arrays, _ = strategy.aggregate_train(server_round, accepted)
+    except Exception as error:  # a strategy that cannot aggregate must not end the run
+        return global_shared, f"aggregation failed: {type(error).__name__}: {error}"
+    if arrays is None:
+        return global_shared, "the strategy returned no aggregate"
+    new = from_record(arrays)
+    if set(new) != set(global_shared):
+        return global_shared, "aggregate keys differ from the global model's"
+    bad = [k for k, v in new.items() if not np.isfinite(v).all()]
+    if bad:
+        return global_shared, f"aggregate holds NaN/Inf in {bad[0]!r}"
+    return {k: new[k].astype(global_shared[k].dtype) for k in global_shared}, None
+
+
+class FederatedRun:
+    """Drives one run (fresh or resumed) of a config over a Grid, writing `run_dir`."""
+
+    def __init__(self, grid: Grid, config: Mapping[str, Any], run_dir: Path,
+                 progress: Progress | None = None) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.progress = progress or (lambda record: None)
+        self.strategy = build_strategy(config)
+        self.grid = grid
+        self.timeout = float(config["strategy"]["round-timeout"])
+        model = init_model(config)
+        self.split = ParameterSplit.from_model(model, local_spec(config))
+        self.global_shared = model_state(model, self.split.shared)
+        self.expected = {k: tuple(v.shape) for k, v in self.global_shared.items()}
+        self.evaluate_global = make_evaluate_fn(config)
+        self.start_round = 1
+        self.discovery_problems: list[str] = []
+
+    def _config_record(self) -> ConfigRecord:
+        return ConfigRecord({CONFIG_KEY: to_json(self.config),
+                             STATE_DIR_KEY: str(self.run_dir / "client-state")})
+
+    def resume(self, checkpoint: rundir.Checkpoint) -> None:
+        """Continue after `checkpoint`'s round."""
+        self.global_shared = checkpoint.global_shared
+        restore_strategy_state(self.strategy, checkpoint.strategy_state)
+        self.start_round = checkpoint.server_round + 1
+        rundir.truncate_metrics(self.run_dir, checkpoint.server_round)
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.config
+        partitions, self.discovery_problems = discover_partitions(
+            self.grid, cfg["data"]["num-clients"], self._config_record(), self.timeout)
+        for problem in self.discovery_problems:
+            log.warning("left out at discovery: %s", problem)
+        self.partitions = partitions
+        self.ordered = PartitionOrderedGrid(self.grid, partitions)
+        if self.start_round == 1:
+            initial = {"round": 0, **self.evaluate_global(self.global_shared)}
+            rundir.append_metrics(self.run_dir, _rename_central(initial))
+            self.progress(_rename_central(initial))
+        for server_round in range(self.start_round, cfg["num-rounds"] + 1):
+            record = self.run_round(server_round)
+            rundir.append_metrics(self.run_dir, record)
+            if server_round % cfg["output"]["checkpoint-every"] == 0 \
+                    or server_round == cfg["num-rounds"]:
+                rundir.save_checkpoint(self.run_dir, rundir.Checkpoint(
+                    server_round, self.global_shared, strategy_state(self.strategy), partitions))
+            self.progress(record)
+        return self.finish()
+
+    def run_round(self, server_round: int) -> dict[str, Any]:
+        started = time.perf_counter()
+        seed = self.config["seed"]
+        record: dict[str, Any] = {"round": server_round}
+
+        # Training: Flower's strategy samples (seeded per round) and builds the messages.
+        random.seed(seed_for(seed, server_round, 1))
+        messages = list(self.strategy.configure_train(
+            server_round, to_record(self.global_shared), self._config_record(), self.ordered))
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        accepted, rejected = validate_train_replies(replies, self.expected, self.partitions)
+        rejected += _missing(messages, replies, self.partitions, self.timeout)
+        train_rows = {}
+        for reply in accepted:
+            row = client_metrics(reply)
+            train_rows[int(row["partition-id"])] = row
+        bytes_up = message_array_bytes(replies)
+        self.global_shared, kept_reason = _aggregate(
+            self.strategy, server_round, accepted, self.global_shared)
+        record.update(
+            sampled=_sampled_partitions(messages, self.partitions),
+            participants=sorted(train_rows),
+            rejected=[r.to_json() for r in rejected],
+            aggregate_kept_previous=kept_reason,
+            train_loss=weighted_mean(train_rows.values(), "train-loss"),
+            bytes_down=message_array_bytes(messages),
+            bytes_up=bytes_up,
+        )
+
+        # Federated evaluation on the clients' validation splits.
+        random.seed(seed_for(seed, server_round, 2))
+        eval_messages = list(self.strategy.configure_evaluate(
+            server_round, to_record(self.global_shared), self._config_record(), self.ordered))
+        eval_replies = list(self.grid.send_and_receive(eval_messages, timeout=self.timeout))
+        eval_ok, eval_bad = validate_evaluate_replies(eval_replies, self.partitions)
+        eval_bad += _missing(eval_messages, eval_replies, self.partitions, self.timeout)
+        eval_rows = {int(row["partition-id"]): row for row in map(client_metrics, eval_ok)}
+        record["bytes_down"] += message_array_bytes(eval_messages)
+        record.update(
+            federated_accuracy=weighted_mean(eval_rows.values(), "val-accuracy"),
+            federated_loss=weighted_mean(eval_rows.values(), "val-loss"),
+            federated_accuracy_client_mean=mean(r["val-accuracy"] for r in eval_rows.values()),
+            evaluate_rejected=[r.to_json() for r in eval_bad],
+            clients={str(pid): _client_row(train_rows.get(pid), eval_rows.get(pid))
+                     for pid in sorted(set(train_rows) | set(eval_rows))},
+        )
+
+        # Centralized evaluation on the server's test set.
+        central = self.evaluate_global(self.global_shared)
+        record.update(centralized_accuracy=central["test-accuracy"],
+                      centralized_loss=central["test-loss"])
+        record["duration_s"] = time.perf_counter() - started
+        return record
+
+    def finish(self) -> dict[str, Any]:
+        """Write the final model and report.json; return the report."""
+        rundir.save_final_model(self.run_dir, full_state(self.config, self.global_shared),
+                                model_config(self.config).to_dict())
+        from fedmirasol.federated.report import build_report
+
+        report = build_report(self.run_dir)
+        report["discovery_problems"] = self.discovery_problems
+        report["shared_parameters"] = len(self.split.shared)
+        report["local_parameters"] = list(self.split.local)
+        rundir.write_report(self.run_dir, report)
+        return report
+
+
+def _rename_central(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {"round": metrics["round"], "centralized_accuracy": metrics["test-accuracy"],
+            "centralized_loss": metrics["test-loss"]}
+
+
+def _client_row(train: Mapping[str, float] | None, val: Mapping[str, float] | None
+                ) -> dict[str, float]:
+    row: dict[str, float] = {}
+    if train:
+        row.update({"train_loss": train["train-loss"], "train_examples": train["num-examples"]})
+    if val:
+        row.update({"val_accuracy": val["val-accuracy"], "val_loss": val["val-loss"],
+                    "val_examples": val["num-examples"]})
+    return row
+
+
