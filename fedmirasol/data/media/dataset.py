@@ -81,6 +81,11 @@ class MediaClipDataset(Dataset):
                 log.warning("skipping %s", error)
         raise RuntimeError(f"none of the {len(self.records)} files of this dataset decodes; see the warnings above")
 
+    @property
+    def labels(self) -> np.ndarray:
+        """Each video's label (-1: none), read from the manifest without decoding anything."""
+        return np.array([r.label for r in self.records], dtype=np.int64)
+
     def video_ids(self) -> torch.Tensor:
         """The video index of each item (for averaging dense clips per video)."""
         return torch.arange(len(self.records)).repeat_interleave(self.clips_per_video)
@@ -215,6 +220,16 @@ def load_manifest_datasets(
         MediaClipDataset(train, model_config, strategy=train_strategy, random_crop=True, cache=cache),
         MediaClipDataset(val, model_config, strategy=eval_strategy, num_clips=eval_clips, cache=cache),
     )
+
+
+def manifest_pool(
+    manifest: str | Path, model_config: MirasolConfig, strategy: str = "center",
+    cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
+) -> MediaClipDataset:
+    """Every clip of `manifest` as one dataset (``.labels`` for partitioners), for callers that
+    split the pool themselves."""
+    cache = DecodeCache(cache_dir) if cache_dir is not None else None
+    return MediaClipDataset(read_manifest(manifest), model_config, strategy=strategy, cache=cache)
 
 
 def _client_manifest(folder: Path, client_id: int | str) -> Path:
