@@ -34,6 +34,6 @@ def crop_offsets(height: int, width: int, size: int, rng: np.random.Generator | 
 def to_model_video(frames: np.ndarray, size: int, rng: np.random.Generator | None = None) -> torch.Tensor:
     """uint8 ``N x h x w x 3`` (short side `size`) -> normalized float ``N x 3 x size x size``."""
     top, left = crop_offsets(frames.shape[1], frames.shape[2], size, rng)
-    crop = torch.from_numpy(np.ascontiguousarray(frames[:, top : top + size, left : left + size]))
-    video = crop.permute(0, 3, 1, 2).float().div_(255.0)
+    crop = frames[:, top : top + size, left : left + size].transpose(0, 3, 1, 2)
+    video = torch.from_numpy(np.ascontiguousarray(crop)).float().div_(255.0)  # contiguous: fast
     return normalize_video(video)
