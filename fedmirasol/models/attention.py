@@ -29,13 +29,16 @@ class Attention(nn.Module):
         x: torch.Tensor,
         context: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        causal: bool = False,
     ) -> torch.Tensor:
-        """`mask` is boolean, True where a query may attend to a key (broadcast over heads)."""
+        """`mask` is boolean, True where a query may attend to a key (broadcast over heads);
+        `causal` masks future positions with the fast fused kernel instead."""
         context = x if context is None else context
         q = rearrange(self.query(x), "... l (h d) -> ... h l d", h=self.heads)
         k, v = rearrange(self.key_value(context), "... l (two h d) -> two ... h l d", two=2, h=self.heads)
         attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal,
         )
         return self.out(rearrange(attended, "... h l d -> ... l (h d)"))
 
@@ -68,8 +71,9 @@ class Block(nn.Module):
         mask: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
+        causal: bool = False,
     ) -> torch.Tensor:
-        x = x + self.self_attention(self.norm_self(x), mask=mask)
+        x = x + self.self_attention(self.norm_self(x), mask=mask, causal=causal)
         if self.cross_attention is not None:
             if context is None:
                 raise ValueError("this block cross-attends and needs a context")
@@ -101,9 +105,10 @@ class Transformer(nn.Module):
         mask: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
+        causal: bool = False,
     ) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x, mask=mask, context=context, context_mask=context_mask)
+            x = block(x, mask=mask, context=context, context_mask=context_mask, causal=causal)
         return self.norm(x)
 
 

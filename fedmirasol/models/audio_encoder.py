@@ -48,17 +48,20 @@ class LogMel(nn.Module):
     def __init__(self, sample_rate: int, n_mels: int) -> None:
         super().__init__()
         window = round(WINDOW_SECONDS * sample_rate)
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate,
-            n_fft=window,
-            win_length=window,
-            hop_length=round(HOP_SECONDS * sample_rate),
-            n_mels=n_mels,
-            center=False,
-            power=2.0,
-            norm="slaney",
-            mel_scale="slaney",
-        )
+        # The filterbank is a small fixed buffer; torchaudio checks its values while building
+        # it, which the meta device cannot do, so it is always built on the CPU.
+        with torch.device("cpu"):
+            self.mel = torchaudio.transforms.MelSpectrogram(
+                sample_rate=sample_rate,
+                n_fft=window,
+                win_length=window,
+                hop_length=round(HOP_SECONDS * sample_rate),
+                n_mels=n_mels,
+                center=False,
+                power=2.0,
+                norm="slaney",
+                mel_scale="slaney",
+            )
 
     def forward(self, spans: torch.Tensor) -> torch.Tensor:
         """``... x S`` samples -> ``... x frames x n_mels``."""

@@ -1,4 +1,4 @@
-"""Mirasol3B (Piergiovanni et al., CVPR 2024), and its `joint` variant for comparison.
+r"""Mirasol3B (Piergiovanni et al., CVPR 2024), and its `joint` variant for comparison.
 
     video -> VideoEncoder -> v_t  \
                                    Combiner -> x_t -> TimeAlignedAR -> h -> ClassHead

@@ -37,8 +37,7 @@ class TextDecoder(nn.Module):
         if length > self.max_len:
             raise ValueError(f"text of {length} tokens exceeds max_text_len {self.max_len}")
         x = self.embedding(tokens) + self.position[:length].to(context.dtype)
-        causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
-        return self.head(self.transformer(x, mask=causal, context=context))
+        return self.head(self.transformer(x, context=context, causal=True))
 
     def loss_per_sample(
         self, tokens: torch.Tensor, context: torch.Tensor

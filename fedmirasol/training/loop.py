@@ -1,0 +1,91 @@
+"""Training and evaluation loops shared by centralized and federated training."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from fedmirasol.data.batch import Batch, to_device
+from fedmirasol.models.loss import mirasol_loss
+from fedmirasol.training.device import autocast
+
+ExtraLoss = Callable[[nn.Module], torch.Tensor]
+StepCallback = Callable[[int, float], None]
+
+
+def train_epochs(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int = 1,
+    device: torch.device | str = "cpu",
+    extra_loss: ExtraLoss | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    max_grad_norm: float | None = None,
+    on_step: StepCallback | None = None,
+) -> dict[str, float]:
+    """Train for `epochs` passes over `loader`; return mean loss (and each term) and step count.
+
+    `extra_loss(model)` is added to every step's loss (FedProx's proximal term, say).
+    """
+    device = torch.device(device)
+    model.train()
+    sums: dict[str, float] = defaultdict(float)
+    steps = examples = 0
+    for _ in range(epochs):
+        for batch in loader:
+            batch = to_device(batch, device)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device):
+                loss, parts = mirasol_loss(model, batch)
+            if extra_loss is not None:
+                extra = extra_loss(model)
+                loss = loss + extra
+                parts["extra"] = float(extra.detach())
+            loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            steps += 1
+            examples += len(batch["label"])
+            sums["loss"] += float(loss.detach())
+            for name, value in parts.items():
+                sums[f"loss_{name}"] += value
+            if on_step is not None:
+                on_step(steps, float(loss.detach()))
+    if steps == 0:
+        raise ValueError("the training loader yielded no batches")
+    metrics = {name: total / steps for name, total in sums.items()}
+    metrics.update(steps=float(steps), num_examples=float(examples))
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: Iterable[Batch], *, device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    """Classification loss and accuracy over `loader` (labelled samples only)."""
+    device = torch.device(device)
+    model.eval()
+    loss_sum = 0.0
+    correct = count = 0
+    for batch in loader:
+        batch = to_device(batch, device)
+        with autocast(device):
+            logits = model(batch).logits.float()
+        labelled = batch["label"] >= 0
+        if not bool(labelled.any()):
+            continue
+        logits, labels = logits[labelled], batch["label"][labelled]
+        loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        correct += int((logits.argmax(dim=-1) == labels).sum())
+        count += int(labelled.sum())
+    if count == 0:
+        raise ValueError("the evaluation loader holds no labelled samples")
+    return {"loss": loss_sum / count, "accuracy": correct / count, "num_examples": float(count)}
