@@ -13,6 +13,8 @@ COMMAND_MODULES = (
     "fedmirasol.cli.model_cmd",
     "fedmirasol.cli.train_cmd",
     "fedmirasol.cli.data_cmd",
+    "fedmirasol.cli.simulate_cmd",
+    "fedmirasol.cli.report_cmd",
 )
 
 

@@ -61,7 +61,8 @@ def build_partitioner(data: Mapping[str, Any], num_labels: int, seed: int) -> Pa
     if scheme == "pathological":
         return PathologicalPartitioner(
             num_partitions=n, partition_by="label",
-            num_classes_per_partition=data["classes-per-client"], seed=seed,
+            num_classes_per_partition=data["classes-per-client"],
+            class_assignment_mode="first-deterministic", seed=seed,
         )
     if scheme == "quantity":
         sizes = quantity_sizes(num_labels, n, data["quantity-alpha"],

@@ -25,7 +25,9 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "num_rounds": config["num-rounds"],
         "final_centralized_accuracy": final["centralized_accuracy"],
         "final_centralized_loss": final["centralized_loss"],
-        "best_centralized_accuracy": max(r["centralized_accuracy"] for r in rounds),
+        "best_centralized_accuracy": max((r["centralized_accuracy"] for r in rounds
+                                          if r["centralized_accuracy"] is not None),
+                                         default=None),
         "final_federated_accuracy": final.get("federated_accuracy"),
         "final_federated_loss": final.get("federated_loss"),
         "final_mean_client_accuracy": final.get("federated_accuracy_client_mean"),

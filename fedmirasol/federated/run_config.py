@@ -81,6 +81,9 @@ DEFAULTS: Config = {
         "crash-clients": "",  # raise during training
         "nan-clients": "",  # reply with a NaN update
     },
+    "server": {
+        "evaluate-every": 1,  # centralized evaluation every N rounds (0: never)
+    },
     "output": {
         "runs-dir": "runs",
         "checkpoint-every": 1,

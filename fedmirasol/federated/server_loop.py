@@ -131,7 +131,7 @@ class FederatedRun:
             log.warning("left out at discovery: %s", problem)
         self.partitions = partitions
         self.ordered = PartitionOrderedGrid(self.grid, partitions)
-        if self.start_round == 1:
+        if self.start_round == 1 and cfg["server"]["evaluate-every"]:
             initial = {"round": 0, **self.evaluate_global(self.global_shared)}
             rundir.append_metrics(self.run_dir, _rename_central(initial))
             self.progress(_rename_central(initial))
@@ -193,9 +193,13 @@ class FederatedRun:
         )
 
         # Centralized evaluation on the server's test set.
-        central = self.evaluate_global(self.global_shared)
-        record.update(centralized_accuracy=central["test-accuracy"],
-                      centralized_loss=central["test-loss"])
+        every = self.config["server"]["evaluate-every"]
+        if every and (server_round % every == 0 or server_round == self.config["num-rounds"]):
+            central = self.evaluate_global(self.global_shared)
+            record.update(centralized_accuracy=central["test-accuracy"],
+                          centralized_loss=central["test-loss"])
+        else:
+            record.update(centralized_accuracy=None, centralized_loss=None)
         record["duration_s"] = time.perf_counter() - started
         return record
 

@@ -1,0 +1,110 @@
+"""What fedmirasol's simulation costs beyond training itself.
+
+The same local steps for 100 clients (10 sampled per round, tiny model) run
+
+  (a) through `fedmirasol simulate` (Flower's simulation engine, Ray, messages, validation,
+      checkpoints, run directory), federated and centralized evaluation switched off, and
+  (b) as a plain PyTorch loop in one process: the same sampled clients (read from (a)'s
+      metrics), the same data, the same seeded local training, then the weighted average.
+
+Prints the wall-clock seconds of both and the ratio a/b (target: at most 1.2), as JSON.
+
+    python benchmarks/simulation_overhead.py [--rounds 10] [--local-epochs 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def plain_loop(config: dict, sampled_per_round: list[list[int]]) -> tuple[float, dict]:
+    """(b): the same client updates and FedAvg in one process; returns (seconds, model)."""
+    from fedmirasol.federated import client_data
+    from fedmirasol.federated.client_task import init_model, seed_for
+    from fedmirasol.federated.parameters import ParameterSplit, delta, load_state, model_state
+    from fedmirasol.training.loop import train_epochs
+
+    started = time.perf_counter()
+    torch.set_num_threads(os.cpu_count() or 1)
+    client = config["client"]
+    model = init_model(config)
+    split = ParameterSplit.from_model(model, "")
+    global_shared = model_state(model, split.shared)
+    for server_round, sampled in enumerate(sampled_per_round, start=1):
+        updates, weights = [], []
+        for pid in sampled:
+            data = client_data.client_data(config, pid)
+            load_state(model, global_shared)
+            seed = seed_for(config["seed"], server_round, pid)
+            torch.manual_seed(seed)
+            optimizer = torch.optim.Adam(model.parameters(), lr=client["lr"])
+            train_epochs(model, client_data.loader(data.train, client["batch-size"],
+                                                   shuffle=True, seed=seed),
+                         optimizer, epochs=client["local-epochs"], device="cpu")
+            updates.append(delta(model_state(model, split.shared), global_shared))
+            weights.append(len(data.train))
+        total = sum(weights)
+        global_shared = {k: global_shared[k] + sum(w / total * u[k] for u, w in
+                                                   zip(updates, weights))
+                         for k in global_shared}
+    return time.perf_counter() - started, global_shared
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--per-round", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--clips-per-client", type=int, default=20)
+    parser.add_argument("--local-epochs", type=int, default=4)
+    args = parser.parse_args()
+
+    from fedmirasol.federated import run_dir as rundir
+    from fedmirasol.federated.run_config import load_config
+    from fedmirasol.federated.simulate import simulate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = load_config(None, [
+            "name='overhead'", f"num-rounds={args.rounds}",
+            f"data.num-clients={args.clients}", f"data.clips-per-client={args.clips_per_client}",
+            "data.partitioner='iid'", "data.test-clips=8", "model.num-frames=8",
+            f"client.local-epochs={args.local_epochs}",
+            f"strategy.fraction-train={args.per_round / args.clients}",
+            "strategy.fraction-evaluate=0.0", "server.evaluate-every=0",
+            f"output.runs-dir='{tmp}'",
+        ])
+        started = time.perf_counter()
+        run = simulate(config, progress=None)
+        simulated = time.perf_counter() - started
+        records = rundir.read_metrics(run)
+        sampled = [r["sampled"] for r in records if r["round"] > 0]
+        assert all(len(r["participants"]) == args.per_round for r in records if r["round"] > 0)
+        with open(Path(run) / "checkpoints" / f"round-{args.rounds:04d}.pkl", "rb") as handle:
+            import pickle
+
+            federated_model = pickle.load(handle).global_shared
+
+    # (b) renders its clients' clips itself, as the simulated clients did.
+    plain, plain_model = plain_loop(config, sampled)
+    drift = max(float(np.abs(federated_model[k] - plain_model[k]).max()) for k in plain_model)
+    print(json.dumps({
+        "clients": args.clients, "per_round": args.per_round, "rounds": args.rounds,
+        "local_epochs": args.local_epochs, "clips_per_client": args.clips_per_client,
+        "simulation_seconds": round(simulated, 2), "plain_loop_seconds": round(plain, 2),
+        "ratio": round(simulated / plain, 3),
+        "max_abs_difference_between_final_models": drift,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

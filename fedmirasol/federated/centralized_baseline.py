@@ -1,0 +1,44 @@
+"""The reference a federated run is judged against: the same model trained centrally on the
+union of all clients' training data, for the same number of passes, tested on the same
+server test set."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import torch
+
+from fedmirasol.federated import client_data
+from fedmirasol.federated.client_task import init_model, seed_for
+from fedmirasol.training.device import resolve_device
+from fedmirasol.training.loop import evaluate, train_epochs
+
+
+def centralized_baseline(config: Mapping[str, Any]) -> dict[str, float]:
+    """Train on the pooled client data for num-rounds x local-epochs epochs; test accuracy."""
+    started = time.perf_counter()
+    client = config["client"]
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model = init_model(config)
+    device = resolve_device(client["device"])
+    model.to(device)
+    optimizer_cls = torch.optim.SGD if client["optimizer"] == "sgd" else torch.optim.Adam
+    extra = {"momentum": client["momentum"]} if client["optimizer"] == "sgd" else {}
+    optimizer = optimizer_cls(model.parameters(), lr=client["lr"],
+                              weight_decay=client["weight-decay"], **extra)
+    train = client_data.pooled_train(config)
+    epochs = config["num-rounds"] * client["local-epochs"]
+    seed = seed_for(config["seed"], 0xCE17)
+    torch.manual_seed(seed)
+    loader = client_data.loader(train, client["batch-size"], shuffle=True, seed=seed)
+    train_metrics = train_epochs(model, loader, optimizer, epochs=epochs, device=device)
+    test = evaluate(model, client_data.loader(client_data.test_dataset(config),
+                                              client["eval-batch-size"], shuffle=False),
+                    device=device)
+    return {"centralized_baseline_accuracy": test["accuracy"],
+            "centralized_baseline_loss": test["loss"],
+            "centralized_baseline_train_loss": train_metrics["loss"],
+            "centralized_baseline_epochs": float(epochs),
+            "centralized_baseline_examples": float(len(train)),
+            "centralized_baseline_seconds": time.perf_counter() - started}
