@@ -151,3 +151,9 @@ def test_iid_share_without_sites_and_split_column(media_files, tmp_path):
     split = [ClipRecord(path=str(media_files["h264_30"]), split="train" if i < 7 else "val") for i in range(10)]
     train, val = load_manifest_datasets(write_manifest(split, tmp_path / "s.csv"), CONFIG)
     assert (len(train), len(val)) == (7, 3)
+
+
+def test_long_files_are_decoded_up_to_max_seconds(media_files):
+    whole = MediaClipDataset(records(media_files, ["h264_30"]), CONFIG, max_seconds=None)
+    capped = MediaClipDataset(records(media_files, ["h264_30"]), CONFIG, max_seconds=1.0)
+    assert whole.decoded(0).num_slots == 16 and capped.decoded(0).num_slots == 8

@@ -36,6 +36,8 @@ class MediaClipDataset(Dataset):
 
     ``random`` windows and random crops are training augmentations; they draw from torch's
     RNG, which DataLoader seeds per worker and epoch. Pass ``cache=None`` to decode every time.
+    A record without an end is decoded for at most `max_seconds` from its start (None: all of
+    it), which bounds the memory and cache size of long videos.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class MediaClipDataset(Dataset):
         random_crop: bool = False,
         cache: DecodeCache | None = None,
         num_frames: int | None = None,
+        max_seconds: float | None = 120.0,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown sampling strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
@@ -62,6 +65,7 @@ class MediaClipDataset(Dataset):
         self.random_crop = random_crop
         self.cache = cache
         self.num_frames = num_frames or model_config.num_frames
+        self.max_seconds = max_seconds
         self._tokenizer = ByteTokenizer()
         self._failed = torch.zeros(len(self.records), dtype=torch.int8).share_memory_()
 
@@ -108,9 +112,11 @@ class MediaClipDataset(Dataset):
     def decoded(self, index: int) -> DecodedMedia:
         """The decoded span of record `index`, from the cache when it holds it."""
         record = self.records[index]
+        start = record.start or 0.0
+        end = record.end if record.end is not None or self.max_seconds is None else start + self.max_seconds
         settings = DecodeSettings(
             fps=self.config.fps, image_size=self.config.image_size, sample_rate=self.config.sample_rate,
-            start=record.start or 0.0, end=record.end,
+            start=start, end=end,
         )
         key = self.cache.key(record.path, settings, record.audio_path) if self.cache else None
         if key is not None:
@@ -200,6 +206,7 @@ def load_manifest_datasets(
     train_strategy: str = "random",
     eval_strategy: str = "center",
     eval_clips: int = 1,
+    max_seconds: float | None = 120.0,
 ) -> tuple[MediaClipDataset, MediaClipDataset]:
     """(train, val) datasets of one client (or of everyone when `client_id` is None).
 
@@ -217,8 +224,12 @@ def load_manifest_datasets(
     train, val = split_train_val(records, val_fraction, seed)
     cache = DecodeCache(cache_dir) if cache_dir is not None else None
     return (
-        MediaClipDataset(train, model_config, strategy=train_strategy, random_crop=True, cache=cache),
-        MediaClipDataset(val, model_config, strategy=eval_strategy, num_clips=eval_clips, cache=cache),
+        MediaClipDataset(
+            train, model_config, strategy=train_strategy, random_crop=True, cache=cache, max_seconds=max_seconds
+        ),
+        MediaClipDataset(
+            val, model_config, strategy=eval_strategy, num_clips=eval_clips, cache=cache, max_seconds=max_seconds
+        ),
     )
 
 
