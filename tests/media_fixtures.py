@@ -59,6 +59,10 @@ def _write_all(root: Path) -> dict[str, Path]:
         data = source.read_bytes()
         files[name] = root / f"{name}{source.suffix}"
         files[name].write_bytes(data[: len(data) // 2])
+    # An mkv whose codec id no decoder knows: h264 packets under a made-up Matroska CodecID.
+    mkv = write_media_file(root / "h264.mkv", index_frames(10), 10).read_bytes()
+    files["unsupported"] = root / "unsupported.mkv"
+    files["unsupported"].write_bytes(mkv.replace(b"V_MPEG4/ISO/AVC", b"V_ZZZZZ/ISO/ZZZ"))
     files["zero_bytes"] = root / "zero_bytes.mp4"
     files["zero_bytes"].write_bytes(b"")
     files["text"] = root / "text.mp4"
@@ -78,5 +82,6 @@ BAD_FILES = {  # name -> the error kind it must raise
     "truncated_webm": "corrupt",
     "zero_bytes": "empty",
     "text": "not-media",
+    "unsupported": "unsupported-codec",
     "missing": "missing",
 }
