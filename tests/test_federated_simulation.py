@@ -150,3 +150,20 @@ def test_many_clients_config_runs(tmp_path: Path) -> None:
     assert len(record["sampled"]) == 10 and len(record["participants"]) == 10
     assert not record["rejected"]
     assert math.isfinite(record["centralized_accuracy"])
+
+
+def test_a_client_past_the_round_timeout_is_recorded_and_the_round_goes_on(
+        tmp_path: Path) -> None:
+    cfg = load_config(None, [
+        "num-rounds=1", "data.num-clients=3", "data.clips-per-client=6", "data.test-clips=4",
+        "model.num-frames=8", "client.batch-size=4", "data.partitioner=iid",
+        "strategy.round-timeout=6.0", "faults.slow-clients='2'", "faults.slow-seconds=12.0",
+        "strategy.fraction-evaluate=0.0", f"output.runs-dir='{tmp_path}'",
+    ])
+    run = simulate(cfg, progress=None)
+    (record,) = rundir.read_metrics(run)[1:]
+    assert record["sampled"] == [0, 1, 2]
+    assert record["participants"] == [0, 1]
+    assert [(r["partition-id"], r["reason"]) for r in record["rejected"]] == [
+        (2, "no reply within round-timeout (6 s)")]
+    assert math.isfinite(record["centralized_accuracy"])

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from fedmirasol.data.batch import Sample, collate
 from fedmirasol.data.synthetic import DomainShift, SyntheticAVDataset, SyntheticConfig
-from fedmirasol.federated.partitioning import ClientSpec, client_specs
+from fedmirasol.federated.partitioning import ClientSpec, client_specs, label_histogram
 from fedmirasol.federated.run_config import model_config
 
 TEST_SEED_OFFSET = 1_000_003  # the test set never shares clips with the client pool
@@ -42,6 +42,18 @@ class Materialized(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         return self.samples[index]
+
+
+def partition_summary(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per client: sizes, label histogram, domain and missing modalities (for the run dir)."""
+    labels = pool_labels(config)
+    num_classes = model_config(config).num_classes
+    return [{
+        "partition-id": spec.partition_id, "train": len(spec.train_indices),
+        "val": len(spec.val_indices),
+        "labels": label_histogram(labels, spec.train_indices + spec.val_indices, num_classes),
+        "domain": spec.domain, "drop-audio": spec.drop_audio, "drop-video": spec.drop_video,
+    } for spec in specs(config)]
 
 
 def synthetic_config(config: Mapping[str, Any]) -> SyntheticConfig:

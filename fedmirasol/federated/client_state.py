@@ -11,7 +11,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import RecordDict
 
 from fedmirasol.federated.parameters import NumpyState, from_record, to_record
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -103,6 +104,8 @@ def train(config: Mapping[str, Any], partition_id: int, server_round: int,
     torch.set_num_threads(client["threads"])
     if partition_id in parse_ids(config["faults"]["crash-clients"]):
         raise InjectedFault(f"client {partition_id} crashed on purpose (faults.crash-clients)")
+    if partition_id in parse_ids(config["faults"]["slow-clients"]):
+        time.sleep(config["faults"]["slow-seconds"])
     data = client_data.client_data(config, partition_id)
     model, split = prepare_model(config, global_shared, state)
     device = resolve_device(client["device"])

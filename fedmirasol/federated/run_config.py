@@ -7,7 +7,6 @@ names work in `--set`, in `flwr run --run-config` and in `[tool.flwr.app.config]
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import tomllib
@@ -21,13 +20,13 @@ Config = dict[str, Any]
 DEFAULTS: Config = {
     "name": "quickstart",
     "seed": 0,
-    "num-rounds": 12,
+    "num-rounds": 20,
     "model": {"name": "tiny"},  # plus any MirasolConfig field, e.g. model.num-frames = 8
     "data": {
         "source": "synthetic",  # "synthetic" or "manifest"
         "manifest": "",  # path of a media manifest when source = "manifest"
         "num-clients": 10,
-        "clips-per-client": 40,  # mean clips per client (train + validation)
+        "clips-per-client": 80,  # mean clips per client (train + validation)
         "test-clips": 240,  # the server's held-out test set
         "val-fraction": 0.2,
         "partitioner": "dirichlet",  # iid | dirichlet | pathological | quantity
@@ -41,7 +40,7 @@ DEFAULTS: Config = {
         "drop-video-prob": 0.0,  # probability that a client has no video
     },
     "client": {
-        "local-epochs": 1,
+        "local-epochs": 2,
         "batch-size": 8,
         "optimizer": "adam",  # adam | sgd
         "lr": 0.002,
@@ -80,6 +79,8 @@ DEFAULTS: Config = {
         # Fault injection for robustness experiments: comma-separated partition ids.
         "crash-clients": "",  # raise during training
         "nan-clients": "",  # reply with a NaN update
+        "slow-clients": "",  # sleep `slow-seconds` before training (to test round timeouts)
+        "slow-seconds": 0.0,
     },
     "server": {
         "evaluate-every": 1,  # centralized evaluation every N rounds (0: never)
@@ -286,7 +287,3 @@ def to_json(config: Mapping[str, Any]) -> str:
 
 def from_json(text: str) -> Config:
     return validate(json.loads(text))
-
-
-def deep_copy(config: Mapping[str, Any]) -> Config:
-    return copy.deepcopy(dict(config))

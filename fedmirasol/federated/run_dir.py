@@ -4,6 +4,7 @@ Layout::
 
     runs/<name>-<time>/
         config.json          the resolved run config
+        partitions.json      per client: data sizes, label histogram, domain, modalities
         metrics.jsonl        one JSON object per completed round
         checkpoints/round-NNNN.pkl  global shared arrays + strategy state after round N
         client-state/        client state mirrors (simulation only; for resuming)
@@ -29,6 +30,7 @@ METRICS_FILE = "metrics.jsonl"
 REPORT_FILE = "report.json"
 FINAL_MODEL_FILE = "final_model.pt"
 CHECKPOINT_DIR = "checkpoints"
+PARTITIONS_FILE = "partitions.json"
 
 
 def create(runs_dir: str | Path, name: str) -> Path:
@@ -45,6 +47,10 @@ def create(runs_dir: str | Path, name: str) -> Path:
 
 def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
     (run_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def write_partitions(run_dir: Path, partitions: list[dict[str, Any]]) -> None:
+    (run_dir / PARTITIONS_FILE).write_text(json.dumps(partitions, indent=1) + "\n")
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedmirasol.federated import run_dir as rundir
+from fedmirasol.federated import client_data, run_dir as rundir
 from fedmirasol.federated.client_handlers import CONFIG_KEY, STATE_DIR_KEY
 from fedmirasol.federated.client_task import init_model, seed_for
 from fedmirasol.federated.metrics import client_metrics, mean, message_array_bytes, weighted_mean
@@ -131,6 +131,8 @@ class FederatedRun:
             log.warning("left out at discovery: %s", problem)
         self.partitions = partitions
         self.ordered = PartitionOrderedGrid(self.grid, partitions)
+        if self.start_round == 1:
+            rundir.write_partitions(self.run_dir, client_data.partition_summary(cfg))
         if self.start_round == 1 and cfg["server"]["evaluate-every"]:
             initial = {"round": 0, **self.evaluate_global(self.global_shared)}
             rundir.append_metrics(self.run_dir, _rename_central(initial))
