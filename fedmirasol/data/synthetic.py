@@ -33,6 +33,7 @@ COLOURS = {
 PITCH_RANGE_HZ = (300.0, 2400.0)
 TONE_SECONDS = 0.15
 FLASH_FRAMES = 2
+DIM_OBJECT = 0.25  # object brightness between flashes, relative to a flash
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,8 @@ class SyntheticAVDataset(Dataset):
         audio = self._render_audio(rng, cfg.pitches_hz()[pitch_index], tone_frames)
 
         colour = rng.choice(list(COLOURS))
-        caption = f"a {colour} {cfg.describe(label)}"
+        article = "an" if colour[0] in "aeiou" else "a"
+        caption = f"{article} {colour} {cfg.describe(label)}"
         frames = self._apply_colour(frames, COLOURS[colour], event_frames)
         frames = np.clip(frames * np.asarray(domain.colour) + domain.brightness, 0.0, 1.0)
         frames = frames + rng.normal(0.0, domain.camera_noise, size=frames.shape)
@@ -242,14 +244,19 @@ class SyntheticAVDataset(Dataset):
         return masks
 
     def _apply_colour(self, masks: np.ndarray, colour: tuple[float, float, float], event_frames: list[int]) -> np.ndarray:
-        """Dark background, coloured object; during a flash the object turns white and the
-        background lightens."""
+        """Dark background and a dim object that lights up during its flashes.
+
+        The object is faint between events and fully lit at them, so the evidence of its
+        shape and the visual events sit in the same frames (as the tones that carry the pitch
+        are the audio events).
+        """
         cfg = self.config
-        flash = np.zeros(cfg.num_frames, dtype=np.float32)
+        flash = np.zeros((cfg.num_frames, 1, 1, 1), dtype=np.float32)
         for start in event_frames:
             flash[start : start + FLASH_FRAMES] = 1.0
-        background = 0.12 + 0.25 * flash[:, None, None, None]
-        object_colour = np.asarray(colour, dtype=np.float32)[None, None, None, :] * (1 - flash[:, None, None, None]) + flash[:, None, None, None]
+        background = 0.1
+        brightness = DIM_OBJECT + (1.0 - DIM_OBJECT) * flash
+        object_colour = background + brightness * (np.asarray(colour, dtype=np.float32) - background)
         return background + masks[..., None] * (object_colour - background)
 
     def _render_audio(self, rng: np.random.Generator, pitch_hz: float, tone_frames: list[int]) -> np.ndarray:

@@ -74,10 +74,13 @@ class TokenTuringMachineCombiner(nn.Module):
             )
             tagged_memory = memory + memory_role[:, None]
             processed = self.process(self.read(torch.cat([tagged_memory, inputs], dim=1)))
-            memory = self.write(
-                torch.cat([tagged_memory, inputs, processed + output_role[:, None]], dim=1)
-            )
             outputs.append(processed)
+            if t + 1 < chunks:
+                # No write after the last chunk: nothing reads that memory, and a module call
+                # without a backward pass would misalign Opacus' per-sample gradients.
+                memory = self.write(
+                    torch.cat([tagged_memory, inputs, processed + output_role[:, None]], dim=1)
+                )
         return torch.stack(outputs, dim=1)
 
 

@@ -45,7 +45,11 @@ class TextDecoder(nn.Module):
         """Mean next-token cross-entropy of each sample over its non-PAD targets.
 
         Returns (losses ``B``, has_text ``B`` bool); a sample without text has loss 0.
+        Columns that are PAD in every row are dropped first: they carry no target.
         """
+        used_columns = (tokens != self.tokenizer.pad_id).any(dim=0).nonzero()
+        length = int(used_columns.max()) + 1 if len(used_columns) else 2
+        tokens = tokens[:, : max(length, 2)]
         logits = self.forward(tokens[:, :-1], context)
         targets = tokens[:, 1:]
         valid = targets != self.tokenizer.pad_id
