@@ -79,65 +79,93 @@ def _seek(container: av.container.InputContainer, start: float) -> None:
         container.seek(int((start - SEEK_MARGIN) * av.time_base), backward=True, any_frame=False)
 
 
+class _Grid:
+    """Fills grid slots from frames arriving in presentation order."""
+
+    def __init__(self, settings: DecodeSettings, size: tuple[int, int]) -> None:
+        self.settings, self.size = settings, size
+        self.frames: list[np.ndarray] = []
+        self.times: list[float] = []
+        self.shown: list | None = None  # [time, rgb array or None, av frame] on screen now
+
+    def slot_time(self, k: int) -> float:
+        return self.settings.start + (k + 0.5) / self.settings.fps
+
+    def add(self, frame: av.VideoFrame, time: float) -> None:
+        """`frame` appears at `time`: the frame shown so far fills the slots before it."""
+        late_first = self.shown is None and time > self.slot_time(0)
+        if late_first:  # the first frame comes after slot 0: it is what shows before it, too
+            self.shown = [time, None, frame]
+        self.fill_until(time)
+        if not late_first:
+            self.shown = [time, None, frame]
+
+    def fill_until(self, time: float) -> None:
+        """Fill every slot before `time` (and before the span's end) with the frame on screen."""
+        end = self.settings.end
+        while self.shown is not None and self.slot_time(len(self.frames)) < time and (
+            end is None or self.slot_time(len(self.frames)) < end
+        ):
+            self.append_shown()
+
+    def append_shown(self) -> None:
+        """Put the frame on screen in the next slot (resized with an area filter and converted
+        to RGB once, however many slots it fills)."""
+        if self.shown[1] is None:
+            width, height = self.size
+            self.shown[1] = self.shown[2].to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+            self.shown[2] = None
+        self.frames.append(self.shown[1])
+        self.times.append(self.shown[0])
+
+
+class _AudioCollector:
+    """Resampled 16 kHz mono chunks with their start times."""
+
+    def __init__(self, settings: DecodeSettings) -> None:
+        self.end = settings.end
+        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=settings.sample_rate)
+        self.chunks: list[tuple[float | None, np.ndarray]] = []
+        self.done = False
+
+    def add(self, frame: av.AudioFrame) -> None:
+        for out in self.resampler.resample(frame):
+            self.chunks.append((_time(out, frame), out.to_ndarray().reshape(-1)))
+        self.done = self.end is not None and frame.time is not None and frame.time >= self.end
+
+    def flush(self) -> None:
+        if not self.done:
+            self.chunks.extend((None, out.to_ndarray().reshape(-1)) for out in self.resampler.resample(None))
+
+
 def _pick_frames(container, video, audio, settings: DecodeSettings, path: Path):
-    """One pass over the packets: grid frames from the video, raw chunks from the audio."""
-    fps, start, end = settings.fps, settings.start, settings.end
-    frames: list[np.ndarray] = []
-    times: list[float] = []
-    audio_chunks: list[tuple[float, np.ndarray]] | None = [] if audio is not None else None
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=settings.sample_rate)
-    size = resized_shape(video.codec_context.width, video.codec_context.height, settings.image_size)
-    previous = None  # (time, rgb array or None, frame) of the frame on screen
-    video_done = False
-    video_end = 0.0
-    audio_done = audio is None
-    slot = lambda k: start + (k + 0.5) / fps  # noqa: E731
-
-    def rgb(entry):
-        if entry[1] is None:
-            entry[1] = entry[2].to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="AREA")
-            entry[2] = None  # free the decoded frame
-        return entry[1]
-
-    streams = [video] + ([audio] if audio is not None else [])
+    """One pass over the packets: grid frames from the video, resampled chunks from the audio."""
+    grid = _Grid(settings, resized_shape(video.codec_context.width, video.codec_context.height, settings.image_size))
+    collector = _AudioCollector(settings) if audio is not None else None
+    video_done, video_end = False, 0.0
     try:
-        for frame in container.decode(*streams):
+        for frame in container.decode(*[s for s in (video, audio) if s is not None]):
             if isinstance(frame, av.AudioFrame):
-                if audio_done:
-                    continue
-                for out in resampler.resample(frame):
-                    audio_chunks.append((_time(out, frame), out.to_ndarray().reshape(-1)))
-                if end is not None and frame.time is not None and frame.time >= end:
-                    audio_done = True
-            else:
-                if video_done:
-                    continue
-                time = frame.time if frame.time is not None else (previous[0] + 1.0 / fps if previous else 0.0)
-                if previous is None and time > slot(0):
-                    # The first frame comes late: it is what is on screen before it, too.
-                    previous = [time, None, frame]
-                while previous is not None and slot(len(frames)) < time and (end is None or slot(len(frames)) < end):
-                    frames.append(rgb(previous))
-                    times.append(previous[0])
-                previous = [time, None, frame]
-                video_end = time + _frame_step(frame, video, fps)
-                if end is not None and time >= end:
-                    video_done = True
-            if video_done and audio_done:
+                if not collector.done:
+                    collector.add(frame)
+            elif not video_done:
+                time = frame.time if frame.time is not None else video_end
+                grid.add(frame, time)
+                video_end = time + _frame_step(frame, video, settings.fps)
+                video_done = settings.end is not None and time >= settings.end
+            if video_done and (collector is None or collector.done):
                 break
-        if audio_chunks is not None and not audio_done:
-            for out in resampler.resample(None):
-                audio_chunks.append((None, out.to_ndarray().reshape(-1)))
+        if collector is not None:
+            collector.flush()
     except av.error.FFmpegError as error:
-        raise MediaError(path, "decode-error", f"decoding failed after {len(frames)} grid frames ({error})") from error
-    if previous is None:
-        raise MediaError(path, "no-frames", f"no decodable video frame from {start:.2f} s")
-    check_complete(path, video_end, header_duration(container, video), end)
-    stop = video_end if end is None else min(video_end, end)
-    while slot(len(frames)) < stop or not frames:
-        frames.append(rgb(previous))
-        times.append(previous[0])
-    return frames, times, audio_chunks
+        raise MediaError(path, "decode-error", f"decoding failed after {len(grid.frames)} grid frames ({error})") from error
+    if grid.shown is None:
+        raise MediaError(path, "no-frames", f"no decodable video frame from {settings.start:.2f} s")
+    check_complete(path, video_end, header_duration(container, video), settings.end)
+    grid.fill_until(video_end)  # the last frame stays on screen for its duration
+    if not grid.frames:  # a span shorter than half a slot (a one-frame video) still gives one
+        grid.append_shown()
+    return grid.frames, grid.times, collector.chunks if collector is not None else None
 
 
 def _frame_step(frame: av.VideoFrame, video, fps: float) -> float:
@@ -163,19 +191,16 @@ def _decode_audio_file(path: Path, settings: DecodeSettings) -> list[tuple[float
         stream = container.streams.audio[0]
         check_decoder(stream, path)
         _seek(container, settings.start)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=settings.sample_rate)
-        chunks: list[tuple[float | None, np.ndarray]] = []
+        collector = _AudioCollector(settings)
         try:
             for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append((_time(out, frame), out.to_ndarray().reshape(-1)))
-                if settings.end is not None and frame.time is not None and frame.time >= settings.end:
+                collector.add(frame)
+                if collector.done:
                     break
-            for out in resampler.resample(None):
-                chunks.append((None, out.to_ndarray().reshape(-1)))
+            collector.flush()
         except av.error.FFmpegError as error:
             raise MediaError(path, "decode-error", f"audio does not decode ({error})") from error
-    return chunks
+    return collector.chunks
 
 
 def _place_audio(chunks: list[tuple[float | None, np.ndarray]], settings: DecodeSettings, num_slots: int) -> np.ndarray:
