@@ -135,3 +135,13 @@ def test_probe_reports_streams(media_files):
     webm = probe_media(media_files["vp9_opus"])
     assert (webm.video_codec, webm.audio_codec) == ("vp9", "opus")
     assert probe_media(media_files["no_audio"]).audio_codec is None
+
+
+def test_late_first_frame_also_fills_the_slots_before_it(tmp_path):
+    times = [0.3, 0.5, 0.9]
+    path = write_media_file(tmp_path / "late.mkv", index_frames(3), 10, frame_times=times)
+    decoded = decode_media(path, DecodeSettings(fps=8.0, image_size=24))
+    slots = (np.arange(decoded.num_slots) + 0.5) / 8.0
+    want = np.maximum(np.searchsorted(times, slots, side="right") - 1, 0)
+    assert decoded.frame_times[0] == pytest.approx(0.3)
+    np.testing.assert_array_equal(frame_index(decoded.frames), want)
