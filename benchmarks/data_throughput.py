@@ -42,16 +42,22 @@ def camera_clips(out: Path, count: int, seconds: float = 3.0) -> list[ClipRecord
     base = rng.integers(0, 255, (240 + frames_per_clip, 320, 3), dtype=np.uint8)
     records = []
     for index in range(count):
-        frames = np.stack([np.roll(base[i : i + 240], index * 7, axis=1) for i in range(frames_per_clip)])
+        frames = np.stack(
+            [np.roll(base[i : i + 240], index * 7, axis=1) for i in range(frames_per_clip)]
+        )
         audio = (0.3 * rng.standard_normal((2, round(seconds * 44_100)))).astype(np.float32)
         path = write_media_file(out / f"camera_{index:03d}.mp4", frames, 29.97, audio, 44_100, crf=23)
         records.append(ClipRecord(path=str(path), label=index % 8))
     return records
 
 
-def epoch_rates(records: list[ClipRecord], config, cache_dir: Path, workers: int, batch_size: int, epochs: int) -> list[float]:
+def epoch_rates(
+    records: list[ClipRecord], config, cache_dir: Path, workers: int, batch_size: int, epochs: int
+) -> list[float]:
     """Clips per second of each pass over the records, through one loader (persistent workers)."""
-    dataset = MediaClipDataset(records, config, strategy="random", random_crop=True, cache=DecodeCache(cache_dir))
+    dataset = MediaClipDataset(
+        records, config, strategy="random", random_crop=True, cache=DecodeCache(cache_dir)
+    )
     loader = media_loader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
     rates = []
     for _ in range(epochs):
@@ -85,9 +91,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     config = get_config(args.config)
-    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"model {config.name}: {config.num_frames} frames at {config.fps:g} fps, {config.image_size} px; "
-          f"load average {os.getloadavg()[0]:.1f} (other processes slow both sides)")
+    print(
+        f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"model {config.name}: {config.num_frames} frames at {config.fps:g} fps, {config.image_size} px; "
+        f"load average {os.getloadavg()[0]:.1f} (other processes slow both sides)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sources = {
@@ -97,21 +105,31 @@ def main() -> None:
         rows = []
         for name, records in sources.items():
             cache = tmp / f"cache_{name}"
-            cold, *cached = epoch_rates(records, config, cache, args.workers, args.batch_size, 1 + args.epochs)
+            cold, *cached = epoch_rates(
+                records, config, cache, args.workers, args.batch_size, 1 + args.epochs
+            )
             inline = epoch_rates(records, config, cache, 0, args.batch_size, args.epochs)
             rows.append((name, cold, float(np.median(cached)), float(np.median(inline))))
         sample_batches = [
-            collate([MediaClipDataset(sources["synth"], config)[i] for i in range(b, b + args.batch_size)])
+            collate(
+                [MediaClipDataset(sources["synth"], config)[i] for i in range(b, b + args.batch_size)]
+            )
             for b in range(0, 2 * args.batch_size, args.batch_size)
         ]
         trained = train_rate(config, sample_batches, args.train_steps)
     print(f"\ntraining ({config.name} model, batch {args.batch_size}): {trained:.1f} clips/s\n")
-    print(f"{'source':8} {'cold':>12} {'cached':>12} {'cached, 0 wk':>14} {'cached/train':>13} {'cold/train':>11}")
+    print(
+        f"{'source':8} {'cold':>12} {'cached':>12} {'cached, 0 wk':>14} {'cached/train':>13} {'cold/train':>11}"
+    )
     for name, cold, cached, inline in rows:
-        print(f"{name:8} {cold:9.1f}/s  {cached:9.1f}/s  {inline:11.1f}/s  {cached / trained:12.1f}x {cold / trained:10.1f}x")
-    print(f"\n(cold: first pass, empty cache; cached: median of {args.epochs} later passes; both with "
-          f"{args.workers} DataLoader workers; '0 wk': cached, decoded in the main process. "
-          "Target: cached >= 2x training)")
+        print(
+            f"{name:8} {cold:9.1f}/s  {cached:9.1f}/s  {inline:11.1f}/s  {cached / trained:12.1f}x {cold / trained:10.1f}x"
+        )
+    print(
+        f"\n(cold: first pass, empty cache; cached: median of {args.epochs} later passes; both with "
+        f"{args.workers} DataLoader workers; '0 wk': cached, decoded in the main process. "
+        "Target: cached >= 2x training)"
+    )
 
 
 if __name__ == "__main__":

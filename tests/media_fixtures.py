@@ -30,9 +30,13 @@ def frame_index(frames: np.ndarray) -> np.ndarray:
     return (np.round((mean[:, 0] - 20) / 12) + 18 * np.round((mean[:, 1] - 20) / 12)).astype(int)
 
 
-def sine(seconds: float, rate: int, hz: float = 440.0, channels: int = 1, amplitude: float = 0.5) -> np.ndarray:
+def sine(
+    seconds: float, rate: int, hz: float = 440.0, channels: int = 1, amplitude: float = 0.5
+) -> np.ndarray:
     """A sine of `seconds` at `rate`: shape ``M`` for mono, ``C x M`` otherwise."""
-    wave = (amplitude * np.sin(2 * np.pi * hz * np.arange(round(seconds * rate)) / rate)).astype(np.float32)
+    wave = (amplitude * np.sin(2 * np.pi * hz * np.arange(round(seconds * rate)) / rate)).astype(
+        np.float32
+    )
     return wave if channels == 1 else np.repeat(wave[None], channels, axis=0)
 
 
@@ -44,14 +48,26 @@ def peak_hz(audio: np.ndarray, rate: int) -> float:
 def _write_all(root: Path) -> dict[str, Path]:
     files = {
         "h264_30": write_media_file(root / "h264_30.mp4", index_frames(60), 30, sine(2, 16_000), 16_000),
-        "h264_2997": write_media_file(root / "h264_2997.mp4", index_frames(60), 29.97, sine(2, 16_000), 16_000),
-        "fps_12_5": write_media_file(root / "fps_12_5.mkv", index_frames(25), 12.5, sine(2, 16_000), 16_000),
-        "vp9_opus": write_media_file(root / "vp9_opus.webm", index_frames(60), 30, sine(2, 48_000, hz=1000), 48_000),
+        "h264_2997": write_media_file(
+            root / "h264_2997.mp4", index_frames(60), 29.97, sine(2, 16_000), 16_000
+        ),
+        "fps_12_5": write_media_file(
+            root / "fps_12_5.mkv", index_frames(25), 12.5, sine(2, 16_000), 16_000
+        ),
+        "vp9_opus": write_media_file(
+            root / "vp9_opus.webm", index_frames(60), 30, sine(2, 48_000, hz=1000), 48_000
+        ),
         "no_audio": write_media_file(root / "no_audio.mp4", index_frames(60), 30),
-        "stereo_44k": write_media_file(root / "stereo_44k.mp4", index_frames(60), 30, sine(2, 44_100, hz=880, channels=2), 44_100),
-        "one_frame": write_media_file(root / "one_frame.mp4", index_frames(1), 30, sine(2, 16_000), 16_000),
+        "stereo_44k": write_media_file(
+            root / "stereo_44k.mp4", index_frames(60), 30, sine(2, 44_100, hz=880, channels=2), 44_100
+        ),
+        "one_frame": write_media_file(
+            root / "one_frame.mp4", index_frames(1), 30, sine(2, 16_000), 16_000
+        ),
         "vfr": write_media_file(
-            root / "vfr.mp4", index_frames(10), 25,
+            root / "vfr.mp4",
+            index_frames(10),
+            25,
             frame_times=[0.0, 0.04, 0.12, 0.13, 0.3, 0.5, 0.55, 0.9, 1.2, 1.25],
         ),
     }

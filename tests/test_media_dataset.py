@@ -20,7 +20,10 @@ CONFIG = get_config("tiny", num_frames=8)  # 8 frames at 8 fps: 1 s clips, 16000
 
 
 def records(media_files, names, **fields) -> list[ClipRecord]:
-    return [ClipRecord(path=str(media_files[n]), label=i % CONFIG.num_classes, **fields) for i, n in enumerate(names)]
+    return [
+        ClipRecord(path=str(media_files[n]), label=i % CONFIG.num_classes, **fields)
+        for i, n in enumerate(names)
+    ]
 
 
 def test_sample_follows_the_batch_contract(media_files):
@@ -84,7 +87,10 @@ def test_cache_serves_later_epochs_without_decoding(media_files, tmp_path, monke
     data = MediaClipDataset(records(media_files, ["h264_30", "text"]), CONFIG, cache=cache)
     first = data[0]
     data[1]  # caches text.mp4's error as well
-    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 1 and len(list((tmp_path / "cache").rglob("*.err"))) == 1
+    assert (
+        len(list((tmp_path / "cache").rglob("*.npz"))) == 1
+        and len(list((tmp_path / "cache").rglob("*.err"))) == 1
+    )
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although cached")
@@ -114,7 +120,9 @@ def test_cache_key_follows_content_and_settings(media_files, tmp_path):
 
 
 def test_dense_gives_several_clips_per_video(media_files):
-    data = MediaClipDataset(records(media_files, ["h264_30", "vp9_opus"]), CONFIG, strategy="dense", num_clips=3)
+    data = MediaClipDataset(
+        records(media_files, ["h264_30", "vp9_opus"]), CONFIG, strategy="dense", num_clips=3
+    )
     assert len(data) == 6 and data.video_ids().tolist() == [0, 0, 0, 1, 1, 1]
     clips = [data[i]["video"] for i in range(3)]
     assert not torch.equal(clips[0], clips[2])  # from the start and from the end of a 2 s file
@@ -129,13 +137,20 @@ def test_random_strategy_draws_different_windows(media_files):
 
 def test_load_manifest_datasets_by_site_and_partition_folder(media_files, tmp_path):
     names = ["h264_30", "h264_2997", "vp9_opus", "stereo_44k", "fps_12_5", "no_audio"]
-    rows = [ClipRecord(path=str(media_files[n]), label=i, site="a" if i < 4 else "b") for i, n in enumerate(names)]
+    rows = [
+        ClipRecord(path=str(media_files[n]), label=i, site="a" if i < 4 else "b")
+        for i, n in enumerate(names)
+    ]
     manifest = write_manifest(rows, tmp_path / "all.csv")
-    train, val = load_manifest_datasets(manifest, CONFIG, client_id="a", val_fraction=0.25, cache_dir=tmp_path / "c")
+    train, val = load_manifest_datasets(
+        manifest, CONFIG, client_id="a", val_fraction=0.25, cache_dir=tmp_path / "c"
+    )
     assert len(train) == 3 and len(val) == 1
     assert {r.site for r in train.records + val.records} == {"a"}
     assert train.strategy == "random" and val.strategy == "center"
-    train_b, val_b = load_manifest_datasets(manifest, CONFIG, client_id=1, cache_dir=None)  # index into sites
+    train_b, val_b = load_manifest_datasets(
+        manifest, CONFIG, client_id=1, cache_dir=None
+    )  # index into sites
     assert {r.site for r in train_b.records + val_b.records} == {"b"} and train_b.cache is None
     write_manifest(rows[:2], tmp_path / "parts" / "client_0.csv")
     train_p, val_p = load_manifest_datasets(tmp_path / "parts", CONFIG, client_id=0, val_fraction=0.5)
@@ -147,9 +162,15 @@ def test_load_manifest_datasets_by_site_and_partition_folder(media_files, tmp_pa
 def test_iid_share_without_sites_and_split_column(media_files, tmp_path):
     rows = [ClipRecord(path=str(media_files["h264_30"]), label=i % 8) for i in range(10)]
     manifest = write_manifest(rows, tmp_path / "m.jsonl")
-    shares = [load_manifest_datasets(manifest, CONFIG, client_id=c, num_clients=2, val_fraction=0.2) for c in range(2)]
+    shares = [
+        load_manifest_datasets(manifest, CONFIG, client_id=c, num_clients=2, val_fraction=0.2)
+        for c in range(2)
+    ]
     assert [len(t) + len(v) for t, v in shares] == [5, 5]
-    split = [ClipRecord(path=str(media_files["h264_30"]), split="train" if i < 7 else "val") for i in range(10)]
+    split = [
+        ClipRecord(path=str(media_files["h264_30"]), split="train" if i < 7 else "val")
+        for i in range(10)
+    ]
     train, val = load_manifest_datasets(write_manifest(split, tmp_path / "s.csv"), CONFIG)
     assert (len(train), len(val)) == (7, 3)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from media_fixtures import BAD_FILES, frame_index, index_frames, media_files, peak_hz, sine  # noqa: F401
@@ -22,7 +20,12 @@ def expected_indices(source_fps: float, model_fps: float, num_slots: int, count:
 
 @pytest.mark.parametrize(
     ("name", "source_fps", "count"),
-    [("h264_30", 30.0, 60), ("h264_2997", 30000 / 1001, 60), ("fps_12_5", 12.5, 25), ("vp9_opus", 30.0, 60)],
+    [
+        ("h264_30", 30.0, 60),
+        ("h264_2997", 30000 / 1001, 60),
+        ("fps_12_5", 12.5, 25),
+        ("vp9_opus", 30.0, 60),
+    ],
 )
 @pytest.mark.parametrize("model_fps", [8.0, 12.5])
 def test_constant_rates_land_the_frame_on_screen(media_files, name, source_fps, count, model_fps):
@@ -43,7 +46,9 @@ def test_variable_frame_rate_goes_by_timestamps(media_files):
     assert decoded.num_slots == 10  # the last frame (1.25 s) lasts 40 ms: slots up to 1.29 s
 
 
-@pytest.mark.parametrize(("name", "hz"), [("stereo_44k", 880.0), ("vp9_opus", 1000.0), ("h264_30", 440.0)])
+@pytest.mark.parametrize(
+    ("name", "hz"), [("stereo_44k", 880.0), ("vp9_opus", 1000.0), ("h264_30", 440.0)]
+)
 def test_audio_is_16k_mono_at_its_pitch(media_files, name, hz):
     decoded = decode_media(media_files[name], DecodeSettings(fps=8.0, image_size=24))
     assert decoded.audio is not None and decoded.audio.dtype == np.float32
@@ -71,7 +76,9 @@ def test_audio_and_video_cover_the_same_seconds(tmp_path, start):
 
 
 def test_start_and_end_cut_the_span(media_files):
-    decoded = decode_media(media_files["h264_30"], DecodeSettings(fps=8.0, image_size=24, start=0.5, end=1.5))
+    decoded = decode_media(
+        media_files["h264_30"], DecodeSettings(fps=8.0, image_size=24, start=0.5, end=1.5)
+    )
     assert decoded.num_slots == 8
     np.testing.assert_array_equal(frame_index(decoded.frames), expected_indices(30, 8, 8, 60) + 15)
     assert decoded.audio.shape == (16_000,)
@@ -84,7 +91,9 @@ def test_no_audio_track_gives_none_not_silence(media_files):
 
 def test_separate_audio_file_replaces_the_track(media_files):
     decoded = decode_media(
-        media_files["no_audio"], DecodeSettings(fps=8.0, image_size=24), audio_path=media_files["stereo_44k"]
+        media_files["no_audio"],
+        DecodeSettings(fps=8.0, image_size=24),
+        audio_path=media_files["stereo_44k"],
     )
     assert abs(peak_hz(decoded.audio[1600:-1600], 16_000) - 880) < 5
 

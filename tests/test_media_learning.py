@@ -36,7 +36,9 @@ def fit(train, val, config) -> tuple[float, float, dict[str, float]]:
 def test_training_on_synth_files_matches_training_in_memory(tmp_path):
     config = get_config("tiny", num_frames=8)
     manifest = write_synthetic_media(tmp_path, CLIPS, config, seed=1)
-    train, val = load_manifest_datasets(manifest, config, val_fraction=0.25, cache_dir=tmp_path / "cache")
+    train, val = load_manifest_datasets(
+        manifest, config, val_fraction=0.25, cache_dir=tmp_path / "cache"
+    )
     memory = SyntheticAVDataset(SyntheticConfig.for_model(config), CLIPS, seed=1)
     memory_train = Subset(memory, [clip_number(r.path) for r in train.records])
     memory_val = Subset(memory, [clip_number(r.path) for r in val.records])

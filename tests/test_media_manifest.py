@@ -18,14 +18,23 @@ def test_csv_manifest_with_every_column(tmp_path):
         "/data/b.webm,,,,cat,,hospital-2\n"
     )
     a, b = read_manifest(tmp_path / "m.csv")
-    assert a.path == str(tmp_path / "videos" / "a.mp4") and a.audio_path == str(tmp_path / "audio" / "a.wav")
+    assert a.path == str(tmp_path / "videos" / "a.mp4") and a.audio_path == str(
+        tmp_path / "audio" / "a.wav"
+    )
     assert (a.start, a.end, a.caption, a.site) == (1.5, 4.0, "a dog barks", "hospital-1")
-    assert (a.label, a.label_name, b.label, b.label_name) == (1, "dog", 0, "cat")  # names numbered sorted
+    assert (a.label, a.label_name, b.label, b.label_name) == (
+        1,
+        "dog",
+        0,
+        "cat",
+    )  # names numbered sorted
     assert (b.path, b.audio_path, b.start, b.caption) == ("/data/b.webm", None, None, None)
 
 
 def test_jsonl_manifest_and_round_trip(tmp_path):
-    (tmp_path / "m.jsonl").write_text('{"path": "x.mp4", "label": 3, "caption": "hi"}\n\n{"path": "y.mp4"}\n')
+    (tmp_path / "m.jsonl").write_text(
+        '{"path": "x.mp4", "label": 3, "caption": "hi"}\n\n{"path": "y.mp4"}\n'
+    )
     x, y = read_manifest(tmp_path / "m.jsonl")
     assert (x.label, x.caption, y.label) == (3, "hi", -1)
     for suffix in (".csv", ".jsonl"):
@@ -59,7 +68,9 @@ def test_vggsound_layout(tmp_path):
     for name in ("abc_000030.mp4", "xyz_0_10000.mp4", "full.mkv"):
         (videos / name).write_bytes(b"x")
     rows = read_vggsound(tmp_path / "vggsound.csv", videos)
-    assert [r.path for r in rows[:3]] == [str(videos / n) for n in ("abc_000030.mp4", "xyz_0_10000.mp4", "full.mkv")]
+    assert [r.path for r in rows[:3]] == [
+        str(videos / n) for n in ("abc_000030.mp4", "xyz_0_10000.mp4", "full.mkv")
+    ]
     assert (rows[0].start, rows[2].start, rows[2].end) == (None, 120.0, 130.0)  # full video is cut
     assert [r.label for r in rows] == [1, 0, 1, 0] and rows[0].label_name == "dog barking"
     assert rows[3].path == str(videos / "gone_000005.mp4")  # kept so it is reported and counted
@@ -67,19 +78,30 @@ def test_vggsound_layout(tmp_path):
 
 
 def test_class_folder_layout(tmp_path):
-    for cls, names in {"walk": ["a.mp4", "b.avi"], "jump": ["c.webm", "notes.txt"], ".hidden": ["d.mp4"]}.items():
+    for cls, names in {
+        "walk": ["a.mp4", "b.avi"],
+        "jump": ["c.webm", "notes.txt"],
+        ".hidden": ["d.mp4"],
+    }.items():
         (tmp_path / cls).mkdir()
         for name in names:
             (tmp_path / cls / name).write_bytes(b"x")
     rows = read_class_folders(tmp_path)
     assert [(r.label, r.label_name, r.path.rsplit("/", 1)[1]) for r in rows] == [
-        (0, "jump", "c.webm"), (1, "walk", "a.mp4"), (1, "walk", "b.avi"),
+        (0, "jump", "c.webm"),
+        (1, "walk", "a.mp4"),
+        (1, "walk", "b.avi"),
     ]
 
 
 def labelled(count: int, classes: int, sites: int = 0) -> list[ClipRecord]:
     return [
-        ClipRecord(path=f"/v/{i}.mp4", label=i % classes, label_name=f"c{i % classes}", site=f"s{i % sites}" if sites else None)
+        ClipRecord(
+            path=f"/v/{i}.mp4",
+            label=i % classes,
+            label_name=f"c{i % classes}",
+            site=f"s{i % sites}" if sites else None,
+        )
         for i in range(count)
     ]
 

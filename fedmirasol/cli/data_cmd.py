@@ -13,25 +13,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="prepare audio-video data: synth, inspect, partition")
     commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
-    synth = commands.add_parser("synth", help="write synthetic clips as mp4 files (h264 + aac) and a manifest")
+    synth = commands.add_parser(
+        "synth", help="write synthetic clips as mp4 files (h264 + aac) and a manifest"
+    )
     synth.add_argument("--out", required=True, type=Path, help="output folder (clips/ and manifest.csv)")
     synth.add_argument("--clips", required=True, type=int, help="number of clips")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--config", default="tiny", help="model config whose geometry the clips take (default tiny)")
-    synth.add_argument("--sites", type=int, default=0, help="spread clips over this many sites (site column)")
-    synth.add_argument("--domain-shift", type=float, default=0.0, help="per-site recording differences, 0 = none")
+    synth.add_argument(
+        "--config", default="tiny", help="model config whose geometry the clips take (default tiny)"
+    )
+    synth.add_argument(
+        "--sites", type=int, default=0, help="spread clips over this many sites (site column)"
+    )
+    synth.add_argument(
+        "--domain-shift", type=float, default=0.0, help="per-site recording differences, 0 = none"
+    )
     synth.set_defaults(func=_synth)
 
-    inspect = commands.add_parser("inspect", help="check every file of a manifest; totals of what it holds")
+    inspect = commands.add_parser(
+        "inspect", help="check every file of a manifest; totals of what it holds"
+    )
     _add_source(inspect)
-    inspect.add_argument("--quick", action="store_true", help="read headers only, do not decode every frame")
+    inspect.add_argument(
+        "--quick", action="store_true", help="read headers only, do not decode every frame"
+    )
     inspect.set_defaults(func=_inspect)
 
-    partition = commands.add_parser("partition", help="write one manifest per client (what each site gets)")
+    partition = commands.add_parser(
+        "partition", help="write one manifest per client (what each site gets)"
+    )
     _add_source(partition)
-    partition.add_argument("--clients", type=int, help="number of clients (by site: must match the sites)")
+    partition.add_argument(
+        "--clients", type=int, help="number of clients (by site: must match the sites)"
+    )
     partition.add_argument("--by", choices=("site", "dirichlet", "iid"), required=True)
-    partition.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (smaller = less IID)")
+    partition.add_argument(
+        "--alpha", type=float, default=0.5, help="Dirichlet concentration (smaller = less IID)"
+    )
     partition.add_argument("--min-size", type=int, default=1, help="Dirichlet: fewest clips per client")
     partition.add_argument("--seed", type=int, default=42)
     partition.add_argument("--out", required=True, type=Path, help="folder for client_<i>.csv")
@@ -39,9 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_source(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("manifest", type=Path, help="manifest (.csv / .jsonl), VGGSound CSV, or class-folder root")
     parser.add_argument(
-        "--format", choices=("manifest", "vggsound", "folders"), default="manifest",
+        "manifest", type=Path, help="manifest (.csv / .jsonl), VGGSound CSV, or class-folder root"
+    )
+    parser.add_argument(
+        "--format",
+        choices=("manifest", "vggsound", "folders"),
+        default="manifest",
         help="how to read MANIFEST: a clip manifest (default), a VGGSound CSV, or a folder per class",
     )
     parser.add_argument("--video-dir", type=Path, help="vggsound: the folder of downloaded videos")
@@ -65,7 +87,11 @@ def _synth(args: argparse.Namespace) -> int:
     if args.clips < 1:
         raise ValueError(f"--clips must be positive, got {args.clips}")
     manifest = write_synthetic_media(
-        args.out, args.clips, get_config(args.config), seed=args.seed, sites=args.sites,
+        args.out,
+        args.clips,
+        get_config(args.config),
+        seed=args.seed,
+        sites=args.sites,
         domain_shift=args.domain_shift,
     )
     print(f"wrote {args.clips} clips and {manifest}")
@@ -86,10 +112,15 @@ def _partition(args: argparse.Namespace) -> int:
 
     records = _records(args)
     partitions = partition_records(
-        records, args.clients, args.by, alpha=args.alpha, seed=args.seed, min_partition_size=args.min_size
+        records,
+        args.clients,
+        args.by,
+        alpha=args.alpha,
+        seed=args.seed,
+        min_partition_size=args.min_size,
     )
     paths = write_partitions(partitions, args.out)
-    for index, (path, part) in enumerate(zip(paths, partitions)):
+    for index, (path, part) in enumerate(zip(paths, partitions, strict=True)):
         site = f" (site {part[0].site})" if args.by == "site" and part else ""
         labels = len({r.label for r in part})
         print(f"client {index}{site}: {len(part)} clips, {labels} labels -> {path}")

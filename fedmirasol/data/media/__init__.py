@@ -16,7 +16,18 @@ from fedmirasol.data.media.sampling import average_clip_predictions
 from fedmirasol.data.media.writer import write_media_file
 
 __all__ = [
-    "REASONS", "ClipRecord", "DecodeCache", "DecodeSettings", "DecodedMedia", "MediaClipDataset",
-    "MediaError", "average_clip_predictions", "decode_media", "load_manifest_datasets",
-    "media_loader", "read_manifest", "write_manifest", "write_media_file",
+    "REASONS",
+    "ClipRecord",
+    "DecodeCache",
+    "DecodeSettings",
+    "DecodedMedia",
+    "MediaClipDataset",
+    "MediaError",
+    "average_clip_predictions",
+    "decode_media",
+    "load_manifest_datasets",
+    "media_loader",
+    "read_manifest",
+    "write_manifest",
+    "write_media_file",
 ]

@@ -22,7 +22,9 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg
 VGGSOUND_CLIP_SECONDS = 10.0
 
 
-def read_vggsound(csv_path: str | Path, video_dir: str | Path, split: str | None = None, drop_missing: bool = False) -> list[ClipRecord]:
+def read_vggsound(
+    csv_path: str | Path, video_dir: str | Path, split: str | None = None, drop_missing: bool = False
+) -> list[ClipRecord]:
     """Records for the rows of a VGGSound CSV (only `split`'s rows when given)."""
     csv_path, video_dir = Path(csv_path), Path(video_dir)
     rows = []
@@ -31,7 +33,9 @@ def read_vggsound(csv_path: str | Path, video_dir: str | Path, split: str | None
             if not row or (line == 1 and not _is_number(row[1] if len(row) > 1 else "")):
                 continue  # blank line or a header
             if len(row) < 4:
-                raise ValueError(f"{csv_path}:{line}: expected youtube_id,start_seconds,label,split; got {row}")
+                raise ValueError(
+                    f"{csv_path}:{line}: expected youtube_id,start_seconds,label,split; got {row}"
+                )
             rows.append((row[0].strip(), int(float(row[1])), row[2].strip(), row[3].strip()))
     names = {name: index for index, name in enumerate(sorted({label for _, _, label, _ in rows}))}
     files = _index_videos(video_dir)
@@ -42,12 +46,17 @@ def read_vggsound(csv_path: str | Path, video_dir: str | Path, split: str | None
         path, whole = _find_vggsound_file(files, video_dir, video_id, start)
         if drop_missing and not path.exists():
             continue
-        records.append(ClipRecord(
-            path=str(path),
-            start=float(start) if whole else None,
-            end=float(start) + VGGSOUND_CLIP_SECONDS if whole else None,
-            label=names[label], label_name=label, caption=label, split=row_split,
-        ))
+        records.append(
+            ClipRecord(
+                path=str(path),
+                start=float(start) if whole else None,
+                end=float(start) + VGGSOUND_CLIP_SECONDS if whole else None,
+                label=names[label],
+                label_name=label,
+                caption=label,
+                split=row_split,
+            )
+        )
     return records
 
 
@@ -63,7 +72,9 @@ def read_class_folders(root: str | Path, drop_missing: bool = False) -> list[Cli
     for index, name in enumerate(classes):
         for video in sorted((root / name).rglob("*")):
             if video.suffix.lower() in VIDEO_SUFFIXES and video.is_file():
-                records.append(ClipRecord(path=str(video.resolve()), label=index, label_name=name, caption=name))
+                records.append(
+                    ClipRecord(path=str(video.resolve()), label=index, label_name=name, caption=name)
+                )
     return records
 
 
@@ -74,10 +85,16 @@ def _index_videos(video_dir: Path) -> dict[str, Path]:
     return {p.stem: p for p in video_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES}
 
 
-def _find_vggsound_file(files: dict[str, Path], video_dir: Path, video_id: str, start: int) -> tuple[Path, bool]:
+def _find_vggsound_file(
+    files: dict[str, Path], video_dir: Path, video_id: str, start: int
+) -> tuple[Path, bool]:
     """(path, whether it is the full video that still needs cutting)."""
     end = start + int(VGGSOUND_CLIP_SECONDS)
-    for stem in (f"{video_id}_{start:06d}", f"{video_id}_{start * 1000}_{end * 1000}", f"{video_id}_{start}"):
+    for stem in (
+        f"{video_id}_{start:06d}",
+        f"{video_id}_{start * 1000}_{end * 1000}",
+        f"{video_id}_{start}",
+    ):
         if stem in files:
             return files[stem], False
     if video_id in files:

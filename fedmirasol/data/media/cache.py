@@ -21,7 +21,9 @@ from fedmirasol.data.media.decode import DecodedMedia, DecodeSettings
 from fedmirasol.data.media.errors import MediaError
 
 CACHE_VERSION = 1  # bump when the decoded content would change for the same settings
-DEFAULT_CACHE_DIR = Path(os.environ.get("FEDMIRASOL_CACHE", Path.home() / ".cache" / "fedmirasol")) / "decode"
+DEFAULT_CACHE_DIR = (
+    Path(os.environ.get("FEDMIRASOL_CACHE", Path.home() / ".cache" / "fedmirasol")) / "decode"
+)
 
 _digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> content digest
 
@@ -45,7 +47,9 @@ class DecodeCache:
     def __init__(self, root: str | Path = DEFAULT_CACHE_DIR) -> None:
         self.root = Path(root)
 
-    def key(self, path: str | Path, settings: DecodeSettings, audio_path: str | Path | None = None) -> str | None:
+    def key(
+        self, path: str | Path, settings: DecodeSettings, audio_path: str | Path | None = None
+    ) -> str | None:
         """The entry's name, or None when a file is missing (nothing to key on)."""
         try:
             parts = [content_digest(path), content_digest(audio_path) if audio_path else ""]
@@ -66,16 +70,28 @@ class DecodeCache:
         with np.load(data_file) as entry:
             audio = entry["audio"] if bool(entry["audio_present"]) else None
             return DecodedMedia(
-                frames=entry["frames"], frame_times=entry["frame_times"], audio=audio,
-                fps=float(entry["fps"]), sample_rate=int(entry["sample_rate"]),
+                frames=entry["frames"],
+                frame_times=entry["frame_times"],
+                audio=audio,
+                fps=float(entry["fps"]),
+                sample_rate=int(entry["sample_rate"]),
             )
 
     def store(self, key: str, decoded: DecodedMedia) -> None:
         audio = decoded.audio if decoded.audio is not None else np.zeros(0, dtype=np.float32)
-        self._write(key, ".npz", lambda handle: np.savez(
-            handle, frames=decoded.frames, frame_times=decoded.frame_times, audio=audio,
-            audio_present=decoded.audio is not None, fps=decoded.fps, sample_rate=decoded.sample_rate,
-        ))
+        self._write(
+            key,
+            ".npz",
+            lambda handle: np.savez(
+                handle,
+                frames=decoded.frames,
+                frame_times=decoded.frame_times,
+                audio=audio,
+                audio_present=decoded.audio is not None,
+                fps=decoded.fps,
+                sample_rate=decoded.sample_rate,
+            ),
+        )
 
     def store_error(self, key: str, error: MediaError) -> None:
         payload = json.dumps({"kind": error.kind, "detail": error.detail}).encode()

@@ -83,7 +83,9 @@ class MediaClipDataset(Dataset):
             except MediaError as error:
                 self._failed[candidate] = REASONS.index(error.kind) + 1
                 log.warning("skipping %s", error)
-        raise RuntimeError(f"none of the {len(self.records)} files of this dataset decodes; see the warnings above")
+        raise RuntimeError(
+            f"none of the {len(self.records)} files of this dataset decodes; see the warnings above"
+        )
 
     @property
     def labels(self) -> np.ndarray:
@@ -103,20 +105,30 @@ class MediaClipDataset(Dataset):
         return Counter(REASONS[code - 1] for code in self._failed.tolist() if code)
 
     def skipped_files(self) -> list[str]:
-        return [r.path for r, code in zip(self.records, self._failed.tolist()) if code]
+        return [r.path for r, code in zip(self.records, self._failed.tolist(), strict=True) if code]
 
     def skip_metrics(self) -> dict[str, int]:
         """Flat numbers for run metrics: ``skipped_files`` and ``skipped_<reason>``."""
-        return {"skipped_files": self.skipped_count(), **{f"skipped_{k}": v for k, v in self.skipped_reasons().items()}}
+        return {
+            "skipped_files": self.skipped_count(),
+            **{f"skipped_{k}": v for k, v in self.skipped_reasons().items()},
+        }
 
     def decoded(self, index: int) -> DecodedMedia:
         """The decoded span of record `index`, from the cache when it holds it."""
         record = self.records[index]
         start = record.start or 0.0
-        end = record.end if record.end is not None or self.max_seconds is None else start + self.max_seconds
+        end = (
+            record.end
+            if record.end is not None or self.max_seconds is None
+            else start + self.max_seconds
+        )
         settings = DecodeSettings(
-            fps=self.config.fps, image_size=self.config.image_size, sample_rate=self.config.sample_rate,
-            start=start, end=end,
+            fps=self.config.fps,
+            image_size=self.config.image_size,
+            sample_rate=self.config.sample_rate,
+            start=start,
+            end=end,
         )
         key = self.cache.key(record.path, settings, record.audio_path) if self.cache else None
         if key is not None:
@@ -140,11 +152,18 @@ class MediaClipDataset(Dataset):
         decoded = self.decoded(index)
         rng = np.random.default_rng(int(torch.randint(0, 2**62, ()))) if self._random else None
         plans = plan_clips(
-            decoded.num_slots, self.num_frames, self.config.frames_per_chunk,
-            self.config.sample_rate / self.config.fps, self.strategy, rng, self.clips_per_video,
+            decoded.num_slots,
+            self.num_frames,
+            self.config.frames_per_chunk,
+            self.config.sample_rate / self.config.fps,
+            self.strategy,
+            rng,
+            self.clips_per_video,
         )
         plan = plans[clip]
-        video = to_model_video(decoded.frames[plan.slots], self.config.image_size, rng if self.random_crop else None)
+        video = to_model_video(
+            decoded.frames[plan.slots], self.config.image_size, rng if self.random_crop else None
+        )
         samples = len(plan.audio_starts) * self.config.samples_per_chunk
         if decoded.audio is None:
             audio = torch.zeros(samples)
@@ -157,7 +176,9 @@ class MediaClipDataset(Dataset):
             "video_present": torch.tensor(True),
             "audio_present": torch.tensor(decoded.audio is not None),
             "label": torch.tensor(record.label, dtype=torch.long),
-            "text": self._tokenizer.encode(record.caption, max_len) if record.caption else self._tokenizer.empty(max_len),
+            "text": self._tokenizer.encode(record.caption, max_len)
+            if record.caption
+            else self._tokenizer.empty(max_len),
         }
 
     @property
@@ -165,7 +186,9 @@ class MediaClipDataset(Dataset):
         return self.strategy == "random" or self.random_crop
 
 
-def select_client(records: list[ClipRecord], client_id: int | str | None, num_clients: int | None, seed: int = 0) -> list[ClipRecord]:
+def select_client(
+    records: list[ClipRecord], client_id: int | str | None, num_clients: int | None, seed: int = 0
+) -> list[ClipRecord]:
     """The records of one client: by the ``site`` column, else an IID share of `num_clients`."""
     if client_id is None:
         return records
@@ -175,7 +198,9 @@ def select_client(records: list[ClipRecord], client_id: int | str | None, num_cl
         if site is None and isinstance(client_id, int) and 0 <= client_id < len(sites):
             site = sites[client_id]
         if site is None:
-            raise ValueError(f"client {client_id!r} matches none of the manifest's sites: {', '.join(sites)}")
+            raise ValueError(
+                f"client {client_id!r} matches none of the manifest's sites: {', '.join(sites)}"
+            )
         return [r for r in records if r.site == site]
     if not num_clients:
         raise ValueError("the manifest has no site column: give num_clients to split it IID")
@@ -183,7 +208,9 @@ def select_client(records: list[ClipRecord], client_id: int | str | None, num_cl
     return [records[i] for i in order[int(client_id) :: num_clients]]
 
 
-def split_train_val(records: list[ClipRecord], val_fraction: float, seed: int = 0) -> tuple[list[ClipRecord], list[ClipRecord]]:
+def split_train_val(
+    records: list[ClipRecord], val_fraction: float, seed: int = 0
+) -> tuple[list[ClipRecord], list[ClipRecord]]:
     """By the ``split`` column when there is one, else a seeded random `val_fraction`."""
     if any(r.split for r in records):
         return (
@@ -191,7 +218,11 @@ def split_train_val(records: list[ClipRecord], val_fraction: float, seed: int = 
             [r for r in records if r.split in VAL_SPLITS],
         )
     order = np.random.default_rng(seed).permutation(len(records))
-    num_val = min(max(1, round(len(records) * val_fraction)), len(records) - 1) if len(records) > 1 and val_fraction > 0 else 0
+    num_val = (
+        min(max(1, round(len(records) * val_fraction)), len(records) - 1)
+        if len(records) > 1 and val_fraction > 0
+        else 0
+    )
     return [records[i] for i in sorted(order[num_val:])], [records[i] for i in sorted(order[:num_val])]
 
 
@@ -225,16 +256,28 @@ def load_manifest_datasets(
     cache = DecodeCache(cache_dir) if cache_dir is not None else None
     return (
         MediaClipDataset(
-            train, model_config, strategy=train_strategy, random_crop=True, cache=cache, max_seconds=max_seconds
+            train,
+            model_config,
+            strategy=train_strategy,
+            random_crop=True,
+            cache=cache,
+            max_seconds=max_seconds,
         ),
         MediaClipDataset(
-            val, model_config, strategy=eval_strategy, num_clips=eval_clips, cache=cache, max_seconds=max_seconds
+            val,
+            model_config,
+            strategy=eval_strategy,
+            num_clips=eval_clips,
+            cache=cache,
+            max_seconds=max_seconds,
         ),
     )
 
 
 def manifest_pool(
-    manifest: str | Path, model_config: MirasolConfig, strategy: str = "center",
+    manifest: str | Path,
+    model_config: MirasolConfig,
+    strategy: str = "center",
     cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
 ) -> MediaClipDataset:
     """Every clip of `manifest` as one dataset (``.labels`` for partitioners), for callers that
@@ -244,18 +287,29 @@ def manifest_pool(
 
 
 def _client_manifest(folder: Path, client_id: int | str) -> Path:
-    for name in (f"client_{client_id}", f"client_{int(client_id):03d}" if str(client_id).isdigit() else None):
+    for name in (
+        f"client_{client_id}",
+        f"client_{int(client_id):03d}" if str(client_id).isdigit() else None,
+    ):
         for suffix in (".csv", ".jsonl"):
             if name and (folder / f"{name}{suffix}").is_file():
                 return folder / f"{name}{suffix}"
     raise FileNotFoundError(f"{folder} has no manifest for client {client_id} (client_<id>.csv)")
 
 
-def media_loader(dataset: MediaClipDataset, batch_size: int, shuffle: bool = False, num_workers: int = 0, **kwargs) -> DataLoader:
+def media_loader(
+    dataset: MediaClipDataset, batch_size: int, shuffle: bool = False, num_workers: int = 0, **kwargs
+) -> DataLoader:
     """A DataLoader whose workers decode in parallel, one torch thread each."""
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=collate,
-        worker_init_fn=_one_thread if num_workers else None, persistent_workers=num_workers > 0, **kwargs,
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        collate_fn=collate,
+        worker_init_fn=_one_thread if num_workers else None,
+        persistent_workers=num_workers > 0,
+        **kwargs,
     )
 
 

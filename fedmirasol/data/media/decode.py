@@ -11,10 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
 import av
 import numpy as np
 
-from fedmirasol.data.media.container import check_complete, check_decoder, header_duration, open_media, video_stream
+from fedmirasol.data.media.container import (
+    check_complete,
+    check_decoder,
+    header_duration,
+    open_media,
+    video_stream,
+)
 from fedmirasol.data.media.errors import MediaError
 from fedmirasol.data.media.transforms import resized_shape
 
@@ -47,7 +54,9 @@ class DecodedMedia:
         return len(self.frames)
 
 
-def decode_media(path: str | Path, settings: DecodeSettings, audio_path: str | Path | None = None) -> DecodedMedia:
+def decode_media(
+    path: str | Path, settings: DecodeSettings, audio_path: str | Path | None = None
+) -> DecodedMedia:
     """Decode `path` (and its audio, or the audio of `audio_path`) into a `DecodedMedia`."""
     path = Path(path)
     with open_media(path) as container:
@@ -103,8 +112,10 @@ class _Grid:
     def fill_until(self, time: float) -> None:
         """Fill every slot before `time` (and before the span's end) with the frame on screen."""
         end = self.settings.end
-        while self.shown is not None and self.slot_time(len(self.frames)) < time and (
-            end is None or self.slot_time(len(self.frames)) < end
+        while (
+            self.shown is not None
+            and self.slot_time(len(self.frames)) < time
+            and (end is None or self.slot_time(len(self.frames)) < end)
         ):
             self.append_shown()
 
@@ -113,7 +124,9 @@ class _Grid:
         to RGB once, however many slots it fills)."""
         if self.shown[1] is None:
             width, height = self.size
-            self.shown[1] = self.shown[2].to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
+            self.shown[1] = self.shown[2].to_ndarray(
+                format="rgb24", width=width, height=height, interpolation="AREA"
+            )
             self.shown[2] = None
         self.frames.append(self.shown[1])
         self.times.append(self.shown[0])
@@ -135,12 +148,17 @@ class _AudioCollector:
 
     def flush(self) -> None:
         if not self.done:
-            self.chunks.extend((None, out.to_ndarray().reshape(-1)) for out in self.resampler.resample(None))
+            self.chunks.extend(
+                (None, out.to_ndarray().reshape(-1)) for out in self.resampler.resample(None)
+            )
 
 
 def _pick_frames(container, video, audio, settings: DecodeSettings, path: Path):
     """One pass over the packets: grid frames from the video, resampled chunks from the audio."""
-    grid = _Grid(settings, resized_shape(video.codec_context.width, video.codec_context.height, settings.image_size))
+    grid = _Grid(
+        settings,
+        resized_shape(video.codec_context.width, video.codec_context.height, settings.image_size),
+    )
     collector = _AudioCollector(settings) if audio is not None else None
     video_done, video_end = False, 0.0
     try:
@@ -158,7 +176,9 @@ def _pick_frames(container, video, audio, settings: DecodeSettings, path: Path):
         if collector is not None:
             collector.flush()
     except av.error.FFmpegError as error:
-        raise MediaError(path, "decode-error", f"decoding failed after {len(grid.frames)} grid frames ({error})") from error
+        raise MediaError(
+            path, "decode-error", f"decoding failed after {len(grid.frames)} grid frames ({error})"
+        ) from error
     if grid.shown is None:
         raise MediaError(path, "no-frames", f"no decodable video frame from {settings.start:.2f} s")
     check_complete(path, video_end, header_duration(container, video), settings.end)
@@ -203,7 +223,9 @@ def _decode_audio_file(path: Path, settings: DecodeSettings) -> list[tuple[float
     return collector.chunks
 
 
-def _place_audio(chunks: list[tuple[float | None, np.ndarray]], settings: DecodeSettings, num_slots: int) -> np.ndarray:
+def _place_audio(
+    chunks: list[tuple[float | None, np.ndarray]], settings: DecodeSettings, num_slots: int
+) -> np.ndarray:
     """Samples from `settings.start`, covering `num_slots` grid slots (zeros past the track's end)."""
     rate = settings.sample_rate
     needed = round(num_slots * rate / settings.fps)
@@ -216,4 +238,3 @@ def _place_audio(chunks: list[tuple[float | None, np.ndarray]], settings: Decode
             out[lo:hi] = data[lo - cursor : hi - cursor]
         cursor += len(data)
     return out
-

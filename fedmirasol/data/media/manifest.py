@@ -56,7 +56,9 @@ def write_manifest(records: Iterable[ClipRecord], manifest: str | Path) -> Path:
     manifest.parent.mkdir(parents=True, exist_ok=True)
     values = [{c: getattr(r, c) for c in used} for r in records]
     if manifest.suffix.lower() == ".jsonl":
-        manifest.write_text("".join(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n" for row in values))
+        manifest.write_text(
+            "".join(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n" for row in values)
+        )
     else:
         with open(manifest, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=used)
@@ -118,8 +120,13 @@ def _record(row: dict, manifest: Path, line: int, names: dict[str, int]) -> Clip
     return ClipRecord(
         path=str(_resolve(path, manifest)),
         audio_path=str(_resolve(audio, manifest)) if audio else None,
-        start=start, end=end, label=label, label_name=label_name,
-        caption=_blank(row.get("caption")), site=_blank(row.get("site")), split=_blank(row.get("split")),
+        start=start,
+        end=end,
+        label=label,
+        label_name=label_name,
+        caption=_blank(row.get("caption")),
+        site=_blank(row.get("site")),
+        split=_blank(row.get("split")),
     )
 
 
@@ -155,4 +162,3 @@ def _is_int(text: str) -> bool:
     except ValueError:
         return False
     return True
-

@@ -42,17 +42,26 @@ def partition_records(
         if all(r.label < 0 for r in records):
             raise ValueError("--by dirichlet splits by label, but the manifest has no labels")
         partitioner = DirichletPartitioner(
-            num_partitions=num_clients, partition_by="label", alpha=alpha,
-            min_partition_size=min_partition_size, seed=seed,
+            num_partitions=num_clients,
+            partition_by="label",
+            alpha=alpha,
+            min_partition_size=min_partition_size,
+            seed=seed,
         )
     partitioner.dataset = table
-    return [[records[i] for i in sorted(partitioner.load_partition(c)["row"])] for c in range(num_clients)]
+    return [
+        [records[i] for i in sorted(partitioner.load_partition(c)["row"])] for c in range(num_clients)
+    ]
 
 
-def write_partitions(partitions: list[list[ClipRecord]], out_dir: str | Path, suffix: str = ".csv") -> list[Path]:
+def write_partitions(
+    partitions: list[list[ClipRecord]], out_dir: str | Path, suffix: str = ".csv"
+) -> list[Path]:
     """``client_<i>.csv`` per client in `out_dir` (a site's own manifest)."""
     out_dir = Path(out_dir)
-    return [write_manifest(records, out_dir / f"client_{i}{suffix}") for i, records in enumerate(partitions)]
+    return [
+        write_manifest(records, out_dir / f"client_{i}{suffix}") for i, records in enumerate(partitions)
+    ]
 
 
 def _by_site(records: list[ClipRecord], num_clients: int | None) -> list[list[ClipRecord]]:
@@ -63,5 +72,7 @@ def _by_site(records: list[ClipRecord], num_clients: int | None) -> list[list[Cl
     if unsited:
         raise ValueError(f"{len(unsited)} clips have no site, e.g. {unsited[0]}")
     if num_clients is not None and num_clients != len(sites):
-        raise ValueError(f"--clients {num_clients} does not match the manifest's {len(sites)} sites: {', '.join(sites)}")
+        raise ValueError(
+            f"--clients {num_clients} does not match the manifest's {len(sites)} sites: {', '.join(sites)}"
+        )
     return [[r for r in records if r.site == site] for site in sites]

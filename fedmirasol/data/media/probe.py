@@ -7,7 +7,13 @@ from pathlib import Path
 
 import av
 
-from fedmirasol.data.media.container import check_complete, check_decoder, header_duration, open_media, video_stream
+from fedmirasol.data.media.container import (
+    check_complete,
+    check_decoder,
+    header_duration,
+    open_media,
+    video_stream,
+)
 from fedmirasol.data.media.errors import MediaError
 
 
@@ -75,7 +81,9 @@ def _decode_all(container, video, path, rate: float) -> tuple[int, float]:
             step = float(frame.duration * frame.time_base) if frame.duration else 1.0 / (rate or 1.0)
             last_end = time + step
     except av.error.FFmpegError as error:
-        raise MediaError(path, "decode-error", f"video does not decode after {count} frames ({error})") from error
+        raise MediaError(
+            path, "decode-error", f"video does not decode after {count} frames ({error})"
+        ) from error
     if count == 0:
         raise MediaError(path, "no-frames", "the video stream has no decodable frame")
     return count, last_end - (first or 0.0)

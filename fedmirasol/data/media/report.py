@@ -17,7 +17,9 @@ class InspectTotals:
     ok: int = 0
     failed: Counter = field(default_factory=Counter)  # reason -> files
     seconds: float = 0.0
-    streams: Counter = field(default_factory=Counter)  # "video h264", "audio aac 44100 Hz 2 ch", "no audio"
+    streams: Counter = field(
+        default_factory=Counter
+    )  # "video h264", "audio aac 44100 Hz 2 ch", "no audio"
     labels: Counter = field(default_factory=Counter)
 
     def lines(self) -> list[str]:
@@ -28,11 +30,14 @@ class InspectTotals:
             f"files: {total}, ok: {self.ok}, failed: {sum(self.failed.values())} ({failed})",
             f"duration: {self.seconds:.1f} s in all, {mean:.2f} s per ok file",
             "streams: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.streams.items())),
-            "labels: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.labels.items(), key=lambda kv: str(kv[0]))),
+            "labels: "
+            + ", ".join(f"{k} x{v}" for k, v in sorted(self.labels.items(), key=lambda kv: str(kv[0]))),
         ]
 
 
-def inspect_records(records: list[ClipRecord], verify: bool = True, emit: Callable[[str], None] = print) -> InspectTotals:
+def inspect_records(
+    records: list[ClipRecord], verify: bool = True, emit: Callable[[str], None] = print
+) -> InspectTotals:
     """Emit one line per file (``ok`` with what it holds, or ``error`` and why); return totals."""
     totals = InspectTotals()
     for record in records:

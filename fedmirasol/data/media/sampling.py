@@ -47,7 +47,9 @@ def plan_clips(
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown sampling strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
     if num_frames % frames_per_chunk:
-        raise ValueError(f"num_frames {num_frames} is not a multiple of frames_per_chunk {frames_per_chunk}")
+        raise ValueError(
+            f"num_frames {num_frames} is not a multiple of frames_per_chunk {frames_per_chunk}"
+        )
     spare = max(num_slots - num_frames, 0)
     if strategy == "uniform":
         return [_spread(num_slots, num_frames, frames_per_chunk, samples_per_slot)]
@@ -60,11 +62,19 @@ def plan_clips(
     else:
         if num_clips < 1:
             raise ValueError(f"dense sampling needs num_clips >= 1, got {num_clips}")
-        starts = np.linspace(0, spare, num_clips).round().astype(int).tolist() if num_clips > 1 else [spare // 2]
-    return [_window(start, num_slots, num_frames, frames_per_chunk, samples_per_slot) for start in starts]
+        starts = (
+            np.linspace(0, spare, num_clips).round().astype(int).tolist()
+            if num_clips > 1
+            else [spare // 2]
+        )
+    return [
+        _window(start, num_slots, num_frames, frames_per_chunk, samples_per_slot) for start in starts
+    ]
 
 
-def _window(start: int, num_slots: int, num_frames: int, frames_per_chunk: int, samples_per_slot: float) -> ClipPlan:
+def _window(
+    start: int, num_slots: int, num_frames: int, frames_per_chunk: int, samples_per_slot: float
+) -> ClipPlan:
     """N consecutive slots from `start`, the last slot held past the grid's end."""
     slots = np.minimum(np.arange(start, start + num_frames), num_slots - 1)
     first = round(start * samples_per_slot)
@@ -93,7 +103,9 @@ def cut_audio(audio: np.ndarray, plan: ClipPlan, samples_per_chunk: int) -> np.n
     return out
 
 
-def average_clip_predictions(logits: torch.Tensor, video_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def average_clip_predictions(
+    logits: torch.Tensor, video_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of the per-clip `logits` (``clips x classes``) per video: (unique ids, ``videos x classes``)."""
     ids, inverse = torch.unique(video_ids, return_inverse=True)
     sums = torch.zeros(len(ids), logits.shape[-1], dtype=logits.dtype).index_add_(0, inverse, logits)

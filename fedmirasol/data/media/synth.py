@@ -28,7 +28,9 @@ def write_synthetic_media(
     groups = max(sites, 1)
     datasets = [
         SyntheticAVDataset(
-            config, num_clips, seed,
+            config,
+            num_clips,
+            seed,
             domain=DomainShift.random(seed * 1009 + site, strength=domain_shift) if sites else None,
         )
         for site in range(groups)
@@ -39,7 +41,12 @@ def write_synthetic_media(
         clip = datasets[site].render_clip(index)
         relative = Path("clips") / f"clip_{index:05d}.mp4"
         write_media_file(out_dir / relative, clip.frames, clip.fps, clip.audio, clip.sample_rate)
-        records.append(ClipRecord(
-            path=str(relative), label=clip.label, caption=clip.caption, site=str(site) if sites else None,
-        ))
+        records.append(
+            ClipRecord(
+                path=str(relative),
+                label=clip.label,
+                caption=clip.caption,
+                site=str(site) if sites else None,
+            )
+        )
     return write_manifest(records, out_dir / "manifest.csv")

@@ -31,7 +31,9 @@ def crop_offsets(height: int, width: int, size: int, rng: np.random.Generator | 
     return int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
 
 
-def to_model_video(frames: np.ndarray, size: int, rng: np.random.Generator | None = None) -> torch.Tensor:
+def to_model_video(
+    frames: np.ndarray, size: int, rng: np.random.Generator | None = None
+) -> torch.Tensor:
     """uint8 ``N x h x w x 3`` (short side `size`) -> normalized float ``N x 3 x size x size``."""
     top, left = crop_offsets(frames.shape[1], frames.shape[2], size, rng)
     crop = frames[:, top : top + size, left : left + size].transpose(0, 3, 1, 2)

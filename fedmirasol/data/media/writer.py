@@ -55,7 +55,9 @@ def write_media_file(
         video_stream = audio_stream = None
         if frames is not None:
             if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-                raise ValueError(f"frames must be uint8 N x H x W x 3, got {frames.dtype} {frames.shape}")
+                raise ValueError(
+                    f"frames must be uint8 N x H x W x 3, got {frames.dtype} {frames.shape}"
+                )
             video_stream = container.add_stream(video_codec or default_video, rate=_rate(fps))
             video_stream.height, video_stream.width = frames.shape[1:3]
             video_stream.pix_fmt = "yuv420p"
