@@ -11,7 +11,12 @@ from media_fixtures import BAD_FILES, media_files  # noqa: F401
 import fedmirasol.data.media.dataset as dataset_module
 from fedmirasol.data.batch import BATCH_KEYS, collate
 from fedmirasol.data.media.cache import DecodeCache
-from fedmirasol.data.media.dataset import MediaClipDataset, load_manifest_datasets, media_loader
+from fedmirasol.data.media.dataset import (
+    MediaClipDataset,
+    load_manifest_datasets,
+    media_loader,
+)
+from fedmirasol.data.media.decode import DecodeSettings
 from fedmirasol.data.media.manifest import ClipRecord, write_manifest
 from fedmirasol.models.config import get_config
 from fedmirasol.models.tokenizer import ByteTokenizer
@@ -104,8 +109,6 @@ def test_cache_serves_later_epochs_without_decoding(media_files, tmp_path, monke
 
 
 def test_cache_key_follows_content_and_settings(media_files, tmp_path):
-    from fedmirasol.data.media.decode import DecodeSettings
-
     cache = DecodeCache(tmp_path)
     copy = tmp_path / "clip.mp4"
     copy.write_bytes(media_files["h264_30"].read_bytes())
@@ -179,3 +182,17 @@ def test_long_files_are_decoded_up_to_max_seconds(media_files):
     whole = MediaClipDataset(records(media_files, ["h264_30"]), CONFIG, max_seconds=None)
     capped = MediaClipDataset(records(media_files, ["h264_30"]), CONFIG, max_seconds=1.0)
     assert whole.decoded(0).num_slots == 16 and capped.decoded(0).num_slots == 8
+
+
+def test_a_bad_separate_audio_file_is_named_also_from_the_cache(media_files, tmp_path):
+    row = [ClipRecord(path=str(media_files["no_audio"]), audio_path=str(media_files["text"]))]
+    for attempt in range(2):  # decoded, then served from the cache
+        data = MediaClipDataset(row, CONFIG, cache=DecodeCache(tmp_path))
+        with pytest.raises(RuntimeError):
+            data[0]
+        assert data.skipped_reasons() == {"not-media": 1}
+    cache = DecodeCache(tmp_path)
+    key = cache.key(row[0].path, DecodeSettings(fps=8.0, image_size=32, end=120.0), row[0].audio_path)
+    assert str(cache.load(key, row[0].path, row[0].audio_path)).startswith(
+        f"{media_files['text']}: not-media"
+    )

@@ -58,12 +58,19 @@ class DecodeCache:
         description = json.dumps([CACHE_VERSION, parts, dataclasses.asdict(settings)], sort_keys=True)
         return hashlib.blake2b(description.encode(), digest_size=20).hexdigest()
 
-    def load(self, key: str, path: str | Path) -> DecodedMedia | MediaError | None:
-        """The cached decode, the cached error (re-labelled with `path`), or None."""
+    def load(
+        self, key: str, path: str | Path, audio_path: str | Path | None = None
+    ) -> DecodedMedia | MediaError | None:
+        """The cached decode, the cached error, or None.
+
+        An error names the file as it is called now (`path`, or `audio_path` when the separate
+        audio file was the bad one): the same bytes may sit under another name.
+        """
         error_file = self._file(key, ".err")
         if error_file.exists():
             cached = json.loads(error_file.read_text())
-            return MediaError(path, cached["kind"], cached["detail"])
+            bad = audio_path if cached.get("file") == "audio" and audio_path else path
+            return MediaError(bad, cached["kind"], cached["detail"])
         data_file = self._file(key, ".npz")
         if not data_file.exists():
             return None
@@ -93,8 +100,10 @@ class DecodeCache:
             ),
         )
 
-    def store_error(self, key: str, error: MediaError) -> None:
-        payload = json.dumps({"kind": error.kind, "detail": error.detail}).encode()
+    def store_error(self, key: str, error: MediaError, audio_path: str | Path | None = None) -> None:
+        """Remember that the entry fails, and whether its audio file was the culprit."""
+        file = "audio" if audio_path is not None and error.path == str(audio_path) else "video"
+        payload = json.dumps({"kind": error.kind, "detail": error.detail, "file": file}).encode()
         self._write(key, ".err", lambda handle: handle.write(payload))
 
     def _file(self, key: str, suffix: str) -> Path:

@@ -132,7 +132,7 @@ class MediaClipDataset(Dataset):
         )
         key = self.cache.key(record.path, settings, record.audio_path) if self.cache else None
         if key is not None:
-            cached = self.cache.load(key, record.path)
+            cached = self.cache.load(key, record.path, record.audio_path)
             if isinstance(cached, MediaError):
                 raise cached
             if cached is not None:
@@ -141,7 +141,7 @@ class MediaClipDataset(Dataset):
             decoded = decode_media(record.path, settings, record.audio_path)
         except MediaError as error:
             if key is not None and error.kind != "missing":
-                self.cache.store_error(key, error)
+                self.cache.store_error(key, error, record.audio_path)
             raise
         if key is not None:
             self.cache.store(key, decoded)
