@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from fedmirasol.data.media.dataset import (
     media_loader,
 )
 from fedmirasol.data.media.decode import DecodeSettings
+from fedmirasol.data.media.evaluate import evaluate_dense
 from fedmirasol.data.media.manifest import ClipRecord, write_manifest
 from fedmirasol.models.config import get_config
 from fedmirasol.models.tokenizer import ByteTokenizer
@@ -196,3 +198,23 @@ def test_a_bad_separate_audio_file_is_named_also_from_the_cache(media_files, tmp
     assert str(cache.load(key, row[0].path, row[0].audio_path)).startswith(
         f"{media_files['text']}: not-media"
     )
+
+
+def test_dense_evaluation_averages_clips_and_leaves_out_bad_videos(media_files):
+    class SplitVote(torch.nn.Module):
+        """Right with weight 0.9 on a video's early clip, wrong with 0.8 on its late clip: only
+        the per-video average of the two is right."""
+
+        def forward(self, batch):
+            early = batch["video"][:, 0, 0].mean(dim=(-1, -2)) < 0  # red level grows with time
+            right = torch.nn.functional.one_hot(batch["label"], 8).float()
+            wrong = torch.nn.functional.one_hot((batch["label"] + 1) % 8, 8).float()
+            weight = torch.where(early, 0.9, 0.2).unsqueeze(-1)
+            return SimpleNamespace(logits=weight * right + (1 - weight) * wrong)
+
+    names = ["h264_30", "text", "vp9_opus"]
+    data = MediaClipDataset(records(media_files, names), CONFIG, strategy="dense", num_clips=2)
+    result = evaluate_dense(SplitVote(), data, batch_size=4)
+    assert result == {"accuracy": 1.0, "num_videos": 2.0, "clips_per_video": 2.0, "skipped_files": 1.0}
+    single = MediaClipDataset(records(media_files, names), CONFIG, strategy="dense", num_clips=1)
+    assert evaluate_dense(SplitVote(), single)["accuracy"] == 0.0  # one centre clip: the late vote

@@ -3,7 +3,8 @@
 One module per job: `container` (open + errors), `probe` (what a file holds), `decode` (frames
 on the model's grid by pts, 16 kHz mono audio), `sampling` (clip windows), `transforms`
 (resize, crop, normalize), `cache` (decode cache on disk), `manifest` / `adapters` (clip lists),
-`dataset` (torch Dataset, skip counting, `load_manifest_datasets`), `partition`, `report`
+`dataset` (torch Dataset, skip counting, `load_manifest_datasets`), `evaluate` (dense
+evaluation), `partition`, `report`
 (`data inspect`), `synth` (`data synth`), `writer` (PyAV encoder).
 """
 
@@ -11,6 +12,7 @@ from fedmirasol.data.media.cache import DecodeCache
 from fedmirasol.data.media.dataset import MediaClipDataset, load_manifest_datasets, media_loader
 from fedmirasol.data.media.decode import DecodedMedia, DecodeSettings, decode_media
 from fedmirasol.data.media.errors import REASONS, MediaError
+from fedmirasol.data.media.evaluate import evaluate_dense
 from fedmirasol.data.media.manifest import ClipRecord, read_manifest, write_manifest
 from fedmirasol.data.media.sampling import average_clip_predictions
 from fedmirasol.data.media.writer import write_media_file
@@ -25,6 +27,7 @@ __all__ = [
     "MediaError",
     "average_clip_predictions",
     "decode_media",
+    "evaluate_dense",
     "load_manifest_datasets",
     "media_loader",
     "read_manifest",

@@ -104,6 +104,10 @@ class MediaClipDataset(Dataset):
         """Reason -> number of files found bad for it."""
         return Counter(REASONS[code - 1] for code in self._failed.tolist() if code)
 
+    def failed_mask(self) -> torch.Tensor:
+        """Per video: whether its file was found bad (so its items hold other videos' clips)."""
+        return self._failed > 0
+
     def skipped_files(self) -> list[str]:
         return [r.path for r, code in zip(self.records, self._failed.tolist(), strict=True) if code]
 
