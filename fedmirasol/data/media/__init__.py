@@ -4,8 +4,8 @@ One module per job: `container` (open + errors), `probe` (what a file holds), `d
 on the model's grid by pts, 16 kHz mono audio), `sampling` (clip windows), `transforms`
 (resize, crop, normalize), `cache` (decode cache on disk), `manifest` / `adapters` (clip lists),
 `dataset` (torch Dataset, skip counting, `load_manifest_datasets`), `evaluate` (dense
-evaluation), `partition`, `report`
-(`data inspect`), `synth` (`data synth`), `writer` (PyAV encoder).
+evaluation), `partition`, `report` (`data inspect`), `synth` (`data synth`), `writer` (PyAV
+encoder).
 """
 
 from fedmirasol.data.media.cache import DecodeCache
