@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from media_fixtures import media_files  # noqa: F401
@@ -128,3 +130,20 @@ def test_partition_errors_exit_2(synth_dir, capsys):
         ]
     )
     assert code == 2 and "does not match the manifest's 3 sites" in capsys.readouterr().err
+
+
+def test_inspect_reads_class_folders_and_vggsound_layouts(media_files, tmp_path, capsys):
+    for cls, name in (("drums", "h264_30"), ("drums", "vp9_opus"), ("voice", "zero_bytes")):
+        (tmp_path / "tree" / cls).mkdir(parents=True, exist_ok=True)
+        shutil.copy(media_files[name], tmp_path / "tree" / cls / media_files[name].name)
+    assert main(["data", "inspect", str(tmp_path / "tree"), "--format", "folders"]) == 1
+    out = capsys.readouterr().out
+    assert "files: 3, ok: 2, failed: 1 (empty 1)" in out and "labels: drums x2" in out
+
+    (tmp_path / "videos").mkdir()
+    shutil.copy(media_files["h264_30"], tmp_path / "videos" / "abc_000001.mp4")
+    (tmp_path / "vgg.csv").write_text("abc,1,dog barking,train\nmissing,4,cat purring,test\n")
+    args = ["data", "inspect", str(tmp_path / "vgg.csv"), "--format", "vggsound"]
+    assert main([*args, "--video-dir", str(tmp_path / "videos"), "--split", "train"]) == 0
+    assert "files: 1, ok: 1, failed: 0 (none)" in capsys.readouterr().out
+    assert main(args) == 2 and "--format vggsound needs --video-dir" in capsys.readouterr().err
