@@ -138,7 +138,8 @@ def test_audio_only_file_has_no_video(tmp_path):
 def test_probe_reports_streams(media_files):
     info = probe_media(media_files["h264_2997"])
     assert (info.video_codec, info.width, info.height, info.frames) == ("h264", 64, 48, 60)
-    assert info.fps == pytest.approx(29.97, abs=1e-3) and info.duration == pytest.approx(2.002, abs=1e-3)
+    assert info.fps == pytest.approx(30000 / 1001, abs=1e-9)  # true NTSC, not 2997/100
+    assert info.duration == pytest.approx(60 * 1001 / 30000, abs=1e-6)
     stereo = probe_media(media_files["stereo_44k"])
     assert (stereo.audio_codec, stereo.sample_rate, stereo.channels) == ("aac", 44_100, 2)
     webm = probe_media(media_files["vp9_opus"])

@@ -21,11 +21,12 @@ VFR_TIME_BASE = Fraction(1, 1000)  # timestamps of variable-frame-rate video, in
 
 
 def _rate(fps: float | Fraction) -> Fraction:
-    """30 -> 30/1, 29.97 -> 30000/1001, 12.5 -> 25/2."""
+    """30 -> 30/1, 29.97 -> 30000/1001 (the NTSC rates), 12.5 -> 25/2."""
     if isinstance(fps, Fraction):
         return fps
-    if abs(fps * 1001 / 1000 - round(fps * 1001 / 1000)) < 1e-6 and abs(fps - round(fps)) > 1e-6:
-        return Fraction(round(fps * 1001), 1001)
+    ntsc = round(fps * 1.001)
+    if abs(fps - round(fps)) > 1e-6 and abs(fps - ntsc * 1000 / 1001) < 1e-3:
+        return Fraction(ntsc * 1000, 1001)
     return Fraction(fps).limit_denominator(1000)
 
 
