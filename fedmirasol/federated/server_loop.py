@@ -36,6 +36,7 @@ from fedmirasol.federated.parameters import (
     model_state,
     to_record,
 )
+from fedmirasol.federated.report import build_report
 from fedmirasol.federated.reply_validation import (
     Rejection,
     validate_evaluate_replies,
@@ -209,8 +210,6 @@ class FederatedRun:
         """Write the final model and report.json; return the report."""
         rundir.save_final_model(self.run_dir, full_state(self.config, self.global_shared),
                                 model_config(self.config).to_dict())
-        from fedmirasol.federated.report import build_report
-
         report = build_report(self.run_dir)
         report["discovery_problems"] = self.discovery_problems
         report["shared_parameters"] = len(self.split.shared)
