@@ -93,6 +93,7 @@ class AudioEncoder(nn.Module):
         self.frames = frames
         self.padded_frames = math.ceil(frames / patch_t) * patch_t
         self.projection = nn.Linear(patch_t * patch_f, config.width)
+        self.norm = nn.LayerNorm(config.width)
         grid_t, grid_f = self.padded_frames // patch_t, config.n_mels // patch_f
         centres = torch.stack(
             torch.meshgrid(
@@ -129,5 +130,5 @@ class AudioEncoder(nn.Module):
         patches = rearrange(
             spec, "b t (gt pt) (gf pf) -> b t (gt gf) (pt pf)", pt=patch_t, pf=patch_f
         )
-        tokens = self.projection(patches.to(self.projection.weight.dtype)) + self.position
+        tokens = self.norm(self.projection(patches.to(self.projection.weight.dtype))) + self.position
         return self.transformer(tokens)

@@ -85,6 +85,8 @@ class TubeTokenizer(nn.Module):
         self.projections = nn.ModuleList(
             nn.Linear(3 * k[0] * k[1] * k[2], config.width) for k in (t.kernel for t in self.tubes)
         )
+        # Normalizing the tube embeddings puts their content on the scale of the positions.
+        self.norm = nn.LayerNorm(config.width)
         centres = torch.cat([tube.centres(self.dims) for tube in self.tubes])
         self.register_buffer("position", sincos_3d(centres, config.width), persistent=False)
 
@@ -106,7 +108,7 @@ class TubeTokenizer(nn.Module):
             )
             patches = rearrange(patches, "b t c nt nh nw kt kh kw -> b t (nt nh nw) (c kt kh kw)")
             tokens.append(projection(patches))
-        return torch.cat(tokens, dim=2) + self.position.to(x.dtype)
+        return self.norm(torch.cat(tokens, dim=2)) + self.position.to(x.dtype)
 
 
 class VideoEncoder(nn.Module):
