@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "fedmirasol.cli.data_cmd",
     "fedmirasol.cli.simulate_cmd",
     "fedmirasol.cli.report_cmd",
+    "fedmirasol.cli.privacy_report_cmd",
 )
 
 

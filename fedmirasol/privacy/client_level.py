@@ -1,0 +1,95 @@
+"""Client-level (user-level) DP: clip each client's update, noise the aggregate, account.
+
+The mechanism (DP-FedAvg, McMahan et al. 2018, Flower's client-side fixed clipping): each
+sampled client scales its update (a delta of the shared parameters) to L2 norm <= C; the
+server averages the m clipped updates with equal weights and adds N(0, (z*C/m)^2) to every
+coordinate. Flower's own clipping and noise helpers do the arithmetic.
+
+Accounting uses Flower's `RdpAccountant` (Google's dp-accounting underneath). Flower samples
+a fixed number m of the N clients without replacement, so the release is analysed as
+sampling without replacement with "replace one client" neighbours. Replacing one client
+moves the sum of clipped updates by up to 2C, so each round is a Gaussian release with
+noise multiplier (z*C)/(2C) = z/2 relative to that sensitivity.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+from flwr.serverapp import GaussianPrivacyEvent, PrivacyConfig, RdpAccountant
+from flwr.supercore.differential_privacy import (
+    add_gaussian_noise_inplace,
+    clip_inputs_inplace,
+    compute_stdv,
+    get_norm,
+)
+from flwr.supercore.privacy_accounting import NeighboringRelation, SamplingMethod
+
+NumpyState = dict[str, np.ndarray]
+
+
+def clip_update(update: Mapping[str, np.ndarray], clip_norm: float) -> tuple[NumpyState, float]:
+    """A copy of `update` scaled to L2 norm <= `clip_norm` (over all arrays), and the norm
+    it had before clipping."""
+    if clip_norm <= 0:
+        raise ValueError(f"client clip norm must be > 0, got {clip_norm}")
+    names = list(update)
+    arrays = [np.array(update[name], dtype=np.float32, copy=True) for name in names]
+    norm = get_norm(arrays)
+    if not np.isfinite(norm):
+        raise ValueError("the update holds non-finite values; it cannot be clipped")
+    if norm > 0:
+        clip_inputs_inplace(arrays, clip_norm)
+    return dict(zip(names, arrays)), norm
+
+
+def noise_std(clip_norm: float, noise_multiplier: float, num_sampled: int) -> float:
+    """Per-coordinate std of the noise on the mean of `num_sampled` clipped updates."""
+    if num_sampled < 1:
+        raise ValueError("client-level DP needs at least one sampled client")
+    return compute_stdv(noise_multiplier, clip_norm, num_sampled)
+
+
+def noise_aggregate(aggregate: Mapping[str, np.ndarray], *, clip_norm: float,
+                    noise_multiplier: float, num_sampled: int) -> NumpyState:
+    """The equal-weight mean of clipped updates plus calibrated Gaussian noise (a copy)."""
+    names = list(aggregate)
+    arrays = [np.array(aggregate[name], dtype=np.float32, copy=True) for name in names]
+    add_gaussian_noise_inplace(arrays, noise_std(clip_norm, noise_multiplier, num_sampled))
+    return dict(zip(names, arrays))
+
+
+class ClientLevelAccountant:
+    """Cumulative client-level epsilon of the run's noised aggregates."""
+
+    def __init__(self, num_clients: int, delta: float) -> None:
+        self._accountant = RdpAccountant(PrivacyConfig(
+            target_delta=delta, population_size=num_clients,
+            neighboring_relation=NeighboringRelation.REPLACE_ONE,
+            sampling_method=SamplingMethod.WITHOUT_REPLACEMENT,
+        ))
+        self.delta = delta
+
+    @property
+    def releases(self) -> int:
+        return self._accountant.num_releases
+
+    def record_round(self, noise_multiplier: float, num_sampled: int) -> float:
+        """Compose one noised aggregate of `num_sampled` clients; the cumulative epsilon."""
+        self._accountant.compose(GaussianPrivacyEvent(
+            noise_multiplier=noise_multiplier / 2,  # sensitivity 2C under replace-one
+            sample_size=num_sampled, population_size=self._accountant.config.population_size))
+        return self.epsilon()
+
+    def epsilon(self) -> float:
+        if self.releases == 0:
+            return 0.0
+        return float(self._accountant.get_epsilon(self.delta))
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state (for the run directory; a resumed server continues from it)."""
+        return self._accountant.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._accountant.load_state_dict(state)

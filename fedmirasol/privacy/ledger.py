@@ -1,0 +1,91 @@
+"""The run's privacy ledger: append-only JSON lines in the run directory.
+
+One ``client`` record per client per round it was asked to train (from the DP metrics of its
+reply), and one ``client-level`` record per round when client-level DP is on. A resumed run
+may write a round again; readers keep the last record of each (kind, client, round).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+LEDGER_FILE = "privacy-ledger.jsonl"
+
+CLIENT_FIELDS = ("round", "partition-id", "trained", "budget-exhausted", "round-steps",
+                 "total-steps", "sample-rate", "noise-multiplier", "max-grad-norm", "delta",
+                 "accountant", "epsilon", "budget")
+
+
+def ledger_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / LEDGER_FILE
+
+
+def client_record(server_round: int, partition_id: int, metrics: Mapping[str, Any],
+                  accountant: str) -> dict[str, Any]:
+    """A ledger record from the ``dp-*`` metrics of a client's reply (see client_round)."""
+    missing = [k for k in ("dp-epsilon", "dp-total-steps", "dp-sample-rate",
+                           "dp-noise-multiplier", "dp-delta") if k not in metrics]
+    if missing:
+        raise ValueError(f"client {partition_id}'s reply for round {server_round} lacks the DP "
+                         f"metrics {missing}")
+    budget = float(metrics.get("dp-budget", 0.0))
+    exhausted = bool(metrics.get("dp-budget-exhausted", 0))
+    return {
+        "kind": "client", "round": int(server_round), "partition-id": int(partition_id),
+        "trained": not exhausted and int(metrics.get("dp-round-steps", 0)) > 0,
+        "budget-exhausted": exhausted,
+        "round-steps": int(metrics.get("dp-round-steps", 0)),
+        "total-steps": int(metrics["dp-total-steps"]),
+        "sample-rate": float(metrics["dp-sample-rate"]),
+        "noise-multiplier": float(metrics["dp-noise-multiplier"]),
+        "max-grad-norm": float(metrics.get("dp-max-grad-norm", math.nan)),
+        "delta": float(metrics["dp-delta"]),
+        "accountant": accountant,
+        "epsilon": float(metrics["dp-epsilon"]),
+        "budget": budget if budget > 0 else None,
+    }
+
+
+def client_level_record(server_round: int, *, epsilon: float, delta: float,
+                        noise_multiplier: float, clip_norm: float, num_sampled: int,
+                        num_clients: int) -> dict[str, Any]:
+    """A ledger record of one noised aggregate under client-level DP."""
+    return {"kind": "client-level", "round": int(server_round), "epsilon": float(epsilon),
+            "delta": float(delta), "noise-multiplier": float(noise_multiplier),
+            "clip-norm": float(clip_norm), "sampled-clients": int(num_sampled),
+            "num-clients": int(num_clients), "sample-rate": num_sampled / num_clients,
+            "accountant": "rdp (flwr RdpAccountant, without replacement, replace-one)"}
+
+
+def append(run_dir: str | Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Append records (one JSON object a line; NaN and inf are refused)."""
+    lines = [json.dumps(dict(record), allow_nan=False, sort_keys=True) for record in records]
+    if not lines:
+        return
+    path = ledger_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def read(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every record, the last one of each (kind, client, round), in round order."""
+    path = ledger_path(run_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no privacy ledger ({LEDGER_FILE}); "
+                                "was the run made with privacy.enabled = true?")
+    latest: dict[tuple[str, int, int], dict[str, Any]] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not a JSON record ({error})") from error
+            key = (record["kind"], int(record.get("partition-id", -1)), int(record["round"]))
+            latest[key] = record
+    return [latest[key] for key in sorted(latest, key=lambda k: (k[2], k[0], k[1]))]

@@ -1,0 +1,49 @@
+"""PNG of each client's cumulative epsilon over the rounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PLOT_FILE = "privacy-epsilon.png"
+
+
+def plot_epsilon(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """Plot epsilon per round for every client (and the client-level epsilon, if any)."""
+    clients: dict[int, list[tuple[int, float]]] = {}
+    level: list[tuple[int, float]] = []
+    budgets = set()
+    for record in records:
+        if record["kind"] == "client":
+            clients.setdefault(record["partition-id"], []).append((record["round"],
+                                                                    record["epsilon"]))
+            if record.get("budget") is not None:
+                budgets.add(record["budget"])
+        elif record["kind"] == "client-level":
+            level.append((record["round"], record["epsilon"]))
+    if not clients and not level:
+        raise ValueError("the privacy ledger holds no records to plot")
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for pid in sorted(clients):
+        points = sorted(clients[pid])
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=f"client {pid}")
+    if level:
+        points = sorted(level)
+        axis.plot([p[0] for p in points], [p[1] for p in points], "k--", label="client-level")
+    for budget in sorted(budgets):
+        axis.axhline(budget, color="red", linestyle=":", label=f"budget {budget:g}")
+    axis.set_xlabel("round")
+    axis.set_ylabel("cumulative epsilon")
+    axis.set_title("Privacy spent per client")
+    axis.legend(fontsize="small", ncol=2)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

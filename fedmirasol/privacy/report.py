@@ -1,0 +1,98 @@
+"""The privacy report of a run: per client epsilon-delta, steps and budget; the run's worst."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedmirasol.privacy import ledger
+
+
+def client_summaries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per client: what it spent, from its latest ledger record."""
+    by_client: dict[int, list[dict[str, Any]]] = {}
+    for record in records:
+        if record["kind"] == "client":
+            by_client.setdefault(record["partition-id"], []).append(record)
+    rows = []
+    for pid in sorted(by_client):
+        history = sorted(by_client[pid], key=lambda r: r["round"])
+        last = history[-1]
+        budget = last.get("budget")
+        rows.append({
+            "partition-id": pid,
+            "rounds": sum(1 for r in history if r["trained"]),
+            "total-steps": last["total-steps"],
+            "noise-multiplier": last["noise-multiplier"],
+            "sample-rate": last["sample-rate"],
+            "epsilon": max(r["epsilon"] for r in history),
+            "delta": last["delta"],
+            "accountant": last["accountant"],
+            "budget": budget,
+            "budget-left": None if budget is None else budget - max(r["epsilon"] for r in history),
+            "budget-exhausted": any(r["budget-exhausted"] for r in history),
+        })
+    return rows
+
+
+def run_summary(run_dir: str | Path) -> dict[str, Any]:
+    """The report as JSON-able data: clients, the worst client, client-level epsilon."""
+    records = ledger.read(run_dir)
+    clients = client_summaries(records)
+    worst = max(clients, key=lambda row: row["epsilon"]) if clients else None
+    client_level = [r for r in records if r["kind"] == "client-level"]
+    return {
+        "clients": clients,
+        "worst-client": None if worst is None else {
+            "partition-id": worst["partition-id"], "epsilon": worst["epsilon"],
+            "delta": worst["delta"]},
+        "client-level": None if not client_level else {
+            key: client_level[-1][key] for key in
+            ("epsilon", "delta", "noise-multiplier", "clip-norm", "sample-rate", "round")},
+    }
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A plain-text table of `run_summary`."""
+    header = ("client", "rounds", "steps", "sigma", "q", "epsilon", "delta", "budget left")
+    rows = [(str(c["partition-id"]), str(c["rounds"]), str(c["total-steps"]),
+             _cell(c["noise-multiplier"]), _cell(c["sample-rate"]), _cell(c["epsilon"]),
+             _cell(c["delta"], 2),
+             "exhausted" if c["budget-exhausted"] else _cell(c["budget-left"]))
+            for c in summary["clients"]]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in rows]
+    worst = summary["worst-client"]
+    if worst is not None:
+        lines.append(f"worst client: {worst['partition-id']} at epsilon "
+                     f"{worst['epsilon']:.4g} (delta = {worst['delta']:g})")
+    level = summary["client-level"]
+    if level is not None:
+        lines.append(f"client-level DP: epsilon {level['epsilon']:.4g} at delta "
+                     f"{level['delta']:g} after round {level['round']}")
+    return "\n".join(lines)
+
+
+def worst_client_line(run_dir: str | Path) -> str | None:
+    """One line for the end-of-run summary of `fedmirasol simulate` (None without a ledger)."""
+    if not ledger.ledger_path(run_dir).is_file():
+        return None
+    summary = run_summary(run_dir)
+    worst = summary["worst-client"]
+    if worst is None:
+        return None
+    line = (f"privacy: worst client {worst['partition-id']} at epsilon {worst['epsilon']:.4g}, "
+            f"delta = {worst['delta']:g}")
+    if summary["client-level"] is not None:
+        line += f"; client-level epsilon {summary['client-level']['epsilon']:.4g}"
+    return line

@@ -1,0 +1,130 @@
+"""The run config's ``[privacy]`` table as a validated, frozen value.
+
+Sample-level DP-SGD (Opacus) on every client, optionally with a target epsilon that each
+client calibrates its noise multiplier to, and a per-client budget it never trains past.
+Client-level DP (each update clipped, Gaussian noise on the aggregate) is configured here too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+ACCOUNTANTS = ("rdp", "prv")
+GRAD_SAMPLE_MODES = ("hooks", "functorch")
+
+# The keys of the [privacy] table and their defaults (dashes, like every run-config key).
+DEFAULTS: dict[str, Any] = {
+    "enabled": False,
+    "noise-multiplier": 1.0,  # sigma; ignored (calibrated) when target-epsilon > 0
+    "max-grad-norm": 1.0,  # per-sample L2 clip C
+    "delta": 1e-5,
+    "accountant": "rdp",  # rdp | prv
+    "target-epsilon": 0.0,  # > 0: calibrate sigma so the whole run ends at or under it
+    "budget-epsilon": 0.0,  # > 0: a client never trains past it (default: target-epsilon)
+    "grad-sample-mode": "hooks",  # hooks | functorch
+    "max-physical-batch-size": 0,  # > 0: BatchMemoryManager splits larger Poisson batches
+    "client-level": False,  # clip each client's update and noise the aggregate
+    "client-clip-norm": 1.0,  # L2 bound of a client's update
+    "client-noise-multiplier": 1.0,  # z: aggregate noise std = z * clip / sampled clients
+}
+
+
+def _key(name: str) -> str:
+    return f"privacy.{name}"
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """Validated DP settings; build with `from_config` (a run config) or `from_table`."""
+
+    enabled: bool = False
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "rdp"
+    target_epsilon: float = 0.0
+    budget_epsilon: float = 0.0
+    grad_sample_mode: str = "hooks"
+    max_physical_batch_size: int = 0
+    client_level: bool = False
+    client_clip_norm: float = 1.0
+    client_noise_multiplier: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("noise-multiplier", self.noise_multiplier >= 0),
+            ("max-grad-norm", self.max_grad_norm > 0),
+            ("delta", 0 < self.delta < 1),
+            ("target-epsilon", self.target_epsilon >= 0),
+            ("budget-epsilon", self.budget_epsilon >= 0),
+            ("max-physical-batch-size", self.max_physical_batch_size >= 0),
+            ("client-clip-norm", self.client_clip_norm > 0),
+            ("client-noise-multiplier", self.client_noise_multiplier >= 0),
+        )
+        for name, ok in checks:
+            value = getattr(self, name.replace("-", "_"))
+            if not ok or (isinstance(value, float) and math.isnan(value)):
+                raise ValueError(f"config key {_key(name)!r} is out of range: {value!r}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ValueError(f"config key {_key('accountant')!r} must be one of {ACCOUNTANTS}, "
+                             f"got {self.accountant!r}")
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            raise ValueError(f"config key {_key('grad-sample-mode')!r} must be one of "
+                             f"{GRAD_SAMPLE_MODES}, got {self.grad_sample_mode!r}")
+        if self.enabled and self.target_epsilon == 0 and self.noise_multiplier == 0:
+            raise ValueError(f"config key {_key('noise-multiplier')!r} is 0 with DP enabled: "
+                             "that is no privacy; set it > 0 or set privacy.target-epsilon")
+        if 0 < self.budget_epsilon < self.target_epsilon:
+            raise ValueError(f"config key {_key('budget-epsilon')!r} ({self.budget_epsilon}) is "
+                             f"below privacy.target-epsilon ({self.target_epsilon})")
+
+    @property
+    def budget(self) -> float:
+        """The epsilon no client may exceed (inf when neither budget nor target is set)."""
+        if self.budget_epsilon > 0:
+            return self.budget_epsilon
+        return self.target_epsilon if self.target_epsilon > 0 else math.inf
+
+    @property
+    def calibrated(self) -> bool:
+        """True when each client derives sigma from target-epsilon."""
+        return self.target_epsilon > 0
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any]) -> "PrivacySettings":
+        """From a ``[privacy]`` table (dashed keys); unknown keys and bad types raise."""
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in DEFAULTS:
+                raise KeyError(f"unknown config key {_key(key)!r}; privacy keys are: "
+                               f"{', '.join(DEFAULTS)}")
+            values[key.replace("-", "_")] = _coerce(key, value, DEFAULTS[key])
+        return cls(**values)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "PrivacySettings":
+        """From a whole run config (its ``privacy`` table; DP off when there is none)."""
+        return cls.from_table(config.get("privacy", {}))
+
+    def to_table(self) -> dict[str, Any]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {_key(key)!r} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config key {_key(key)!r} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config key {_key(key)!r} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"config key {_key(key)!r} must be a string, got {value!r}")
+    return value
