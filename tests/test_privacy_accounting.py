@@ -1,0 +1,200 @@
+"""Reported epsilon against independent analyses; the accountant never resets; budgets hold."""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting
+import numpy as np
+import pytest
+import torch
+from flwr.app import RecordDict
+from opacus.accountants.analysis import rdp as opacus_rdp
+from opacus.accountants.rdp import RDPAccountant
+
+from fedmirasol.federated import client_state
+from fedmirasol.privacy.accountant_state import (
+    accountant_from_arrays,
+    accountant_to_arrays,
+    epsilon,
+    new_accountant,
+)
+from fedmirasol.privacy.budget import check_budget
+from fedmirasol.privacy.calibration import (
+    SamplingPlan,
+    calibrate_noise_multiplier,
+    planned_epsilon,
+)
+from fedmirasol.privacy.client_round import EXHAUSTED, PrivateRound
+from fedmirasol.privacy.settings import PrivacySettings
+from privacy_fixtures import clips, sgd, snapshot, tiny_model
+
+DELTA = 1e-5
+
+
+def opacus_analysis_epsilon(q: float, sigma: float, steps: int, delta: float = DELTA) -> float:
+    """Opacus' RDP analysis functions called directly (not through any accountant)."""
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    rdp = opacus_rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders)
+    return float(opacus_rdp.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)[0])
+
+
+def google_rdp_epsilon(q: float, sigma: float, steps: int, delta: float = DELTA) -> float:
+    """Google's dp-accounting: Poisson-subsampled Gaussian, RDP."""
+    accountant = dp_accounting.rdp.RdpAccountant()
+    event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+    accountant.compose(event, steps)
+    return float(accountant.get_epsilon(delta))
+
+
+def google_pld_epsilon(q: float, sigma: float, steps: int, delta: float = DELTA) -> float:
+    accountant = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+    accountant.compose(event, steps)
+    return float(accountant.get_epsilon(delta))
+
+
+def settings(**changes) -> PrivacySettings:
+    values = dict(enabled=True, noise_multiplier=1.1, max_grad_norm=1.0, delta=DELTA)
+    values.update(changes)
+    return PrivacySettings(**values)
+
+
+def run_round(state: RecordDict, config: PrivacySettings, model, *, rounds: int = 3,
+              seed: int = 0) -> PrivateRound:
+    data = clips(12)
+    private = PrivateRound.begin(state, config, num_examples=len(data), batch_size=4, epochs=1,
+                                 num_rounds=rounds)
+    if private.budget.allowed:
+        private.train(model, data, sgd(model), seed=seed)
+        private.save(state)
+    return private
+
+
+def test_reported_epsilon_covers_every_round_and_matches_independent_analyses():
+    state, model = RecordDict(), tiny_model()
+    reported = []
+    for server_round in range(1, 4):
+        private = run_round(state, settings(), model, seed=server_round)
+        reported.append(private.metrics())
+    plan = SamplingPlan.for_round(12, 4, 1)
+    for r, metrics in enumerate(reported, 1):
+        assert metrics["dp-total-steps"] == r * plan.steps
+        expected = opacus_analysis_epsilon(plan.sample_rate, 1.1, r * plan.steps)
+        assert metrics["dp-epsilon"] == pytest.approx(expected, rel=0.01)
+        google = google_rdp_epsilon(plan.sample_rate, 1.1, r * plan.steps)
+        assert metrics["dp-epsilon"] == pytest.approx(google, rel=0.01)
+    epsilons = [m["dp-epsilon"] for m in reported]
+    assert epsilons[0] < epsilons[1] < epsilons[2]  # cumulative, never reset
+
+
+def test_prv_epsilon_is_an_upper_bound_close_to_googles_pld():
+    accountant = new_accountant("prv")
+    for _ in range(200):
+        accountant.step(noise_multiplier=1.0, sample_rate=0.05)
+    reported = epsilon(accountant, DELTA)
+    pld = google_pld_epsilon(0.05, 1.0, 200)
+    assert pld <= reported <= pld * 1.01 + 0.02
+    assert reported < google_rdp_epsilon(0.05, 1.0, 200)  # PRV is tighter than RDP
+
+
+def test_a_restarted_client_continues_from_its_saved_accountant(tmp_path):
+    state, model = RecordDict(), tiny_model()
+    run_round(state, settings(), model, seed=1)
+    client_state.mirror_to_disk(state, tmp_path, partition_id=4, server_round=1)
+    restarted = RecordDict()  # a new process: empty state, restored from the mirror
+    assert client_state.restore_from_disk(restarted, tmp_path, partition_id=4, up_to_round=1)
+    private = run_round(restarted, settings(), model, seed=2)
+    plan = SamplingPlan.for_round(12, 4, 1)
+    assert private.metrics()["dp-total-steps"] == 2 * plan.steps
+    assert private.metrics()["dp-epsilon"] == pytest.approx(
+        opacus_analysis_epsilon(plan.sample_rate, 1.1, 2 * plan.steps), rel=0.01)
+
+
+def test_accountant_round_trip_is_exact_and_rejects_a_switched_accountant():
+    accountant = new_accountant("rdp")
+    accountant.history = [(1.3, 0.1, 7), (0.9, 0.25, 3)]
+    arrays = accountant_to_arrays(accountant)
+    restored = accountant_from_arrays(arrays, expected="rdp")
+    assert restored.history == accountant.history
+    assert epsilon(restored, DELTA) == epsilon(accountant, DELTA)
+    with pytest.raises(ValueError, match="privacy.accountant"):
+        accountant_from_arrays(arrays, expected="prv")
+
+
+def test_a_client_at_its_budget_does_not_train():
+    state, model = RecordDict(), tiny_model()
+    first = run_round(state, settings(), model)
+    spent = first.metrics()["dp-epsilon"]
+    capped = settings(budget_epsilon=spent * 1.2)  # one more round would pass 1.2x (it adds ~30%)
+    before = snapshot(model)
+    private = run_round(state, capped, model)
+    assert not private.budget.allowed
+    assert private.budget.projected > capped.budget_epsilon >= private.budget.spent
+    assert private.metrics()[EXHAUSTED] == 1
+    assert private.metrics()["dp-round-steps"] == 0
+    assert private.metrics()["dp-epsilon"] == pytest.approx(spent)  # nothing accounted
+    after = snapshot(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(RuntimeError, match="budget exhausted"):
+        private.train(model, clips(12), sgd(model))
+
+
+def test_budget_check_leaves_the_accountant_untouched():
+    accountant = new_accountant("rdp")
+    accountant.history = [(1.0, 0.1, 10)]
+    check = check_budget(accountant, noise_multiplier=1.0, sample_rate=0.1, steps=10,
+                         delta=DELTA, budget=100.0)
+    assert accountant.history == [(1.0, 0.1, 10)]
+    assert check.allowed and check.spent < check.projected
+    assert check.projected == pytest.approx(opacus_analysis_epsilon(0.1, 1.0, 20))
+
+
+@pytest.mark.parametrize("mechanism", ["rdp", "prv"])
+def test_calibrated_sigma_ends_the_run_at_or_under_the_target(mechanism):
+    target, q, steps = 8.0, 0.1, 100
+    sigma = calibrate_noise_multiplier(target, DELTA, q, steps, mechanism)
+    achieved = planned_epsilon(sigma, q, steps, DELTA, mechanism)
+    assert achieved <= target
+    assert achieved >= target - 0.1  # not needlessly noisy
+    if mechanism == "rdp":
+        assert opacus_analysis_epsilon(q, sigma, steps) <= target
+
+
+def test_target_mode_clients_spend_at_most_the_target_and_stop_there():
+    config = settings(target_epsilon=3.0)
+    state = RecordDict()
+    data_size, batch_size, rounds = 40, 8, 4
+    plan = SamplingPlan.for_round(data_size, batch_size, 2)
+    for _ in range(rounds):  # the planned run, accounted without training
+        private = PrivateRound.begin(state, config, num_examples=data_size,
+                                     batch_size=batch_size, epochs=2, num_rounds=rounds)
+        assert private.budget.allowed
+        for _ in range(plan.steps):
+            private.accountant.step(noise_multiplier=private.noise_multiplier,
+                                    sample_rate=plan.sample_rate)
+        private.save(state)
+    final = private.metrics()["dp-epsilon"]
+    assert final <= 3.0
+    assert final == pytest.approx(opacus_analysis_epsilon(plan.sample_rate,
+                                                          private.noise_multiplier,
+                                                          rounds * plan.steps), rel=0.01)
+    extra = PrivateRound.begin(state, config, num_examples=data_size, batch_size=batch_size,
+                               epochs=2, num_rounds=rounds)
+    assert not extra.budget.allowed  # a round beyond the plan would pass the target
+
+
+def test_settings_name_the_bad_key():
+    with pytest.raises(KeyError, match="privacy.noise-multipler"):
+        PrivacySettings.from_table({"noise-multipler": 1.0})
+    with pytest.raises(ValueError, match="privacy.accountant"):
+        PrivacySettings.from_table({"accountant": "gdp"})
+    with pytest.raises(ValueError, match="privacy.delta"):
+        PrivacySettings.from_table({"delta": 1.5})
+    with pytest.raises(ValueError, match="privacy.max-grad-norm"):
+        PrivacySettings.from_table({"max-grad-norm": "1"})
+    with pytest.raises(ValueError, match="privacy.budget-epsilon"):
+        PrivacySettings.from_table({"target-epsilon": 8.0, "budget-epsilon": 4.0})
+    assert math.isinf(PrivacySettings().budget)
+    assert PrivacySettings(target_epsilon=8.0).budget == 8.0
+    assert PrivacySettings.from_config({}).enabled is False
