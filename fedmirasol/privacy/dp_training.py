@@ -4,7 +4,9 @@ Each round wraps the bare model in a fresh `GradSampleModule` and removes its ho
 per-sample attributes afterwards, so the same model object (the client task reuses one per
 process) can be wrapped again next round without "Trying to add hooks twice", and its
 state_dict never carries a ``_module.`` prefix. Batches are Poisson-sampled by Opacus'
-`DPDataLoader` (what the accountants assume); `BatchMemoryManager` splits large ones.
+`UniformWithReplacementSampler` (what the accountants assume; the sampler of its
+`DPDataLoader`, whose empty-batch collation fails on dict samples when the first batch is
+empty, so empty batches are collated here); `BatchMemoryManager` splits large ones.
 
 Every optimizer step goes through Opacus' `DPOptimizer` (clip each sample's gradient, add
 Gaussian noise, account the step), including steps whose Poisson batch is empty: there the
@@ -20,11 +22,11 @@ from typing import Any, Callable, Mapping
 import torch
 from opacus import GradSampleModule
 from opacus.accountants import IAccountant
-from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
 from opacus.utils.batch_memory_manager import BatchMemoryManager
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from fedmirasol.data.batch import collate, to_device
 from fedmirasol.privacy.calibration import SamplingPlan
@@ -33,8 +35,20 @@ from fedmirasol.privacy.objective import per_sample_loss
 ExtraLoss = Callable[[nn.Module], torch.Tensor]
 
 
+def _collate_or_empty(samples: list[Any]) -> Any:
+    """`collate`, with an empty Poisson batch collated to an empty dict."""
+    return collate(samples) if samples else {}
+
+
+def poisson_loader(dataset: Dataset, sample_rate: float,
+                   generator: torch.Generator | None = None) -> DataLoader:
+    """int(1/q) batches, each holding every example independently with probability q."""
+    sampler = UniformWithReplacementSampler(num_samples=len(dataset), sample_rate=sample_rate,
+                                            generator=generator)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate_or_empty)
+
+
 def _batch_size(batch: Any) -> int:
-    """Examples in a batch; Opacus hands an empty list or zero-length tensors when empty."""
     if isinstance(batch, Mapping) and "label" in batch:
         return int(batch["label"].shape[0])
     return 0
@@ -91,8 +105,7 @@ def train_private(
             loss_reduction="mean",  # the noisy sum is divided by the expected batch size
         )
         dp_optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
-        loader = DPDataLoader(dataset, sample_rate=plan.sample_rate, collate_fn=collate,
-                              generator=generator)
+        loader = poisson_loader(dataset, plan.sample_rate, generator)
         return _run_epochs(model, wrapped, dp_optimizer, loader, epochs=epochs,
                            max_physical_batch_size=max_physical_batch_size,
                            extra_loss=extra_loss, device=device)
@@ -101,7 +114,7 @@ def train_private(
 
 
 def _run_epochs(model: nn.Module, wrapped: GradSampleModule, optimizer: DPOptimizer,
-                loader: DPDataLoader, *, epochs: int, max_physical_batch_size: int,
+                loader: DataLoader, *, epochs: int, max_physical_batch_size: int,
                 extra_loss: ExtraLoss | None, device: torch.device) -> dict[str, float]:
     wrapped.train()
     loss_sum = extra_sum = 0.0
