@@ -1,0 +1,59 @@
+"""Client-level DP: update clipping, aggregate noise, and its accountant."""
+
+from __future__ import annotations
+
+import dp_accounting
+import numpy as np
+import pytest
+
+from fedmirasol.privacy.client_level import (
+    ClientLevelAccountant,
+    clip_update,
+    noise_aggregate,
+    noise_std,
+)
+
+
+def norm(values: dict[str, np.ndarray]) -> float:
+    return float(np.sqrt(sum(np.sum(np.square(v, dtype=np.float64)) for v in values.values())))
+
+
+def test_clipping_bounds_the_whole_update_and_keeps_its_direction():
+    rng = np.random.default_rng(0)
+    update = {"a": rng.normal(size=(4, 5)).astype(np.float32),
+              "b": rng.normal(size=7).astype(np.float32)}
+    clipped, before = clip_update(update, 0.5)
+    assert before == pytest.approx(norm(update), rel=1e-5)
+    assert norm(clipped) == pytest.approx(0.5, rel=1e-5)
+    np.testing.assert_allclose(clipped["a"] / 0.5 * before, update["a"], rtol=1e-4, atol=1e-5)
+    small, _ = clip_update({"a": np.full(3, 0.01, np.float32)}, 1.0)
+    np.testing.assert_array_equal(small["a"], np.full(3, 0.01, np.float32))  # within bound
+    assert update["a"] is not clipped["a"]  # the caller's arrays are untouched
+    with pytest.raises(ValueError, match="non-finite"):
+        clip_update({"a": np.array([np.nan], np.float32)}, 1.0)
+
+
+def test_aggregate_noise_has_std_z_c_over_m():
+    np.random.seed(0)
+    zeros = {"w": np.zeros(200_000, np.float32)}
+    noised = noise_aggregate(zeros, clip_norm=2.0, noise_multiplier=1.5, num_sampled=10)
+    assert noise_std(2.0, 1.5, 10) == pytest.approx(0.3)
+    assert float(np.std(noised["w"])) == pytest.approx(0.3, rel=0.01)
+    assert float(np.abs(zeros["w"]).max()) == 0.0
+
+
+def test_client_level_epsilon_matches_dp_accounting_and_survives_a_restart():
+    accountant = ClientLevelAccountant(num_clients=100, delta=1e-5)
+    epsilons = [accountant.record_round(1.2, 10) for _ in range(4)]
+    assert all(a < b for a, b in zip(epsilons, epsilons[1:]))
+    # independent: dp-accounting's RDP accountant with the event written out by hand
+    reference = dp_accounting.rdp.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    event = dp_accounting.SampledWithoutReplacementDpEvent(
+        100, 10, dp_accounting.GaussianDpEvent(1.2 / 2))  # sensitivity 2C for replace-one
+    reference.compose(event, 4)
+    assert epsilons[-1] == pytest.approx(reference.get_epsilon(1e-5), rel=0.01)
+    restored = ClientLevelAccountant(num_clients=100, delta=1e-5)
+    restored.load_state_dict(accountant.state_dict())
+    assert restored.epsilon() == epsilons[-1]
+    assert restored.record_round(1.2, 10) > epsilons[-1]
