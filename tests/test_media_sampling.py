@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedmirasol.data.media.sampling import ClipPlan, average_clip_predictions, cut_audio, plan_clips
+from fedmirasol.data.media.sampling import (
+    ClipPlan,
+    average_clip_predictions,
+    cut_audio,
+    plan_clips,
+)
 
 PER_SLOT = 2000.0  # 16 kHz at 8 fps
 
