@@ -8,11 +8,12 @@ import dp_accounting
 import numpy as np
 import pytest
 import torch
-from flwr.app import RecordDict
+from flwr.app import MetricRecord, RecordDict
 from opacus.accountants.analysis import rdp as opacus_rdp
 from opacus.accountants.rdp import RDPAccountant
 
 from fedmirasol.federated import client_state
+from fedmirasol.privacy import ledger
 from fedmirasol.privacy.accountant_state import (
     accountant_from_arrays,
     accountant_to_arrays,
@@ -86,6 +87,8 @@ def test_reported_epsilon_covers_every_round_and_matches_independent_analyses():
         assert metrics["dp-epsilon"] == pytest.approx(google, rel=0.01)
     epsilons = [m["dp-epsilon"] for m in reported]
     assert epsilons[0] < epsilons[1] < epsilons[2]  # cumulative, never reset
+    record = ledger.client_record(3, 0, dict(MetricRecord(reported[-1])), "rdp")  # via Flower
+    assert record["epsilon"] == epsilons[-1] and record["total-steps"] == 3 * plan.steps
 
 
 def test_prv_epsilon_is_an_upper_bound_close_to_googles_pld():
