@@ -12,6 +12,9 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 ACCOUNTANTS = ("rdp", "prv")
+# Opacus' ghost clipping is left out: with Opacus 1.6 it fails on Mirasol's learned-token
+# embeddings and keeps one norm per layer call, not per sample over the chunks (see
+# benchmarks/dp_overhead.py). Hooks are exact and the fastest that runs.
 GRAD_SAMPLE_MODES = ("hooks", "functorch")
 
 # The keys of the [privacy] table and their defaults (dashes, like every run-config key).
