@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--baseline", action="store_true",
                         help="also train the same model centrally on the union of the clients' "
                         "data and record its accuracy in report.json")
+    parser.add_argument("--baseline-epochs", type=int, metavar="N",
+                        help="epochs of the centralized baseline (default: num-rounds x "
+                        "local-epochs, the passes each client's data gets)")
     parser.set_defaults(func=run)
 
 
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         from fedmirasol.federated.centralized_baseline import centralized_baseline
 
         print("training the centralized baseline ...", flush=True)
-        report.update(centralized_baseline(rundir.read_config(run_dir)))
+        report.update(centralized_baseline(rundir.read_config(run_dir), args.baseline_epochs))
     rundir.write_report(run_dir, report)
     print(summary_table(run_dir))
     keys = ("final_centralized_accuracy", "final_federated_accuracy",

@@ -35,7 +35,7 @@ class Materialized(Dataset):
     """A dataset rendered once and kept in memory (clients see it every round)."""
 
     def __init__(self, source: Dataset) -> None:
-        self.samples: list[Sample] = [source[i] for i in range(len(source))]  # type: ignore[arg-type]
+        self.samples: list[Sample] = [source[i] for i in range(len(source))]  # type: ignore
 
     def __len__(self) -> int:
         return len(self.samples)

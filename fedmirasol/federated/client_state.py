@@ -26,7 +26,9 @@ def load_local_params(state: RecordDict) -> NumpyState | None:
 
 
 def save_local_params(state: RecordDict, values: NumpyState) -> None:
-    state[LOCAL_PARAMS_KEY] = to_record(values)
+    """Keep the local parameters (nothing is stored when the split keeps none)."""
+    if values:
+        state[LOCAL_PARAMS_KEY] = to_record(values)
 
 
 def _state_file(directory: str | Path, partition_id: int, server_round: int) -> Path:

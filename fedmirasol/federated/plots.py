@@ -33,8 +33,9 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     for key, label in (("centralized_accuracy", "centralized (server test set)"),
                        ("federated_accuracy", "federated (clients' validation, weighted)")):
         acc.plot(*_series(rounds, key), marker="o", label=label)
-    for key, label in (("train_loss", "train (clients, weighted)"),
-                       ("centralized_loss", "centralized"), ("federated_loss", "federated")):
+    for key, label in (("train_loss", "train objective (clients, weighted)"),
+                       ("centralized_loss", "centralized (class CE)"),
+                       ("federated_loss", "federated (class CE)")):
         loss.plot(*_series(rounds, key), marker="o", label=label)
     acc.set(xlabel="round", ylabel="accuracy", title="Accuracy per round", ylim=(0, 1))
     loss.set(xlabel="round", ylabel="loss", title="Loss per round")
