@@ -28,7 +28,8 @@ def test_defaults_are_the_quickstart_config() -> None:
     assert load_config()["data"]["num-clients"] == 10
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "simulations").glob("*.toml")))
+@pytest.mark.parametrize("name", ["quickstart.toml", "feature-shift.toml", "fedprox.toml",
+                                  "many-clients.toml"])
 def test_every_ready_config_validates(name: str) -> None:
     config = load_config(ROOT / "simulations" / name)
     assert config["name"] == name.removesuffix(".toml")
