@@ -7,6 +7,9 @@ The same local steps for 100 clients (10 sampled per round, tiny model) run
   (b) as a plain PyTorch loop in one process: the same sampled clients (read from (a)'s
       metrics), the same data, the same seeded local training, then the weighted average.
 
+Both get the same compute: (a) trains one virtual client at a time with one torch thread,
+(b) runs with one torch thread (`--workers N` gives (a) N parallel clients and (b) N threads).
+
 Prints the wall-clock seconds of both and the ratio a/b (target: at most 1.2), as JSON.
 
     python benchmarks/simulation_overhead.py [--rounds 10] [--local-epochs 4]
@@ -26,7 +29,8 @@ import numpy as np
 import torch
 
 
-def plain_loop(config: dict, sampled_per_round: list[list[int]]) -> tuple[float, dict]:
+def plain_loop(config: dict, sampled_per_round: list[list[int]], threads: int
+               ) -> tuple[float, dict]:
     """(b): the same client updates and FedAvg in one process; returns (seconds, model)."""
     from fedmirasol.federated import client_data
     from fedmirasol.federated.client_task import init_model, seed_for
@@ -34,7 +38,7 @@ def plain_loop(config: dict, sampled_per_round: list[list[int]]) -> tuple[float,
     from fedmirasol.training.loop import train_epochs
 
     started = time.perf_counter()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads)
     client = config["client"]
     model = init_model(config)
     split = ParameterSplit.from_model(model, "")
@@ -66,6 +70,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--clips-per-client", type=int, default=20)
     parser.add_argument("--local-epochs", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="parallel virtual clients in (a), torch threads in (b)")
     args = parser.parse_args()
 
     from fedmirasol.federated import run_dir as rundir
@@ -80,7 +86,7 @@ def main() -> None:
             f"client.local-epochs={args.local_epochs}",
             f"strategy.fraction-train={args.per_round / args.clients}",
             "strategy.fraction-evaluate=0.0", "server.evaluate-every=0",
-            f"output.runs-dir='{tmp}'",
+            f"simulation.max-parallel-clients={args.workers}", f"output.runs-dir='{tmp}'",
         ])
         started = time.perf_counter()
         run = simulate(config, progress=None)
@@ -94,11 +100,12 @@ def main() -> None:
             federated_model = pickle.load(handle).global_shared
 
     # (b) renders its clients' clips itself, as the simulated clients did.
-    plain, plain_model = plain_loop(config, sampled)
+    plain, plain_model = plain_loop(config, sampled, args.workers)
     drift = max(float(np.abs(federated_model[k] - plain_model[k]).max()) for k in plain_model)
     print(json.dumps({
         "clients": args.clients, "per_round": args.per_round, "rounds": args.rounds,
         "local_epochs": args.local_epochs, "clips_per_client": args.clips_per_client,
+        "workers": args.workers,
         "simulation_seconds": round(simulated, 2), "plain_loop_seconds": round(plain, 2),
         "ratio": round(simulated / plain, 3),
         "max_abs_difference_between_final_models": drift,

@@ -85,6 +85,9 @@ DEFAULTS: Config = {
     "server": {
         "evaluate-every": 1,  # centralized evaluation every N rounds (0: never)
     },
+    "simulation": {
+        "max-parallel-clients": 0,  # virtual clients trained at once (0: one per CPU core)
+    },
     "output": {
         "runs-dir": "runs",
         "checkpoint-every": 1,
@@ -199,6 +202,8 @@ def _check_ranges(flat: Mapping[str, Any]) -> None:
     for key in positive:
         if flat[key] < 1:
             raise ValueError(f"config key {key!r} must be at least 1, got {flat[key]!r}")
+    if flat["simulation.max-parallel-clients"] < 0:
+        raise ValueError("config key 'simulation.max-parallel-clients' must be >= 0")
     fractions = ("strategy.fraction-train", "strategy.fraction-evaluate", "data.val-fraction",
                  "data.drop-audio-prob", "data.drop-video-prob", "strategy.trim-beta")
     for key in fractions:

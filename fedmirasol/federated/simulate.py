@@ -37,10 +37,14 @@ def print_progress(record: Mapping[str, Any]) -> None:
 
 
 def backend_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Ray resources: one CPU per virtual client, as many in parallel as there are cores."""
+    """Ray resources: `client.threads` CPUs per virtual client; as many clients in parallel as
+    the cores allow, or `simulation.max-parallel-clients`."""
+    threads = config["client"]["threads"]
+    parallel = config["simulation"]["max-parallel-clients"]
+    cpus = parallel * threads if parallel else max(os.cpu_count() or 1, threads)
     return {
-        "client_resources": {"num_cpus": config["client"]["threads"], "num_gpus": 0.0},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "log_to_driver": True},
+        "client_resources": {"num_cpus": threads, "num_gpus": 0.0},
+        "init_args": {"num_cpus": cpus},
     }
 
 
