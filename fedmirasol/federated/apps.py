@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmirasol.federated import client_handlers
 from fedmirasol.federated import run_dir as rundir
+from fedmirasol.federated.report import print_progress
 from fedmirasol.federated.run_config import from_flower_run_config
 from fedmirasol.federated.server_loop import FederatedRun, Progress
 
@@ -35,8 +36,8 @@ def build_server_app(config: Mapping[str, Any] | None = None, run_dir: Path | No
                      progress: Progress | None = None) -> ServerApp:
     """A ServerApp for `config` writing `run_dir` (resuming after `checkpoint` if given).
 
-    Without `config` (under `flwr run`), the config comes from the Flower run config and a
-    new run directory is created under `output.runs-dir`.
+    Without `config` (under `flwr run`), the config comes from the Flower run config, a
+    new run directory is created under `output.runs-dir`, and progress is printed per round.
     """
     app = ServerApp()
 
@@ -48,7 +49,8 @@ def build_server_app(config: Mapping[str, Any] | None = None, run_dir: Path | No
             directory = rundir.create(cfg["output"]["runs-dir"], cfg["name"])
             rundir.write_config(directory, cfg)
             print(f"fedmirasol: run directory {directory.resolve()}", flush=True)
-        run = FederatedRun(grid, cfg, directory, progress)
+        run = FederatedRun(grid, cfg, directory,
+                           progress if config is not None else print_progress)
         if checkpoint is not None:
             run.resume(checkpoint)
         run.run()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from fedmirasol.federated import run_dir as rundir
 from fedmirasol.federated.metrics import mean
@@ -63,3 +63,20 @@ def summary_table(run_dir: str | Path) -> str:
             f"{_fmt(r.get('duration_s'), '6.1f')}"
         )
     return "\n".join(lines)
+
+
+def print_progress(record: Mapping[str, Any]) -> None:
+    """One line per round on stdout."""
+    def fmt(key: str, spec: str = ".3f") -> str:
+        value = record.get(key)
+        return "-" if value is None else format(value, spec)
+
+    if record["round"] == 0:
+        print(f"round   0  initial model: centralized acc {fmt('centralized_accuracy')}",
+              flush=True)
+        return
+    print(f"round {record['round']:>3}  train loss {fmt('train_loss', '.4f')}  "
+          f"centralized acc {fmt('centralized_accuracy')}  federated acc "
+          f"{fmt('federated_accuracy')}  clients {len(record['participants'])}/"
+          f"{len(record['sampled'])}  rejected {len(record['rejected'])}  "
+          f"{record['duration_s']:.1f}s", flush=True)

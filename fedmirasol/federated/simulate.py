@@ -11,29 +11,13 @@ from typing import Any, Mapping
 
 from fedmirasol.federated import run_dir as rundir
 from fedmirasol.federated.apps import build_client_app, build_server_app
+from fedmirasol.federated.report import print_progress
 from fedmirasol.federated.server_loop import Progress
 
 
 class StopRun(Exception):
     """Raise from a progress callback to stop a run after the round it reports (the run
     directory keeps its checkpoints and can be resumed)."""
-
-
-def print_progress(record: Mapping[str, Any]) -> None:
-    """One line per round on stdout."""
-    def fmt(key: str, spec: str = ".3f") -> str:
-        value = record.get(key)
-        return "-" if value is None else format(value, spec)
-
-    if record["round"] == 0:
-        print(f"round   0  initial model: centralized acc {fmt('centralized_accuracy')}",
-              flush=True)
-        return
-    print(f"round {record['round']:>3}  train loss {fmt('train_loss', '.4f')}  "
-          f"centralized acc {fmt('centralized_accuracy')}  federated acc "
-          f"{fmt('federated_accuracy')}  clients {len(record['participants'])}/"
-          f"{len(record['sampled'])}  rejected {len(record['rejected'])}  "
-          f"{record['duration_s']:.1f}s", flush=True)
 
 
 def backend_config(config: Mapping[str, Any]) -> dict[str, Any]:
