@@ -33,7 +33,7 @@ COLOURS = {
 PITCH_RANGE_HZ = (300.0, 2400.0)
 TONE_SECONDS = 0.15
 FLASH_FRAMES = 2
-DIM_OBJECT = 0.25  # object brightness between flashes, relative to a flash
+DIM_OBJECT = 0.0  # object brightness between flashes (a strobe: it shows only when it flashes)
 
 
 @dataclass(frozen=True)
@@ -244,11 +244,10 @@ class SyntheticAVDataset(Dataset):
         return masks
 
     def _apply_colour(self, masks: np.ndarray, colour: tuple[float, float, float], event_frames: list[int]) -> np.ndarray:
-        """Dark background and a dim object that lights up during its flashes.
+        """Dark background and a moving object that shows only while it flashes (a strobe).
 
-        The object is faint between events and fully lit at them, so the evidence of its
-        shape and the visual events sit in the same frames (as the tones that carry the pitch
-        are the audio events).
+        The evidence of the object's shape and the visual events sit in the same frames, as the
+        tones that carry the pitch are the audio events.
         """
         cfg = self.config
         flash = np.zeros((cfg.num_frames, 1, 1, 1), dtype=np.float32)
