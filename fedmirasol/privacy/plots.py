@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 PLOT_FILE = "privacy-epsilon.png"
 
@@ -37,6 +38,7 @@ def plot_epsilon(records: list[dict[str, Any]], path: str | Path) -> Path:
         axis.plot([p[0] for p in points], [p[1] for p in points], "k--", label="client-level")
     for budget in sorted(budgets):
         axis.axhline(budget, color="red", linestyle=":", label=f"budget {budget:g}")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("round")
     axis.set_ylabel("cumulative epsilon")
     axis.set_title("Privacy spent per client")
