@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import random
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 
 from fedmirasol.cli import main as cli_main
 from fedmirasol.federated import run_dir as rundir
+from fedmirasol.federated.client_task import seed_for
 from fedmirasol.federated.run_config import load_config
 from fedmirasol.federated.simulate import StopRun, simulate
 
@@ -99,9 +101,10 @@ def test_global_model_never_holds_nan(full_run: Path) -> None:
         assert not any("norm" in k for k in checkpoint.global_shared)  # FedBN: shared only
 
 
-def test_sampling_varies_by_round_but_is_seeded(full_run: Path) -> None:
-    sampled = [tuple(r["sampled"]) for r in rundir.read_metrics(full_run)[1:]]
-    assert all(len(s) == 4 for s in sampled)
+def test_sampling_is_flowers_seeded_per_round_over_partition_order(full_run: Path) -> None:
+    for record in rundir.read_metrics(full_run)[1:]:
+        random.seed(seed_for(0, record["round"], 1))
+        assert record["sampled"] == sorted(random.sample(range(5), 4))
 
 
 def test_interrupted_and_resumed_run_ends_like_the_uninterrupted_one(

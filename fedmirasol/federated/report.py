@@ -31,6 +31,12 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "final_federated_accuracy": final.get("federated_accuracy"),
         "final_federated_loss": final.get("federated_loss"),
         "final_mean_client_accuracy": final.get("federated_accuracy_client_mean"),
+        # Per-round client accuracies are noisy on small validation splits: also the mean over
+        # the last quarter of the rounds.
+        "last_quarter_mean_client_accuracy": mean(
+            r.get("federated_accuracy_client_mean") for r in rounds[-max(1, len(rounds) // 4):]),
+        "last_quarter_centralized_accuracy": mean(
+            r.get("centralized_accuracy") for r in rounds[-max(1, len(rounds) // 4):]),
         "final_client_accuracy": {pid: row["val_accuracy"] for pid, row in clients.items()
                                   if "val_accuracy" in row},
         "total_bytes_down": sum(r["bytes_down"] for r in rounds),
