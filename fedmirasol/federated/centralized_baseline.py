@@ -21,6 +21,7 @@ def centralized_baseline(config: Mapping[str, Any], epochs: int | None = None
     passes each client's data gets in the federated run); return the test accuracy."""
     started = time.perf_counter()
     client = config["client"]
+    torch.set_num_threads(client["threads"])  # as a simulated client trains
     model = init_model(config)
     device = resolve_device(client["device"])
     model.to(device)
