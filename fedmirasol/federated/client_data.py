@@ -99,9 +99,7 @@ def _pool_dataset(config: Mapping[str, Any], spec: ClientSpec | None) -> Dataset
     """The client pool as client `spec` sees it (its domain, its missing modalities)."""
     if config["data"]["source"] == "manifest":
         # The manifest's clips form the pool; the media package decodes them (PyAV).
-        return _manifest_module().load_manifest_datasets(
-            config["data"]["manifest"], model_config(config)
-        )
+        return _manifest_module().manifest_pool(config["data"]["manifest"], model_config(config))
     return SyntheticAVDataset(
         synthetic_config(config), pool_size(config), seed=config["seed"],
         domain=domain_shift(config, spec.domain) if spec else None,
