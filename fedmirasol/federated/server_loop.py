@@ -51,6 +51,7 @@ from fedmirasol.federated.strategy import (
 )
 
 log = logging.getLogger("fedmirasol.server")
+DISCOVERY_TIMEOUT_S = 300.0
 Progress = Callable[[Mapping[str, Any]], None]
 
 
@@ -126,8 +127,10 @@ class FederatedRun:
 
     def run(self) -> dict[str, Any]:
         cfg = self.config
+        # First contact starts the clients (imports, actors): give it more than a round.
         partitions, self.discovery_problems = discover_partitions(
-            self.grid, cfg["data"]["num-clients"], self._config_record(), self.timeout)
+            self.grid, cfg["data"]["num-clients"], self._config_record(),
+            max(self.timeout, DISCOVERY_TIMEOUT_S))
         for problem in self.discovery_problems:
             log.warning("left out at discovery: %s", problem)
         self.partitions = partitions
