@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from fedmirasol.cli import main
-from fedmirasol.federated.run_config import validate
 from fedmirasol.privacy import ledger
 from fedmirasol.privacy.report import run_summary, worst_client_line
-from fedmirasol.privacy.settings import PrivacySettings
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def metrics(epsilon: float, steps: int, exhausted: int = 0) -> dict:
@@ -75,11 +71,3 @@ def test_privacy_report_command_prints_table_json_and_writes_the_plot(tmp_path, 
     plot = Path(report["plot"])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["privacy-report", str(tmp_path / "missing")]) == 2
-
-
-def test_ready_dp_config_is_valid_and_turns_dp_on():
-    with (ROOT / "simulations" / "dp.toml").open("rb") as handle:
-        config = tomllib.load(handle)
-    privacy = PrivacySettings.from_config(config)
-    assert privacy.enabled and privacy.target_epsilon == 8.0 and privacy.delta == 1e-5
-    validate({key: value for key, value in config.items() if key != "privacy"})
