@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -29,6 +29,9 @@ class ClientData:
     spec: ClientSpec
     train: Dataset
     val: Dataset
+    # Bad media files met while loading (each replaced by another clip): `skipped_files` and
+    # `skipped_<reason>`; empty for synthetic data.
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 class Materialized(Dataset):
@@ -116,11 +119,10 @@ def _client_data_cached(config_json: str, partition_id: int) -> ClientData:
                          f"{len(all_specs)}")
     spec = all_specs[partition_id]
     pool = _pool_dataset(config, spec)
-    return ClientData(
-        spec=spec,
-        train=Materialized(Subset(pool, list(spec.train_indices))),
-        val=Materialized(Subset(pool, list(spec.val_indices))),
-    )
+    train = Materialized(Subset(pool, list(spec.train_indices)))
+    val = Materialized(Subset(pool, list(spec.val_indices)))
+    skipped = pool.skip_metrics() if hasattr(pool, "skip_metrics") else {}
+    return ClientData(spec=spec, train=train, val=val, skipped=skipped)
 
 
 @functools.lru_cache(maxsize=4)

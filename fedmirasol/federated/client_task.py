@@ -128,7 +128,8 @@ def train(config: Mapping[str, Any], partition_id: int, server_round: int,
                        metrics={"train-loss": metrics["loss"],
                                 "train-class-loss": metrics.get("loss_class", math.nan),
                                 "proximal-term": metrics.get("loss_extra", 0.0),
-                                "steps": metrics["steps"]})
+                                "steps": metrics["steps"],
+                                **{name: float(count) for name, count in data.skipped.items()}})
 
 
 def evaluate_local(config: Mapping[str, Any], partition_id: int,

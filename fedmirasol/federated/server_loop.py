@@ -176,6 +176,7 @@ class FederatedRun:
             rejected=[r.to_json() for r in rejected],
             aggregate_kept_previous=kept_reason,
             train_loss=weighted_mean(train_rows.values(), "train-loss"),
+            skipped_files=int(sum(row.get("skipped_files", 0) for row in train_rows.values())),
             bytes_down=message_array_bytes(messages),
             bytes_up=bytes_up,
         )
@@ -231,6 +232,8 @@ def _client_row(train: Mapping[str, float] | None, val: Mapping[str, float] | No
     row: dict[str, float] = {}
     if train:
         row.update({"train_loss": train["train-loss"], "train_examples": train["num-examples"]})
+        if "skipped_files" in train:
+            row["skipped_files"] = int(train["skipped_files"])
     if val:
         row.update({"val_accuracy": val["val-accuracy"], "val_loss": val["val-loss"],
                     "val_examples": val["num-examples"]})
