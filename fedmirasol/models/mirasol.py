@@ -82,7 +82,7 @@ class Mirasol(nn.Module):
         self.classifier = ClassificationHead(config.width, config.num_classes)
         self.text_decoder = TextDecoder(config)
 
-    def encode(self, batch: dict[str, torch.Tensor]) -> MirasolOutput:
+    def forward(self, batch: dict[str, torch.Tensor]) -> MirasolOutput:
         """Encode video and audio into latents and class logits."""
         video, audio = batch["video"], batch["audio"]
         if video.shape[0] != audio.shape[0]:
@@ -103,10 +103,7 @@ class Mirasol(nn.Module):
             latents, latent_loss = self.joint(rearrange(tokens, "b t n d -> b (t n) d")), None
         return MirasolOutput(self.classifier(latents), latents, latent_loss)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> MirasolOutput:
-        return self.encode(batch)
-
     @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor], **kwargs) -> list[str]:
         """Captions for a batch (see `TextDecoder.generate` for the decoding options)."""
-        return self.text_decoder.generate(self.encode(batch).latents, **kwargs)
+        return self.text_decoder.generate(self(batch).latents, **kwargs)
