@@ -145,7 +145,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _check_value(key: str, value: Any, default: Any) -> Any:
+def check_value(key: str, value: Any, default: Any) -> Any:
     """Coerce `value` to the type of `default`, or raise naming `key`."""
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -185,7 +185,7 @@ def validate(config: Mapping[str, Any]) -> Config:
         elif key not in flat_defaults:
             raise KeyError(f"unknown config key {key!r}")
         else:
-            resolved[key] = _check_value(key, value, flat_defaults[key])
+            resolved[key] = check_value(key, value, flat_defaults[key])
     for key, choices in CHOICES.items():
         if resolved[key] not in choices:
             raise ValueError(f"config key {key!r} must be one of {choices}, got {resolved[key]!r}")

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from fedmirasol.federated.run_config import check_value
+
 ACCOUNTANTS = ("rdp", "prv")
 # Opacus' ghost clipping is left out: with Opacus 1.6 it fails on Mirasol's learned-token
 # embeddings and keeps one norm per layer call, not per sample over the chunks (see
@@ -103,7 +105,7 @@ class PrivacySettings:
             if key not in DEFAULTS:
                 raise KeyError(f"unknown config key {_key(key)!r}; privacy keys are: "
                                f"{', '.join(DEFAULTS)}")
-            values[key.replace("-", "_")] = _coerce(key, value, DEFAULTS[key])
+            values[key.replace("-", "_")] = check_value(_key(key), value, DEFAULTS[key])
         return cls(**values)
 
     @classmethod
@@ -113,21 +115,3 @@ class PrivacySettings:
 
     def to_table(self) -> dict[str, Any]:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
-
-
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"config key {_key(key)!r} must be true or false, got {value!r}")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"config key {_key(key)!r} must be an integer, got {value!r}")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"config key {_key(key)!r} must be a number, got {value!r}")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError(f"config key {_key(key)!r} must be a string, got {value!r}")
-    return value
