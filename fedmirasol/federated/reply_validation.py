@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 from flwr.app import Message, RecordDict
@@ -87,40 +87,35 @@ def check_update(content: RecordDict, expected: Mapping[str, tuple[int, ...]]) -
     return None
 
 
-def validate_train_replies(
-    replies: Iterable[Message], expected: Mapping[str, tuple[int, ...]],
-    partitions: Mapping[int, int],
+def _split_replies(
+    replies: Iterable[Message], partitions: Mapping[int, int],
+    check: Callable[[Message], str | None],
 ) -> tuple[list[Message], list[Rejection]]:
-    """Split train replies into usable ones and rejections (with reasons)."""
+    """Replies that are errors or fail `check` become rejections (with reasons); the rest pass."""
     accepted, rejected = [], []
     for message in replies:
         pid = reply_partition(message, partitions)
-        if message.has_error():
-            reason = error_reason(message)
-        else:
-            reason = (check_metrics(message.content, (WEIGHT_KEY, "partition-id"))
-                      or check_update(message.content, expected))
+        reason = error_reason(message) if message.has_error() else check(message)
         if reason is None:
             accepted.append(message)
         else:
             rejected.append(Rejection(message.metadata.src_node_id, pid, reason))
     return accepted, rejected
+
+
+def validate_train_replies(
+    replies: Iterable[Message], expected: Mapping[str, tuple[int, ...]],
+    partitions: Mapping[int, int],
+) -> tuple[list[Message], list[Rejection]]:
+    """Split train replies into usable ones and rejections (with reasons)."""
+    return _split_replies(replies, partitions, lambda message: (
+        check_metrics(message.content, (WEIGHT_KEY, "partition-id"))
+        or check_update(message.content, expected)))
 
 
 def validate_evaluate_replies(
     replies: Iterable[Message], partitions: Mapping[int, int],
 ) -> tuple[list[Message], list[Rejection]]:
     """Split evaluate replies into usable ones and rejections (with reasons)."""
-    accepted, rejected = [], []
-    for message in replies:
-        pid = reply_partition(message, partitions)
-        if message.has_error():
-            reason = error_reason(message)
-        else:
-            reason = check_metrics(message.content,
-                                   (WEIGHT_KEY, "partition-id", "val-loss", "val-accuracy"))
-        if reason is None:
-            accepted.append(message)
-        else:
-            rejected.append(Rejection(message.metadata.src_node_id, pid, reason))
-    return accepted, rejected
+    return _split_replies(replies, partitions, lambda message: check_metrics(
+        message.content, (WEIGHT_KEY, "partition-id", "val-loss", "val-accuracy")))
