@@ -9,7 +9,7 @@ import pytest
 
 from fedmirasol.cli import main
 from fedmirasol.privacy import ledger
-from fedmirasol.privacy.report import run_summary, worst_client_line
+from fedmirasol.privacy.report import budget_left_text, epsilon_text, run_summary, worst_client_line
 
 
 
@@ -71,3 +71,11 @@ def test_privacy_report_command_prints_table_json_and_writes_the_plot(tmp_path, 
     plot = Path(report["plot"])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["privacy-report", str(tmp_path / "missing")]) == 2
+
+
+def test_printed_epsilon_is_rounded_up_and_budget_left_down():
+    assert epsilon_text(8.00004) == "8.001"  # never shown as 8 when it is above 8
+    assert epsilon_text(7.99996) == "8.000"
+    assert epsilon_text(0.123449) == "0.1235"
+    assert budget_left_text(0.99996) == "0.9999"
+    assert budget_left_text(2.0) == "2.000"

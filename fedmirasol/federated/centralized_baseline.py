@@ -11,36 +11,37 @@ import torch
 
 from fedmirasol.federated import client_data
 from fedmirasol.federated.client_task import init_model, seed_for
+from fedmirasol.training.centralized import TrainSettings, one_cycle_optimizer
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate, train_epochs
 
 
 def centralized_baseline(config: Mapping[str, Any], epochs: int | None = None
                          ) -> dict[str, float]:
-    """Train on the pooled client data (by default for num-rounds x local-epochs epochs, the
-    passes each client's data gets in the federated run); return the test accuracy."""
+    """Train on the pooled client data with the project's centralized recipe (the one of
+    `fedmirasol train`: AdamW, one-cycle, batch 32), by default for num-rounds x local-epochs
+    epochs (the passes each client's data gets in the federated run); return the test accuracy
+    on the server's test set."""
     started = time.perf_counter()
     client = config["client"]
     torch.set_num_threads(client["threads"])  # as a simulated client trains
     model = init_model(config)
     device = resolve_device(client["device"])
     model.to(device)
-    optimizer_cls = torch.optim.SGD if client["optimizer"] == "sgd" else torch.optim.Adam
-    extra = {"momentum": client["momentum"]} if client["optimizer"] == "sgd" else {}
-    optimizer = optimizer_cls(model.parameters(), lr=client["lr"],
-                              weight_decay=client["weight-decay"], **extra)
+    settings = TrainSettings(epochs=epochs or config["num-rounds"] * client["local-epochs"])
     train = client_data.pooled_train(config)
-    epochs = epochs or config["num-rounds"] * client["local-epochs"]
     seed = seed_for(config["seed"], 0xCE17)
     torch.manual_seed(seed)
-    loader = client_data.loader(train, client["batch-size"], shuffle=True, seed=seed)
-    train_metrics = train_epochs(model, loader, optimizer, epochs=epochs, device=device)
+    loader = client_data.loader(train, settings.batch_size, shuffle=True, seed=seed)
+    optimizer, scheduler = one_cycle_optimizer(model, settings, len(loader))
+    train_metrics = train_epochs(model, loader, optimizer, epochs=settings.epochs, device=device,
+                                 scheduler=scheduler)
     test = evaluate(model, client_data.loader(client_data.test_dataset(config),
                                               client["eval-batch-size"], shuffle=False),
                     device=device)
     return {"centralized_baseline_accuracy": test["accuracy"],
             "centralized_baseline_loss": test["loss"],
             "centralized_baseline_train_loss": train_metrics["loss"],
-            "centralized_baseline_epochs": float(epochs),
+            "centralized_baseline_epochs": float(settings.epochs),
             "centralized_baseline_examples": float(len(train)),
             "centralized_baseline_seconds": time.perf_counter() - started}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,25 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
     }
 
 
+def _significant(value: float, rounding: str, digits: int = 4) -> str:
+    """`value` to `digits` significant digits, rounded in the given direction."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    exact = Decimal(repr(value))
+    step = Decimal(1).scaleb(exact.adjusted() - digits + 1)
+    return f"{exact.quantize(step, rounding=rounding):f}"
+
+
+def epsilon_text(value: float) -> str:
+    """Epsilon for people: rounded up, so a printed epsilon is never below the real one."""
+    return _significant(value, ROUND_CEILING)
+
+
+def budget_left_text(value: float) -> str:
+    """Remaining budget for people: rounded down, never above the real one."""
+    return _significant(value, ROUND_FLOOR)
+
+
 def _cell(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
@@ -64,9 +85,10 @@ def format_table(summary: dict[str, Any]) -> str:
     """A plain-text table of `run_summary`."""
     header = ("client", "rounds", "steps", "sigma", "q", "epsilon", "delta", "budget left")
     rows = [(str(c["partition-id"]), str(c["rounds"]), str(c["total-steps"]),
-             _cell(c["noise-multiplier"]), _cell(c["sample-rate"]), _cell(c["epsilon"]),
+             _cell(c["noise-multiplier"]), _cell(c["sample-rate"]), epsilon_text(c["epsilon"]),
              _cell(c["delta"], 2),
-             "exhausted" if c["budget-exhausted"] else _cell(c["budget-left"]))
+             "exhausted" if c["budget-exhausted"]
+             else "-" if c["budget-left"] is None else budget_left_text(c["budget-left"]))
             for c in summary["clients"]]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(header)]
@@ -75,10 +97,10 @@ def format_table(summary: dict[str, Any]) -> str:
     worst = summary["worst-client"]
     if worst is not None:
         lines.append(f"worst client: {worst['partition-id']} at epsilon "
-                     f"{worst['epsilon']:.4g} (delta = {worst['delta']:g})")
+                     f"{epsilon_text(worst['epsilon'])} (delta = {worst['delta']:g})")
     level = summary["client-level"]
     if level is not None:
-        lines.append(f"client-level DP: epsilon {level['epsilon']:.4g} at delta "
+        lines.append(f"client-level DP: epsilon {epsilon_text(level['epsilon'])} at delta "
                      f"{level['delta']:g} after round {level['round']}")
     return "\n".join(lines)
 
@@ -91,8 +113,8 @@ def worst_client_line(run_dir: str | Path) -> str | None:
     worst = summary["worst-client"]
     if worst is None:
         return None
-    line = (f"privacy: worst client {worst['partition-id']} at epsilon {worst['epsilon']:.4g}, "
+    line = (f"privacy: worst client {worst['partition-id']} at epsilon {epsilon_text(worst['epsilon'])}, "
             f"delta = {worst['delta']:g}")
     if summary["client-level"] is not None:
-        line += f"; client-level epsilon {summary['client-level']['epsilon']:.4g}"
+        line += f"; client-level epsilon {epsilon_text(summary['client-level']['epsilon'])}"
     return line

@@ -40,6 +40,20 @@ class TrainSettings:
             raise ValueError(f"drop_modality must be one of {MODALITIES}, got {self.drop_modality!r}")
 
 
+def one_cycle_optimizer(
+    model: torch.nn.Module, settings: TrainSettings, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The centralized recipe: AdamW with a one-cycle schedule over all of `settings.epochs`."""
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * steps_per_epoch,
+        pct_start=0.1,
+    )
+    return optimizer, scheduler
+
+
 def synthetic_split(
     model_config: MirasolConfig, settings: TrainSettings
 ) -> tuple[SyntheticAVDataset, SyntheticAVDataset]:
@@ -68,13 +82,7 @@ def train_centralized(
     )
     val_loader = DataLoader(val_set, batch_size=2 * settings.batch_size, collate_fn=collate)
     model = build_model(model_config).to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * len(train_loader),
-        pct_start=0.1,
-    )
+    optimizer, scheduler = one_cycle_optimizer(model, settings, len(train_loader))
     (out_dir / "config.json").write_text(
         json.dumps({"model": model_config.to_dict(), "train": asdict(settings)}, indent=2)
     )
