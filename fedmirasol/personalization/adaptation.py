@@ -1,0 +1,34 @@
+"""Local adaptation: fine-tune the received model for k steps on the client's training data,
+then evaluate it (the weights are put back afterwards)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from fedmirasol.data.batch import Batch
+from fedmirasol.personalization.trainable import MakeOptimizer, restored_afterwards
+from fedmirasol.training.loop import evaluate, train_epochs
+
+
+def fine_tune(model: nn.Module, loader: Iterable[Batch], optimizer: torch.optim.Optimizer,
+              steps: int, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Exactly `steps` optimizer steps, cycling over `loader` as often as needed."""
+    batches = itertools.islice(itertools.cycle(loader), steps)
+    return train_epochs(model, list(batches), optimizer, epochs=1, device=device)
+
+
+def adapted_evaluation(model: nn.Module, train_loader: Iterable[Batch],
+                       val_loader: Iterable[Batch], make_optimizer: MakeOptimizer, *,
+                       steps: int, lr: float, device: torch.device | str = "cpu"
+                       ) -> dict[str, float]:
+    """Accuracy and loss on `val_loader` after `steps` fine-tuning steps at `lr`."""
+    with restored_afterwards(model):
+        tuned = fine_tune(model, train_loader, make_optimizer(model, lr), steps, device)
+        result = evaluate(model, val_loader, device=device)
+        model.to("cpu")
+    return {"adapted-accuracy": result["accuracy"], "adapted-loss": result["loss"],
+            "adapt-train-loss": tuned["loss"]}
