@@ -6,7 +6,7 @@ import argparse
 import json
 
 from fedmirasol.models import NAMED_CONFIGS, build_model, get_config
-from fedmirasol.models.summary import parameter_table
+from fedmirasol.models.summary import describe, parameter_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def run_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"config": config.name, "parameters": table}, indent=2))
         return 0
-    print(f"{config.name}: {config.combiner} combiner, {config.fusion} fusion, width {config.width}")
+    print(f"{config.name}: {describe(config)}")
     for component, count in table.items():
         print(f"  {component:<16} {count:>15,}")
     return 0

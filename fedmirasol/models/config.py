@@ -25,15 +25,23 @@ SMALL_TUBES: tuple[TubeSpec, ...] = (
 )
 
 
+ARCHITECTURES = ("mirasol", "latefusion")
+MODALITY_NAMES = ("video", "audio")
+
+
 @dataclass(frozen=True)
 class MirasolConfig:
-    """Every size and input-geometry choice of a Mirasol model.
+    """Every size and input-geometry choice of a model: Mirasol, or the late-fusion baseline.
 
     The parameter count depends on none of `num_frames`/`fps` beyond one chunk:
     more frames means more chunks, each processed by the same weights.
+    `architecture = "latefusion"` builds the TimeSformer + AST baseline (late_fusion.py) from the
+    same geometry and widths (`video_depth`/`audio_depth` are its encoders' depths,
+    `audio_patch` its spectrogram patches) plus the late-fusion fields below.
     """
 
     name: str = "custom"
+    architecture: str = "mirasol"  # "mirasol" or "latefusion"
     # Input geometry.
     image_size: int = 32
     frames_per_chunk: int = 4
@@ -64,8 +72,20 @@ class MirasolConfig:
     class_weight: float = 1.0
     text_weight: float = 0.2
     latent_weight: float = 0.1
+    # Late-fusion baseline only (architecture = "latefusion").
+    video_patch: int = 16  # TimeSformer: square patches of each frame, in pixels
+    audio_stride: tuple[int, int] = (10, 10)  # AST: patch strides (spectrogram frames, mel bins)
+    alpha: float = 1.0  # modality weight: fixed, or the initial value when learned
+    alpha_modality: str = "audio"  # the pooled feature alpha scales: "audio" or "video"
+    learn_alpha: bool = False
+    freeze_encoders: bool = False  # train only the fusion head (and alpha, absent tokens)
+    head_dropout: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        if self.architecture == "latefusion":
+            self._check_late_fusion()
         if self.combiner not in ("transformer", "ttm"):
             raise ValueError(f"combiner must be 'transformer' or 'ttm', got {self.combiner!r}")
         if self.fusion not in ("chunked", "joint"):
@@ -83,6 +103,19 @@ class MirasolConfig:
                 f"a chunk of {self.frames_per_chunk} frames at {self.fps} fps is "
                 f"{samples} audio samples at {self.sample_rate} Hz; pick values that give "
                 "a whole number so audio and video chunks cover the same seconds"
+            )
+
+    def _check_late_fusion(self) -> None:
+        if self.alpha_modality not in MODALITY_NAMES:
+            raise ValueError(f"alpha_modality must be one of {MODALITY_NAMES}, got {self.alpha_modality!r}")
+        if self.image_size % self.video_patch:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of video_patch {self.video_patch}")
+        if min(self.audio_stride) < 1:
+            raise ValueError(f"audio_stride must be positive, got {self.audio_stride}")
+        if self.text_weight or self.latent_weight:
+            raise ValueError(
+                "the late-fusion model has no text decoder and no latent prediction: "
+                "text_weight and latent_weight must be 0"
             )
 
     @property
@@ -114,7 +147,7 @@ class MirasolConfig:
         values = dict(values)
         if "tubes" in values:
             values["tubes"] = tuple(tuple(tuple(part) for part in tube) for tube in values["tubes"])
-        for key in ("audio_patch", "tube_reference"):
+        for key in ("audio_patch", "tube_reference", "audio_stride"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -145,9 +178,33 @@ NAMED_CONFIGS: dict[str, MirasolConfig] = {
     ),
 }
 
+# The late-fusion baseline (TimeSformer + AST), with text and latent terms off.
+_LATE_FUSION = dict(
+    architecture="latefusion", audio_patch=(16, 16), audio_stride=(10, 10), text_weight=0.0,
+    latent_weight=0.0,
+)
+NAMED_CONFIGS |= {
+    # Same geometry as `tiny` (the same synthetic clips), about as many parameters.
+    "latefusion-tiny": NAMED_CONFIGS["tiny"].replace(
+        name="latefusion-tiny", video_patch=8, video_depth=2, audio_depth=2, **_LATE_FUSION
+    ),
+    "latefusion-small": NAMED_CONFIGS["small"].replace(
+        name="latefusion-small", video_depth=2, audio_depth=2, **_LATE_FUSION
+    ),
+    # The published sizes: TimeSformer-Base (8 frames of 224 px, 16 px patches) and AST-Base
+    # (10 s of 128-bin log-mel, 16x16 patches with stride 10), 768 wide, 12 layers each.
+    "latefusion-base": MirasolConfig(
+        name="latefusion-base", image_size=224, frames_per_chunk=8, num_frames=8, fps=0.8,
+        n_mels=128, width=768, heads=12, mlp_ratio=4.0, video_depth=12, audio_depth=12,
+        video_patch=16, **_LATE_FUSION,
+    ),
+}
+NAMED_CONFIGS["latefusion"] = NAMED_CONFIGS["latefusion-base"].replace(name="latefusion")
+
 
 def get_config(name: str, **overrides: Any) -> MirasolConfig:
-    """Return the named config (`tiny`, `small`, `base`, `mirasol3b`) with overrides applied."""
+    """Return a named config (`tiny` ... `mirasol3b`, `latefusion-tiny` ... `latefusion`)
+    with overrides applied."""
     if name not in NAMED_CONFIGS:
         raise KeyError(f"unknown model config {name!r}; known: {', '.join(NAMED_CONFIGS)}")
     return NAMED_CONFIGS[name].replace(**overrides) if overrides else NAMED_CONFIGS[name]
