@@ -63,7 +63,36 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     ax.set(xlabel="round", ylabel="MB", title="Bytes per round")
     ax.legend()
     paths.append(_save(fig, out / "bytes.png"))
+    if any(r.get("personal_accuracy_client_mean") is not None for r in rounds):
+        paths.append(_plot_personalization(rounds, out / "personalization.png"))
     return paths
+
+
+def _plot_personalization(rounds: list[dict], path: Path) -> Path:
+    """Mean client accuracy of the global vs personalized models per round, and per client in
+    the final round."""
+    fig, (curve, bars) = plt.subplots(1, 2, figsize=(12, 4))
+    for key, label in (("federated_accuracy_client_mean", "global model"),
+                       ("personal_accuracy_client_mean", "personalized model"),
+                       ("adapted_accuracy_client_mean", "global model + local adaptation")):
+        xs, ys = _series(rounds, key)
+        if xs:
+            curve.plot(xs, ys, marker="o", label=label)
+    curve.set(xlabel="round", ylabel="mean client accuracy", ylim=(0, 1),
+              title="Global vs personalized (clients' validation)")
+    curve.legend()
+    clients = rounds[-1].get("clients", {})
+    pids = sorted((pid for pid, row in clients.items() if "personal_accuracy" in row), key=int)
+    xs = list(range(len(pids)))
+    bars.bar([x - 0.2 for x in xs], [clients[p].get("val_accuracy", 0.0) for p in pids], 0.4,
+             label="global")
+    bars.bar([x + 0.2 for x in xs], [clients[p]["personal_accuracy"] for p in pids], 0.4,
+             label="personalized")
+    bars.set_xticks(xs, pids)
+    bars.set(xlabel="client", ylabel="accuracy", ylim=(0, 1),
+             title=f"Per client, round {rounds[-1]['round']}")
+    bars.legend()
+    return _save(fig, path)
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:

@@ -39,6 +39,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
             r.get("centralized_accuracy") for r in rounds[-max(1, len(rounds) // 4):]),
         "final_client_accuracy": {pid: row["val_accuracy"] for pid, row in clients.items()
                                   if "val_accuracy" in row},
+        **_personalization_summary(config, rounds),
         "total_bytes_down": sum(r["bytes_down"] for r in rounds),
         "total_bytes_up": sum(r["bytes_up"] for r in rounds),
         "total_rejected_updates": sum(len(r["rejected"]) for r in rounds),
@@ -46,6 +47,29 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "mean_round_seconds": mean(r["duration_s"] for r in rounds),
         "rejections": [{"round": r["round"], **x} for r in rounds for x in r["rejected"]],
     }
+
+
+def _personalization_summary(config: Mapping[str, Any], rounds: list[dict]) -> dict[str, Any]:
+    """Personalized (and locally adapted) accuracy beside the global model's, per client and as
+    means; empty for runs without personalization."""
+    method = config.get("personalization", {}).get("method", "none")
+    summary: dict[str, Any] = {}
+    quarter = rounds[-max(1, len(rounds) // 4):]
+    for kind in ("personal", "adapted"):
+        key = f"{kind}_accuracy_client_mean"
+        if not any(r.get(key) is not None for r in rounds):
+            continue
+        clients = rounds[-1].get("clients", {})
+        summary.update({
+            f"final_mean_client_{kind}_accuracy": rounds[-1].get(key),
+            f"last_quarter_mean_client_{kind}_accuracy": mean(r.get(key) for r in quarter),
+            f"final_client_{kind}_accuracy": {pid: row[f"{kind}_accuracy"]
+                                              for pid, row in clients.items()
+                                              if f"{kind}_accuracy" in row},
+        })
+    if summary or method != "none":
+        summary["personalization_method"] = method
+    return summary
 
 
 def _fmt(value: Any, spec: str) -> str:
