@@ -1,0 +1,267 @@
+"""The server-side driver: runs the secure-aggregation stages over a Grid for one round and
+returns the weighted mean of the survivors' updates, which is all the server learns.
+
+The server never sees an individual update: only public keys, encrypted shares, masked
+vectors (uniformly random in Z_(2^32) to anyone without the masks), plain train metrics, and,
+at the end, the shares needed to remove the masks from the *sum*. A round fails (the caller
+keeps the previous model and records why) when too few clients are left to reconstruct.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedmirasol.federated.reply_validation import Rejection, check_metrics, error_reason
+from fedmirasol.secagg import keys, protocol, vector
+from fedmirasol.secagg.masking import apply_mask
+from fedmirasol.secagg.protocol import MASKED, RECORD, VECTOR
+from fedmirasol.secagg.quantization import CapacityExceeded, Quantizer
+from fedmirasol.secagg.settings import SecAggSettings, client_weighting, known_bound
+
+NumpyState = dict[str, np.ndarray]
+
+
+class RoundFailed(RuntimeError):
+    """Secure aggregation cannot complete this round (the reason is the message)."""
+
+
+@dataclass
+class SecureRound:
+    """What one securely aggregated round produced."""
+
+    mean: NumpyState | None = None  # weighted mean of the survivors' updates
+    weight_sum: int = 0
+    survivors: list[int] = field(default_factory=list)  # node ids inside the sum
+    replies: list[Message] = field(default_factory=list)  # survivors' plain train metrics
+    rejections: list[Rejection] = field(default_factory=list)
+    failure: str | None = None
+    bytes_up: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class SecureAggregator:
+    """Runs the stages of `protocol` for the nodes a strategy sampled."""
+
+    def __init__(self, settings: SecAggSettings, spec: Sequence[tuple[str, tuple[int, ...]]],
+                 bound: float | None, weighting: str, partitions: Mapping[int, int] | None = None
+                 ) -> None:
+        self.settings, self.spec, self.bound, self.weighting = settings, list(spec), bound, weighting
+        self.partitions = partitions or {}
+        self.size = vector.size(spec)
+
+    # -- plumbing -----------------------------------------------------------------------
+    def _exchange(self, grid: Grid, stage: str, contents: Mapping[int, RecordDict],
+                  timeout: float, result: SecureRound, group: str) -> dict[int, Message]:
+        """Send one stage's messages; the good replies by node, the rest into rejections."""
+        started = time.perf_counter()
+        messages = [Message(content=content, dst_node_id=node, message_type=stage,
+                            group_id=group) for node, content in contents.items()]
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        good: dict[int, Message] = {}
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                self._reject(result, node, stage, error_reason(reply))
+            elif node in contents:
+                good[node] = reply
+        for node in contents:
+            if node not in good and not any(r.node_id == node for r in result.rejections):
+                self._reject(result, node, stage, f"no reply within {timeout:.0f} s")
+        result.stage_seconds[protocol.action(stage)] = time.perf_counter() - started
+        return good
+
+    def _reject(self, result: SecureRound, node: int, stage: str, reason: str) -> None:
+        result.rejections.append(Rejection(node, self.partitions.get(node),
+                                           f"{protocol.action(stage)}: {reason}"))
+
+    @staticmethod
+    def _record(message: Message) -> ConfigRecord:
+        return message.content.config_records[RECORD]
+
+    # -- the round ----------------------------------------------------------------------
+    def run(self, grid: Grid, train_messages: Sequence[Message], timeout: float,
+            server_round: int, partitions: Mapping[int, int] | None = None) -> SecureRound:
+        """Securely aggregate the updates the `train_messages` ask for (`partitions`: node id
+        -> partition id, to name clients in rejections)."""
+        if partitions is not None:
+            self.partitions = partitions
+        result = SecureRound()
+        try:
+            self._run(grid, train_messages, timeout, server_round, result)
+        except RoundFailed as failure:
+            result.mean, result.failure = None, f"secure aggregation failed: {failure}"
+        return result
+
+    def _run(self, grid: Grid, train_messages: Sequence[Message], timeout: float,
+             server_round: int, result: SecureRound) -> None:
+        group = str(server_round)
+        round_id = f"{server_round}-{time.time_ns()}"
+        train = {m.metadata.dst_node_id: m.content for m in train_messages}
+        sampled = len(train)
+
+        # 1. Public keys.
+        base = {node: RecordDict({RECORD: ConfigRecord({"round": round_id})}) for node in train}
+        replies = self._exchange(grid, protocol.KEYS, base, timeout, result, group)
+        nodes = sorted(replies)
+        self._require(len(nodes) >= 2, f"only {len(nodes)} of {sampled} clients sent keys "
+                      "(secure aggregation needs at least 2)")
+        pk_mask = [self._record(replies[n])["pk-mask"] for n in nodes]
+        pk_enc = [self._record(replies[n])["pk-enc"] for n in nodes]
+        groups = {n: keys.neighbours(n, nodes, self.settings.num_neighbours) + [n] for n in nodes}
+        threshold = self.settings.threshold(len(groups[nodes[0]]))
+
+        # 2. Encrypted shares, to be forwarded to their holders.
+        record = {"round": round_id, "nodes": nodes, "pk-mask": pk_mask, "pk-enc": pk_enc,
+                  "num-neighbours": self.settings.num_neighbours, "threshold": threshold}
+        replies = self._exchange(grid, protocol.SHARES, {
+            n: RecordDict({RECORD: ConfigRecord(record)}) for n in nodes}, timeout, result, group)
+        inbox: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
+        for src, reply in sorted(replies.items()):
+            shares = self._record(reply)
+            for dst, ciphertext in zip(shares["dst"], shares["ciphertexts"]):
+                if dst in replies:  # holders that vanished cannot hold anything
+                    inbox[int(dst)].append((src, ciphertext))
+        shared = sorted(replies)
+        self._check_holders(shared, shared, groups, threshold, "after key sharing")
+
+        def forwarded(node: int) -> dict[str, object]:
+            return {"src": [s for s, _ in inbox[node]], "ciphertexts": [c for _, c in inbox[node]]}
+
+        # 3. (measured range) Train first and agree on the bound.
+        mask_record = {"round": round_id, "bits": self.settings.bits, "weighting": self.weighting,
+                       "names": [name for name, _ in self.spec], "size": self.size}
+        bound = self.bound
+        with_train: dict[int, dict[str, object]] = {}
+        if bound is None:
+            replies = self._exchange(grid, protocol.TRAIN, {
+                n: self._with(train[n], {"round": round_id, **forwarded(n)}) for n in shared},
+                timeout, result, group)
+            bounds = [float(self._record(r)["bound"]) for r in replies.values()]
+            bound = max(bounds, default=1.0)
+            mask_nodes = sorted(replies)
+        else:
+            with_train = {n: forwarded(n) for n in shared}
+            mask_nodes = shared
+        self._check_holders(mask_nodes, shared, groups, threshold, "during training")
+
+        # 4. Masked updates, summed as they are checked.
+        quantizer = Quantizer(bound, self.settings.bits)
+        contents = {n: (self._with(train[n], {**mask_record, **with_train[n], "bound": bound})
+                        if with_train else
+                        RecordDict({RECORD: ConfigRecord({**mask_record, "bound": bound})}))
+                    for n in mask_nodes}
+        replies = self._exchange(grid, protocol.MASK, contents, timeout, result, group)
+        del contents
+        total = np.zeros(self.size + 1, np.uint32)
+        for node, reply in sorted(replies.items()):
+            problem = self._check_masked(reply)
+            if problem:
+                self._reject(result, node, protocol.MASK, problem)
+                continue
+            masked = reply.content.array_records[MASKED][VECTOR]
+            result.bytes_up += len(masked.data)
+            total += masked.numpy()
+            result.survivors.append(node)
+            result.replies.append(reply)
+        del replies
+        active = result.survivors
+        dropped = sorted(set(shared) - set(active))
+        self._check_holders(active, shared, groups, threshold, "after masking")
+
+        # 5. Unmask the sum.
+        replies = self._exchange(grid, protocol.UNMASK, {
+            n: RecordDict({RECORD: ConfigRecord({"round": round_id, "active": active,
+                                                 "dropped": dropped})}) for n in active},
+            timeout, result, group)
+        revealed: dict[int, list[bytes]] = defaultdict(list)
+        for reply in replies.values():
+            record = self._record(reply)
+            for node, share in zip(record["nodes"], record["shares"]):
+                revealed[int(node)].append(share)
+        masks = dict(zip(nodes, pk_mask))
+        for node in active + dropped:
+            self._require(len(revealed[node]) >= threshold,
+                          f"only {len(revealed[node])} of {threshold} shares needed to unmask "
+                          f"client {node} arrived ({len(active) - len(replies)} survivor(s) "
+                          "vanished while unmasking)")
+            secret = keys.rebuild_secret(revealed[node][:threshold])
+            if node in active:
+                apply_mask(total, secret, -1)
+            else:  # remove the pairwise masks the survivors added towards this dropout
+                for peer in groups[node]:
+                    if peer in active:
+                        seed = keys.pairwise_seed(secret, masks[peer])
+                        apply_mask(total, seed, -1 if peer < node else 1)
+        weight_sum = int(total[self.size:].view(np.int32)[0])
+        self._require(weight_sum > 0, "the survivors' total weight is not positive (no "
+                      "client contributed an update)")
+        try:
+            quantizer.check_capacity(weight_sum, len(active))
+        except CapacityExceeded as error:
+            raise RoundFailed(str(error)) from None
+        result.weight_sum = weight_sum
+        result.mean = vector.unflatten(quantizer.decode(total[:self.size], weight_sum), self.spec)
+
+    # -- checks -------------------------------------------------------------------------
+    @staticmethod
+    def _require(condition: bool, reason: str) -> None:
+        if not condition:
+            raise RoundFailed(reason)
+
+    def _check_holders(self, alive: Iterable[int], owners: Iterable[int],
+                       groups: Mapping[int, list[int]], threshold: int, when: str) -> None:
+        """Every owner's secrets must still have `threshold` living holders."""
+        alive = set(alive)
+        for owner in owners:
+            holders = len(alive & set(groups[owner]))
+            if holders < threshold:
+                raise RoundFailed(
+                    f"too many clients dropped {when}: {len(alive)} left, and client {owner}'s "
+                    f"secrets have {holders} holders, fewer than the threshold {threshold} "
+                    f"(secagg.reconstruction-fraction = {self.settings.reconstruction_fraction})")
+
+    def _check_masked(self, reply: Message) -> str | None:
+        records = reply.content.array_records
+        if MASKED not in records or VECTOR not in records[MASKED]:
+            return "reply carries no masked vector"
+        masked = records[MASKED][VECTOR]
+        if masked.dtype != "uint32" or tuple(masked.shape) != (self.size + 1,):
+            return (f"masked vector has dtype {masked.dtype} and shape {tuple(masked.shape)}, "
+                    f"expected uint32 and ({self.size + 1},)")
+        return check_metrics(reply.content, ("partition-id",))
+
+    @staticmethod
+    def _with(content: RecordDict, record: Mapping[str, object]) -> RecordDict:
+        """The train message's records plus this stage's."""
+        merged = RecordDict({key: value for key, value in content.items()})
+        merged[RECORD] = ConfigRecord(dict(record))
+        return merged
+
+
+def build_aggregator(config: Mapping[str, object], global_shared: Mapping[str, np.ndarray]
+                     ) -> SecureAggregator | None:
+    """The run's aggregator when ``secagg.enabled``, over the shared parameters only."""
+    settings = SecAggSettings.from_config(config)
+    if not settings.enabled:
+        return None
+    return SecureAggregator(settings, vector.layout(global_shared), known_bound(config),
+                            client_weighting(config))
+
+
+def mean_reply(result: SecureRound, instruction: Message) -> Message:
+    """One synthetic train reply holding the secure mean, for a Flower strategy to aggregate
+    (FedAvg returns it as is; FedAdam, FedYogi, FedAvgM take their server step from it)."""
+    from fedmirasol.federated.parameters import to_record
+
+    if result.mean is None:
+        raise ValueError("no secure mean to hand over")
+    return Message(content=RecordDict({"arrays": to_record(result.mean),
+                                       "metrics": MetricRecord({"num-examples": 1})}),
+                   reply_to=instruction)

@@ -1,0 +1,198 @@
+"""Secure aggregation's protocol over an in-process Grid, with stand-in training.
+
+- the secure mean equals the plain weighted mean within quantization error;
+- no message the server receives holds an individual update in the clear;
+- clients that vanish after key sharing leave the exact mean of the survivors;
+- too many dropouts fail the round with a clear reason (a later round still works);
+- values outside the quantization range are reported, never clipped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedmirasol.federated.parameters import to_record
+from fedmirasol.secagg import client, protocol
+from fedmirasol.secagg.local_grid import LocalGrid
+from fedmirasol.secagg.quantization import CapacityExceeded, OutOfRange, Quantizer
+from fedmirasol.secagg.server import SecureAggregator
+from fedmirasol.secagg.settings import SecAggSettings
+
+SPEC = [("a", (30, 20)), ("b", (50,))]
+NODES = [101, 102, 103, 104, 105]
+
+
+@pytest.fixture(autouse=True)
+def task_identity() -> None:
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+class Clients:
+    """Five clients whose 'training' returns a fixed random update and example count."""
+
+    def __init__(self, scale: float = 0.5) -> None:
+        rng = np.random.default_rng(0)
+        self.updates = {pid: {k: rng.uniform(-scale, scale, s).astype(np.float32)
+                              for k, s in SPEC} for pid in range(len(NODES))}
+        self.counts = {pid: 3 + 2 * pid for pid in self.updates}
+        self.received: list[Message] = []
+        app = ClientApp()
+        client.register(app, train=self.train)
+        self.grid = LocalGrid(app, {node: {"partition-id": pid} for pid, node in
+                                    enumerate(NODES)}, observe=self.received.append)
+
+    def train(self, message: Message, context) -> Message:  # noqa: ANN001
+        pid = int(context.node_config["partition-id"])
+        return Message(RecordDict({"arrays": to_record(self.updates[pid]), "metrics":
+                                   MetricRecord({"num-examples": self.counts[pid],
+                                                 "partition-id": pid})}), reply_to=message)
+
+    def mean(self, pids: list[int], weighted: bool = True) -> dict[str, np.ndarray]:
+        weights = {p: self.counts[p] if weighted else 1 for p in pids}
+        return {k: sum(weights[p] * self.updates[p][k].astype(np.float64) for p in pids)
+                / sum(weights.values()) for k, _ in SPEC}
+
+
+def train_messages(server_round: int = 1) -> list[Message]:
+    model = to_record({k: np.zeros(s, np.float32) for k, s in SPEC})
+    return [Message(RecordDict({"arrays": model, "config": ConfigRecord(
+        {"server-round": server_round})}), dst_node_id=node, message_type=MessageType.TRAIN,
+        group_id=str(server_round)) for node in NODES]
+
+
+def aggregator(bound: float | None = 1.0, weighting: str = "examples", **settings: object
+               ) -> SecureAggregator:
+    settings = {"reconstruction_fraction": 0.6, **settings}  # t = 3 of 5: n - t = 2
+    return SecureAggregator(SecAggSettings(enabled=True, **settings), SPEC, bound, weighting)
+
+
+def max_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> float:
+    return max(float(np.abs(got[k] - want[k]).max()) for k in want)
+
+
+@pytest.mark.parametrize("bound,weighting,neighbours", [
+    (1.0, "examples", 0), (None, "examples", 0), (1.0, "equal", 2)])
+def test_secure_mean_equals_plain_mean(bound: float | None, weighting: str,
+                                       neighbours: int) -> None:
+    clients = Clients()
+    result = aggregator(bound, weighting, num_neighbours=neighbours).run(
+        clients.grid, train_messages(), 10, 1)
+    assert result.failure is None and not result.rejections
+    assert sorted(result.survivors) == NODES
+    step = (bound or 0.5) / 2 ** 15  # one quantization step (measured: next power of two)
+    assert max_error(result.mean, clients.mean(list(range(5)), weighting == "examples")) < step
+    assert result.weight_sum == (sum(clients.counts.values()) if weighting == "examples" else 5)
+
+
+def test_server_never_receives_an_individual_update() -> None:
+    clients = Clients()
+    result = aggregator(None).run(clients.grid, train_messages(), 10, 1)
+    assert result.failure is None
+    quantizer = Quantizer(0.5, 16)
+    stages = {m.metadata.message_type for m in clients.received}
+    assert stages == {protocol.KEYS, protocol.SHARES, protocol.TRAIN, protocol.MASK,
+                      protocol.UNMASK}
+    for message in clients.received:
+        assert "arrays" not in message.content.array_records  # no plain update record
+        payload = b"".join(a.data for r in message.content.array_records.values()
+                           for a in r.values())
+        for record in message.content.config_records.values():
+            payload += b"".join(v if isinstance(v, bytes) else b"".join(
+                x for x in v if isinstance(x, bytes)) if isinstance(v, (bytes, list)) else b""
+                for v in record.values())
+        for pid, update in clients.updates.items():
+            for values in update.values():  # neither the floats nor their quantized integers
+                plain = np.zeros(values.size, np.uint32)
+                quantizer.encode([values], clients.counts[pid], plain, np.random.default_rng(0))
+                assert values.tobytes()[:64] not in payload
+                assert plain.tobytes()[:64] not in payload
+        if message.metadata.message_type == protocol.MASK:
+            masked = message.content.array_records[protocol.MASKED][protocol.VECTOR].numpy()
+            pid = int(message.content.metric_records["metrics"]["partition-id"])
+            flat = np.concatenate([v.ravel() for v in clients.updates[pid].values()])
+            # A masked vector looks uniform on Z_(2^32) and is uncorrelated with the update.
+            signed = masked[:-1].view(np.int32).astype(np.float64)
+            assert np.abs(signed).mean() > 2 ** 29
+            assert abs(np.corrcoef(signed, flat)[0, 1]) < 0.15
+
+
+@pytest.mark.parametrize("bound,stage", [(1.0, protocol.MASK), (None, protocol.TRAIN),
+                                         (None, protocol.MASK)])
+def test_dropouts_after_key_sharing_leave_the_survivors_sum(bound: float | None,
+                                                            stage: str) -> None:
+    clients = Clients()
+    clients.grid.drop([NODES[1], NODES[3]], stage)  # n - t = 2
+    result = aggregator(bound).run(clients.grid, train_messages(), 10, 1)
+    assert result.failure is None
+    assert sorted(result.survivors) == [NODES[0], NODES[2], NODES[4]]
+    assert {r.node_id for r in result.rejections} == {NODES[1], NODES[3]}
+    assert max_error(result.mean, clients.mean([0, 2, 4])) < (bound or 0.5) / 2 ** 15
+    assert result.weight_sum == clients.counts[0] + clients.counts[2] + clients.counts[4]
+
+
+def test_a_dropout_while_unmasking_is_tolerated() -> None:
+    clients = Clients()
+    clients.grid.drop([NODES[0]], protocol.UNMASK)
+    result = aggregator().run(clients.grid, train_messages(), 10, 1)
+    assert result.failure is None and sorted(result.survivors) == NODES  # its input counts
+    assert max_error(result.mean, clients.mean(list(range(5)))) < 1.0 / 2 ** 15
+
+
+def test_too_many_dropouts_fail_the_round_and_the_next_round_runs() -> None:
+    clients = Clients()
+    clients.grid.drop(NODES[:3], protocol.MASK, group_id="1")  # 3 > n - t = 2
+    secure = aggregator()
+    failed = secure.run(clients.grid, train_messages(1), 10, 1)
+    assert failed.mean is None
+    assert "too many clients dropped after masking: 2 left" in failed.failure
+    assert "threshold 3" in failed.failure
+    again = secure.run(clients.grid, train_messages(2), 10, 2)
+    assert again.failure is None and sorted(again.survivors) == NODES
+
+
+def test_an_update_outside_the_range_is_reported_not_clipped() -> None:
+    clients = Clients()
+    clients.updates[2]["b"][7] = 3.0  # outside +-1
+    result = aggregator(1.0).run(clients.grid, train_messages(), 10, 1)
+    reasons = [r.reason for r in result.rejections]
+    assert len(reasons) == 1 and "OutOfRange" in reasons[0] and "+-1" in reasons[0]
+    assert "largest |value| 3" in reasons[0]
+    assert NODES[2] not in result.survivors  # not silently clamped into the sum
+    assert max_error(result.mean, clients.mean([0, 1, 3, 4])) < 1.0 / 2 ** 15
+    with pytest.raises(OutOfRange, match="1 update value"):
+        Quantizer(1.0, 16).encode([np.array([0.5, -1.5], np.float32)], 1,
+                                  np.zeros(2, np.uint32), np.random.default_rng(0))
+    with pytest.raises(OutOfRange):  # NaN is out of any range
+        Quantizer(1.0, 16).check_range([np.array([np.nan], np.float32)])
+
+
+def test_a_sum_that_could_wrap_is_refused() -> None:
+    Quantizer(1.0, 16).check_capacity(weight_sum=65535 - 10, num_clients=10)
+    with pytest.raises(CapacityExceeded, match="secagg.bits <= 15"):
+        Quantizer(1.0, 16).check_capacity(weight_sum=65536, num_clients=10)
+
+
+def test_clients_refuse_to_unmask_both_ways() -> None:
+    clients = Clients()
+    secure = aggregator()
+    grid = clients.grid
+    sent: list[Message] = []
+    original = grid.send_and_receive
+
+    def tamper(messages, timeout=None):  # noqa: ANN001, ANN202 - a server naming a survivor dropped
+        messages = list(messages)
+        for message in messages:
+            if message.metadata.message_type == protocol.UNMASK:
+                record = message.content.config_records[protocol.RECORD]
+                record["dropped"] = [NODES[0]]
+                sent.append(message)
+        return original(messages, timeout=timeout)
+
+    grid.send_and_receive = tamper
+    result = secure.run(grid, train_messages(), 10, 1)
+    assert sent and result.mean is None
+    assert all("refusing to unmask" in r.reason for r in result.rejections)
