@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "fedmirasol.cli.simulate_cmd",
     "fedmirasol.cli.report_cmd",
     "fedmirasol.cli.privacy_report_cmd",
+    "fedmirasol.cli.certs_cmd",
 )
 
 

@@ -1,0 +1,64 @@
+"""`fedmirasol certs`: a CA, a SuperLink certificate for loopback, SuperNode keys Flower reads."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+from fedmirasol.cli import main
+from fedmirasol.deploy.certs import make_credentials
+from fedmirasol.deploy.site import apply_site, site_overrides, state_dir
+
+
+def test_certs_cli_writes_a_verifiable_chain_and_node_keys(tmp_path, capsys):
+    assert main(["certs", "--out", str(tmp_path), "--nodes", "2", "--host", "link.example"]) == 0
+    assert "node-1.pub" in capsys.readouterr().out
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
+    server = x509.load_pem_x509_certificate((tmp_path / "server.crt").read_bytes())
+    server.verify_directly_issued_by(ca)
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"localhost", "link.example"} <= set(san.get_values_for_type(x509.DNSName))
+    assert ipaddress.ip_address("127.0.0.1") in san.get_values_for_type(x509.IPAddress)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    for i in range(2):  # the formats flower-supernode and `flwr supernode register` read
+        private = load_ssh_private_key((tmp_path / f"node-{i}").read_bytes(), None)
+        public = load_ssh_public_key((tmp_path / f"node-{i}.pub").read_bytes())
+        assert isinstance(private, ec.EllipticCurvePrivateKey)
+        assert public.public_numbers() == private.public_key().public_numbers()
+        assert (tmp_path / f"node-{i}").stat().st_mode & 0o077 == 0
+    assert not (tmp_path / "node-2").exists()
+
+
+def test_node_keys_differ(tmp_path):
+    creds = make_credentials(tmp_path, nodes=2)
+    assert creds.node_keys[0][1].read_bytes() != creds.node_keys[1][1].read_bytes()
+
+
+def test_site_settings_from_node_config(tmp_path):
+    from fedmirasol.federated.run_config import load_config
+
+    config = load_config(overrides=["data.num-clients=3"])
+    node = {"partition-id": 1, "num-partitions": 3, "state-dir": str(tmp_path),
+            "data.manifest": "/data/site1.csv", "client.device": "cpu",
+            "model.num-frames": 8, "privacy.budget-epsilon": 4.0}
+    site = apply_site(config, node)
+    assert site["data"]["source"] == "site" and site["data"]["manifest"] == "/data/site1.csv"
+    assert site["model"]["num-frames"] == 8 and site["privacy"]["budget-epsilon"] == 4.0
+    assert apply_site(config, {"partition-id": 0}) == config
+    assert state_dir(node, "run-a") == str(tmp_path / "run-a")
+    assert state_dir({"partition-id": 0}, "run-a") == ""
+
+
+def test_site_settings_refuse_unknown_keys_and_other_architectures():
+    import pytest
+
+    from fedmirasol.federated.run_config import load_config
+
+    config = load_config()
+    with pytest.raises(KeyError, match="strategy.name"):
+        site_overrides({"strategy.name": "fedprox"})
+    with pytest.raises(ValueError, match="architecture"):
+        apply_site(config, {"model.width": 128})
