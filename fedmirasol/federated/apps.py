@@ -19,6 +19,7 @@ from fedmirasol.federated import run_dir as rundir
 from fedmirasol.federated.report import print_progress
 from fedmirasol.federated.run_config import from_flower_run_config
 from fedmirasol.federated.server_loop import FederatedRun, Progress
+from fedmirasol.secagg import client as secagg_client
 
 log = logging.getLogger("fedmirasol.server")
 
@@ -28,6 +29,7 @@ def build_client_app() -> ClientApp:
     app.train()(client_handlers.handle_train)
     app.evaluate()(client_handlers.handle_evaluate)
     app.query()(client_handlers.handle_query)
+    secagg_client.register(app)  # the secure-aggregation stages (used when secagg.enabled)
     return app
 
 

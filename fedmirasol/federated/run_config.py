@@ -92,6 +92,15 @@ DEFAULTS: Config = {
         "runs-dir": "runs",
         "checkpoint-every": 1,
     },
+    "secagg": {
+        # Secure aggregation (SecAgg+, fedmirasol.secagg): the server learns only the sum.
+        "enabled": False,
+        "reconstruction-fraction": 0.67,  # threshold t = ceil(fraction * share holders)
+        "num-neighbours": 0,  # SecAgg+ ring neighbours per client (0: all other clients)
+        "bits": 16,  # quantization: +-range maps to +-2^(bits-1) per unit of weight
+        "range": 0.0,  # bound of |update value|; 0: privacy.client-clip-norm, else measured
+        "weighting": "examples",  # examples | equal (equal under client-level DP)
+    },
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -102,7 +111,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
         "fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "fedadagrad", "fedavgm",
         "trimmed-mean", "median", "krum", "multikrum", "bulyan",
     ),
+    "secagg.weighting": ("examples", "equal"),
 }
+# Strategies that only need the (weighted) mean of the updates, which is what secure
+# aggregation reveals; robust aggregators need every update and cannot run under it.
+SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
 
 _MODEL_FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(MirasolConfig)}
 
@@ -192,6 +205,9 @@ def validate(config: Mapping[str, Any]) -> Config:
     _check_ranges(resolved)
     nested = unflatten(resolved)
     model_config(nested)  # raises, naming the field, if the model overrides are invalid
+    from fedmirasol.secagg.settings import SecAggSettings
+
+    SecAggSettings.from_config(nested)  # raises, naming the key, if a secagg setting is invalid
     return nested
 
 
@@ -217,6 +233,10 @@ def _check_ranges(flat: Mapping[str, Any]) -> None:
             raise ValueError(f"config key {key!r} must be positive, got {flat[key]!r}")
     if flat["strategy.proximal-mu"] < 0:
         raise ValueError("config key 'strategy.proximal-mu' must be >= 0")
+    if flat["secagg.enabled"] and flat["strategy.name"] not in SECAGG_STRATEGIES:
+        raise ValueError(f"config key 'secagg.enabled' needs strategy.name in "
+                         f"{SECAGG_STRATEGIES} (the server sees only the mean), got "
+                         f"{flat['strategy.name']!r}")
     if flat["data.source"] == "manifest" and not flat["data.manifest"]:
         raise ValueError("config key 'data.manifest' must name a manifest when "
                          "data.source = 'manifest'")

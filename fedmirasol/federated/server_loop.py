@@ -49,6 +49,7 @@ from fedmirasol.federated.strategy import (
     restore_strategy_state,
     strategy_state,
 )
+from fedmirasol.secagg.server import build_aggregator, mean_reply
 
 log = logging.getLogger("fedmirasol.server")
 DISCOVERY_TIMEOUT_S = 300.0
@@ -111,6 +112,7 @@ class FederatedRun:
         self.global_shared = model_state(model, self.split.shared)
         self.expected = {k: tuple(v.shape) for k, v in self.global_shared.items()}
         self.evaluate_global = make_evaluate_fn(config)
+        self.secagg = build_aggregator(config, self.global_shared)
         self.start_round = 1
         self.discovery_problems: list[str] = []
 
@@ -160,16 +162,19 @@ class FederatedRun:
         random.seed(seed_for(seed, server_round, 1))
         messages = list(self.strategy.configure_train(
             server_round, to_record(self.global_shared), self._config_record(), self.ordered))
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
-        accepted, rejected = validate_train_replies(replies, self.expected, self.partitions)
-        rejected += _missing(messages, replies, self.partitions, self.timeout)
+        if self.secagg is not None:  # the server learns only the survivors' mean update
+            accepted, rejected, bytes_up, kept_reason = self._secure_train(server_round, messages)
+        else:
+            replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+            accepted, rejected = validate_train_replies(replies, self.expected, self.partitions)
+            rejected += _missing(messages, replies, self.partitions, self.timeout)
+            bytes_up = message_array_bytes(replies)
+            self.global_shared, kept_reason = _aggregate(
+                self.strategy, server_round, accepted, self.global_shared)
         train_rows = {}
         for reply in accepted:
             row = client_metrics(reply)
             train_rows[int(row["partition-id"])] = row
-        bytes_up = message_array_bytes(replies)
-        self.global_shared, kept_reason = _aggregate(
-            self.strategy, server_round, accepted, self.global_shared)
         record.update(
             sampled=_sampled_partitions(messages, self.partitions),
             participants=sorted(train_rows),
@@ -209,6 +214,17 @@ class FederatedRun:
             record.update(centralized_accuracy=None, centralized_loss=None)
         record["duration_s"] = time.perf_counter() - started
         return record
+
+    def _secure_train(self, server_round: int, messages: list[Message]
+                      ) -> tuple[list[Message], list[Rejection], int, str | None]:
+        """Secure aggregation's train stages; the strategy steps from the secure mean."""
+        secure = self.secagg.run(self.ordered, messages, self.timeout, server_round,
+                                 self.partitions)
+        if secure.failure is not None:
+            return secure.replies, secure.rejections, secure.bytes_up, secure.failure
+        self.global_shared, kept_reason = _aggregate(
+            self.strategy, server_round, [mean_reply(secure, messages[0])], self.global_shared)
+        return secure.replies, secure.rejections, secure.bytes_up, kept_reason
 
     def finish(self) -> dict[str, Any]:
         """Write the final model and report.json; return the report."""

@@ -255,13 +255,17 @@ def build_aggregator(config: Mapping[str, object], global_shared: Mapping[str, n
                             client_weighting(config))
 
 
-def mean_reply(result: SecureRound, instruction: Message) -> Message:
-    """One synthetic train reply holding the secure mean, for a Flower strategy to aggregate
-    (FedAvg returns it as is; FedAdam, FedYogi, FedAvgM take their server step from it)."""
+def mean_reply(result: SecureRound, instruction: Message, as_sum: bool = False) -> Message:
+    """One synthetic train reply holding the secure mean (or, `as_sum`, the sum: the mean
+    times the total weight), for a Flower strategy or client-level DP to aggregate (FedAvg
+    returns it as is; FedAdam, FedYogi, FedAvgM take their server step from it)."""
     from fedmirasol.federated.parameters import to_record
 
     if result.mean is None:
         raise ValueError("no secure mean to hand over")
-    return Message(content=RecordDict({"arrays": to_record(result.mean),
+    values = result.mean
+    if as_sum:
+        values = {name: value * np.float32(result.weight_sum) for name, value in values.items()}
+    return Message(content=RecordDict({"arrays": to_record(values),
                                        "metrics": MetricRecord({"num-examples": 1})}),
                    reply_to=instruction)
