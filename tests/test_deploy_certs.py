@@ -43,10 +43,10 @@ def test_site_settings_from_node_config(tmp_path):
     config = load_config(overrides=["data.num-clients=3"])
     node = {"partition-id": 1, "num-partitions": 3, "state-dir": str(tmp_path),
             "data.manifest": "/data/site1.csv", "client.device": "cpu",
-            "model.num-frames": 8, "privacy.budget-epsilon": 4.0}
+            "model.num-frames": 8, "client.batch-size": 4}
     site = apply_site(config, node)
     assert site["data"]["source"] == "site" and site["data"]["manifest"] == "/data/site1.csv"
-    assert site["model"]["num-frames"] == 8 and site["privacy"]["budget-epsilon"] == 4.0
+    assert site["model"]["num-frames"] == 8 and site["client"]["batch-size"] == 4
     assert apply_site(config, {"partition-id": 0}) == config
     assert state_dir(node, "run-a") == str(tmp_path / "run-a")
     assert state_dir({"partition-id": 0}, "run-a") == ""

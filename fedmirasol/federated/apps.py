@@ -39,22 +39,28 @@ def build_server_app(config: Mapping[str, Any] | None = None, run_dir: Path | No
     """A ServerApp for `config` writing `run_dir` (resuming after `checkpoint` if given).
 
     Without `config` (under `flwr run`), the config comes from the Flower run config, a
-    new run directory is created under `output.runs-dir`, and progress is printed per round.
+    new run directory is created under `output.runs-dir` (or the run in
+    `output.resume-from` continues), and progress is printed per round.
     """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = dict(config) if config is not None else from_flower_run_config(context.run_config)
-        directory = run_dir
+        directory, resume_from = run_dir, checkpoint
+        if directory is None and cfg["output"]["resume-from"]:  # a deployed run, restarted
+            from fedmirasol.deploy.resume import open_for_resume
+
+            directory = Path(cfg["output"]["resume-from"])
+            cfg, resume_from = open_for_resume(directory)
         if directory is None:
             directory = rundir.create(cfg["output"]["runs-dir"], cfg["name"])
             rundir.write_config(directory, cfg)
             print(f"fedmirasol: run directory {directory.resolve()}", flush=True)
         run = FederatedRun(grid, cfg, directory,
                            progress if config is not None else print_progress)
-        if checkpoint is not None:
-            run.resume(checkpoint)
+        if resume_from is not None:
+            run.resume(resume_from)
         run.run()
         from fedmirasol.federated.plots import plot_run
 

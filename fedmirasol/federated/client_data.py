@@ -48,7 +48,10 @@ class Materialized(Dataset):
 
 
 def partition_summary(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per client: sizes, label histogram, domain and missing modalities (for the run dir)."""
+    """Per client: sizes, label histogram, domain and missing modalities (for the run dir);
+    empty when every site brings its own data (the server never sees it)."""
+    if config["data"]["source"] == "site":
+        return []
     labels = pool_labels(config)
     num_classes = model_config(config).num_classes
     return [{
@@ -110,9 +113,25 @@ def _pool_dataset(config: Mapping[str, Any], spec: ClientSpec | None) -> Dataset
     )
 
 
+def _site_data(config: Mapping[str, Any], partition_id: int) -> ClientData:
+    """A deployed site's own manifest, whole, split into train/validation."""
+    manifest = config["data"]["manifest"]
+    if not manifest:
+        raise ValueError("data.source = 'site' needs the site's manifest: start the SuperNode "
+                         "with --node-config '... data.manifest=\"PATH\"'")
+    train, val = _manifest_module().load_manifest_datasets(
+        manifest, model_config(config), val_fraction=config["data"]["val-fraction"],
+        seed=config["seed"])
+    spec = ClientSpec(partition_id, tuple(range(len(train))), tuple(range(len(val))), None,
+                      False, False)
+    return ClientData(spec=spec, train=train, val=val, skipped=train.skip_metrics())
+
+
 @functools.lru_cache(maxsize=16)
 def _client_data_cached(config_json: str, partition_id: int) -> ClientData:
     config = json.loads(config_json)
+    if config["data"]["source"] == "site":
+        return _site_data(config, partition_id)
     all_specs = _specs_cached(config_json)
     if not 0 <= partition_id < len(all_specs):
         raise ValueError(f"partition id {partition_id} is outside data.num-clients = "

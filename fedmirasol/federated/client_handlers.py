@@ -4,7 +4,10 @@ Wire protocol (keys of the RecordDict):
 
 - server -> client: ``arrays`` (the global shared parameters), ``config`` (``server-round``,
   ``fedmirasol-config`` = the run config as JSON, ``proximal-mu`` under FedProx,
-  ``client-state-dir`` where a simulation mirrors client state for resuming).
+  ``client-state-dir`` where a simulation mirrors client state for resuming, ``run-name``
+  the run directory's name). A deployed node's own ``state-dir`` (node config) takes
+  precedence over ``client-state-dir``; its other site settings override the run config on
+  that node (`fedmirasol.deploy.site`).
 - client -> server after training: ``arrays`` (the update: shared-parameter deltas, float32)
   and ``metrics`` (``num-examples``, ``partition-id``, train losses).
 - client -> server after evaluation: ``metrics`` (``num-examples``, ``partition-id``,
@@ -17,12 +20,14 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from fedmirasol.deploy.site import apply_site, state_dir
 from fedmirasol.federated import client_state, client_task
 from fedmirasol.federated.parameters import from_record, to_record
 from fedmirasol.federated.run_config import Config, from_json
 
 CONFIG_KEY = "fedmirasol-config"
 STATE_DIR_KEY = "client-state-dir"
+RUN_NAME_KEY = "run-name"
 _config_cache: dict[str, Config] = {}
 
 
@@ -42,7 +47,9 @@ def partition_id(context: Context, config: Config) -> int:
     return pid
 
 
-def _run_config(message: Message) -> tuple[Config, ConfigRecord]:
+def _run_config(message: Message, context: Context | None = None
+                ) -> tuple[Config, ConfigRecord]:
+    """The run config a message carries, with this node's site settings when `context`."""
     record = message.content.config_records.get("config")
     if record is None or CONFIG_KEY not in record:
         raise ValueError(f"the server's message carries no '{CONFIG_KEY}'")
@@ -50,24 +57,32 @@ def _run_config(message: Message) -> tuple[Config, ConfigRecord]:
     if text not in _config_cache:
         _config_cache.clear()
         _config_cache[text] = from_json(text)
-    return _config_cache[text], record
+    config = _config_cache[text]
+    return (apply_site(config, context.node_config) if context else config), record
+
+
+def _state_dir(context: Context, record: ConfigRecord) -> str:
+    """Where this client mirrors its state: the node's own `state-dir` (a deployed site,
+    one folder per run), else the server's `client-state-dir` (a simulation), else none."""
+    own = state_dir(context.node_config, str(record.get(RUN_NAME_KEY, "")))
+    return own or str(record.get(STATE_DIR_KEY, ""))
 
 
 def _restore_state(context: Context, record: ConfigRecord, pid: int, server_round: int) -> None:
-    directory = str(record.get(STATE_DIR_KEY, ""))
+    directory = _state_dir(context, record)
     if directory:
         client_state.restore_from_disk(context.state, directory, pid, server_round - 1)
 
 
 def handle_train(message: Message, context: Context) -> Message:
-    config, record = _run_config(message)
+    config, record = _run_config(message, context)
     pid = partition_id(context, config)
     server_round = int(record["server-round"])
     _restore_state(context, record, pid, server_round)
     global_shared = from_record(message.content.array_records["arrays"])
     result = client_task.train(config, pid, server_round, global_shared, context.state,
                                proximal_mu=float(record.get("proximal-mu", 0.0)))
-    directory = str(record.get(STATE_DIR_KEY, ""))
+    directory = _state_dir(context, record)
     if directory:
         client_state.mirror_to_disk(context.state, directory, pid, server_round)
     metrics: dict[str, Any] = {"num-examples": result.num_examples, "partition-id": pid}
@@ -77,9 +92,10 @@ def handle_train(message: Message, context: Context) -> Message:
 
 
 def handle_evaluate(message: Message, context: Context) -> Message:
-    config, record = _run_config(message)
+    config, record = _run_config(message, context)
     pid = partition_id(context, config)
-    _restore_state(context, record, pid, int(record["server-round"]))
+    # A node restarted since it trained this round evaluates with that round's state.
+    _restore_state(context, record, pid, int(record["server-round"]) + 1)
     global_shared = from_record(message.content.array_records["arrays"])
     metrics: dict[str, Any] = {"partition-id": pid}
     metrics.update(client_task.evaluate_local(config, pid, global_shared, context.state))
@@ -88,7 +104,7 @@ def handle_evaluate(message: Message, context: Context) -> Message:
 
 def handle_query(message: Message, context: Context) -> Message:
     """Answer which partition this node holds (the server orders nodes by it)."""
-    config, _ = _run_config(message)
+    config, _ = _run_config(message, context)
     pid = partition_id(context, config)
     return Message(content=RecordDict({"metrics": MetricRecord({"partition-id": pid})}),
                    reply_to=message)

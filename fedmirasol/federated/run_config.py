@@ -23,7 +23,9 @@ DEFAULTS: Config = {
     "num-rounds": 20,
     "model": {"name": "tiny"},  # plus any MirasolConfig field, e.g. model.num-frames = 8
     "data": {
-        "source": "synthetic",  # "synthetic" or "manifest"
+        # "synthetic", "manifest", or "site" (deployment: every SuperNode brings its own
+        # manifest through its node config, fedmirasol.deploy.site)
+        "source": "synthetic",
         "manifest": "",  # path of a media manifest when source = "manifest"
         "num-clients": 10,
         "clips-per-client": 80,  # mean clips per client (train + validation)
@@ -91,6 +93,9 @@ DEFAULTS: Config = {
     "output": {
         "runs-dir": "runs",
         "checkpoint-every": 1,
+        # A run directory to resume after its last checkpoint (a deployed ServerApp or
+        # SuperLink that died: `flwr run . --run-config 'output.resume-from="DIR"'`).
+        "resume-from": "",
     },
     "secagg": {
         # Secure aggregation (SecAgg+, fedmirasol.secagg): the server learns only the sum.
@@ -104,7 +109,7 @@ DEFAULTS: Config = {
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.source": ("synthetic", "manifest"),
+    "data.source": ("synthetic", "manifest", "site"),
     "data.partitioner": ("iid", "dirichlet", "pathological", "quantity"),
     "client.optimizer": ("adam", "sgd"),
     "strategy.name": (

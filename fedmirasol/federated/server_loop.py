@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmirasol.federated import client_data, run_dir as rundir
-from fedmirasol.federated.client_handlers import CONFIG_KEY, STATE_DIR_KEY
+from fedmirasol.federated.client_handlers import CONFIG_KEY, RUN_NAME_KEY, STATE_DIR_KEY
 from fedmirasol.federated.client_task import init_model, seed_for
 from fedmirasol.federated.metrics import client_metrics, mean, message_array_bytes, weighted_mean
 from fedmirasol.federated.node_directory import PartitionOrderedGrid, discover_partitions
@@ -118,7 +118,8 @@ class FederatedRun:
 
     def _config_record(self) -> ConfigRecord:
         return ConfigRecord({CONFIG_KEY: to_json(self.config),
-                             STATE_DIR_KEY: str(self.run_dir / "client-state")})
+                             STATE_DIR_KEY: str(self.run_dir / "client-state"),
+                             RUN_NAME_KEY: self.run_dir.name})
 
     def resume(self, checkpoint: rundir.Checkpoint) -> None:
         """Continue after `checkpoint`'s round."""

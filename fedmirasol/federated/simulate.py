@@ -39,13 +39,10 @@ def simulate(config: Mapping[str, Any] | None = None, *, resume: str | Path | No
 
     checkpoint = None
     if resume is not None:
+        from fedmirasol.deploy.resume import open_for_resume
+
         run_dir = Path(resume)
-        config = rundir.read_config(run_dir)
-        checkpoint = rundir.latest_checkpoint(run_dir)
-        done = checkpoint.server_round if checkpoint else 0
-        print(f"fedmirasol: resuming {run_dir} after round {done}", flush=True)
-        if checkpoint is None:  # interrupted before its first checkpoint: start over
-            rundir.truncate_metrics(run_dir, -1)
+        config, checkpoint = open_for_resume(run_dir)
     elif config is None:
         raise ValueError("simulate needs a config or a run directory to resume")
     else:

@@ -1,0 +1,94 @@
+"""A site's own settings, read from its SuperNode's node config.
+
+    flower-supernode ... --node-config 'partition-id=0 num-partitions=3
+        state-dir="/var/lib/fedmirasol" data.manifest="/data/clips.csv" client.device="cuda"
+        model.num-frames=32 privacy.budget-epsilon=4.0'
+
+(or ``--node-config site.toml`` with the same keys). Keys:
+
+- ``partition-id``, ``num-partitions``: which client of the federation this site is.
+- ``state-dir``: the site's disk for what must survive a SuperNode restart (local and
+  normalization layers, the DP accountant, personal models), one folder per run; it takes
+  precedence over the ``client-state-dir`` a simulation's server sends.
+- ``data.manifest``: the site's own media manifest, used whole (split into train/validation by
+  ``data.val-fraction``); the run's ``data.source`` becomes ``"site"`` on this node.
+- ``client.*`` keys in `SITE_KEYS` (device, threads, batch sizes, local epochs) and
+  ``privacy.budget-epsilon``: the site's hardware and privacy budget.
+- ``model.<field>``: model settings suited to the site that keep every parameter's shape (for
+  example ``model.num-frames``: longer clips on a silo's GPU, shorter on an edge device); a
+  field that would change a shape is refused, since the federation averages one architecture.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from fedmirasol.federated.run_config import Config, flatten, model_config, unflatten, validate
+
+NODE_KEYS = ("partition-id", "num-partitions", "state-dir")
+SITE_KEYS = ("data.manifest", "client.device", "client.threads", "client.batch-size",
+             "client.eval-batch-size", "client.local-epochs", "privacy.budget-epsilon",
+             "privacy.max-physical-batch-size")
+
+
+def site_overrides(node_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run-config keys this node overrides; unknown node-config keys raise, naming them."""
+    overrides: dict[str, Any] = {}
+    for key, value in node_config.items():
+        if key in NODE_KEYS:
+            continue
+        if key not in SITE_KEYS and not key.startswith("model."):
+            raise KeyError(f"node config key {key!r} is not a site setting; use one of "
+                           f"{NODE_KEYS + SITE_KEYS} or model.<field>")
+        overrides[key] = value
+    if "data.manifest" in overrides:
+        overrides["data.source"] = "site"
+    return overrides
+
+
+def apply_site(config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Config:
+    """`config` with this node's site settings applied (validated); unchanged without any."""
+    overrides = site_overrides(node_config)
+    if not overrides:
+        return dict(config)
+    return json.loads(_apply_cached(json.dumps(config, sort_keys=True),
+                                    json.dumps(overrides, sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=8)
+def _apply_cached(config_json: str, overrides_json: str) -> str:
+    config = json.loads(config_json)
+    overrides = json.loads(overrides_json)
+    site = validate(unflatten(flatten(config) | overrides))
+    if any(key.startswith("model.") for key in overrides):
+        _check_same_shapes(config, site, [k for k in overrides if k.startswith("model.")])
+    return json.dumps(site, sort_keys=True)
+
+
+def _shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    from fedmirasol.models import build_model
+
+    model = build_model(model_config(config), device="meta")
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def _check_same_shapes(config: Mapping[str, Any], site: Mapping[str, Any],
+                       keys: list[str]) -> None:
+    federation, local = _shapes(config), _shapes(site)
+    if federation != local:
+        changed = sorted(set(federation) ^ set(local)
+                         | {n for n in set(federation) & set(local) if federation[n] != local[n]})
+        raise ValueError(f"node config {keys} changes the model's parameters "
+                         f"({changed[0]!r}, ...); a site may only change settings that keep "
+                         "the federation's architecture (e.g. model.num-frames)")
+
+
+def state_dir(node_config: Mapping[str, Any], run_name: str) -> str:
+    """This run's folder under the node's ``state-dir`` ('' when the node sets none)."""
+    root = str(node_config.get("state-dir", ""))
+    if not root:
+        return ""
+    return str(Path(root).expanduser() / (run_name or "run"))
