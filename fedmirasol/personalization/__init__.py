@@ -1,7 +1,12 @@
 """Personalization: personal layers (FedPer), FedRep, Ditto, local adaptation and first-order
 meta-learning (Reptile, Per-FedAvg). `dispatch` is the one entry point of the client task."""
 
-from fedmirasol.personalization.dispatch import LocalWork, evaluate_personal, train_round
+from fedmirasol.personalization.dispatch import (
+    LocalWork,
+    evaluate_personal,
+    reply_metrics,
+    train_round,
+)
 from fedmirasol.personalization.settings import (
     LAYER_PRESETS,
     METHODS,
@@ -9,4 +14,4 @@ from fedmirasol.personalization.settings import (
 )
 
 __all__ = ["LAYER_PRESETS", "METHODS", "LocalWork", "PersonalizationSettings",
-           "evaluate_personal", "train_round"]
+           "evaluate_personal", "reply_metrics", "train_round"]

@@ -101,3 +101,13 @@ def evaluate_personal(settings: PersonalizationSettings, model: nn.Module,
         return metrics
     metrics.update({"personal-accuracy": personal["accuracy"], "personal-loss": personal["loss"]})
     return metrics
+
+
+# Training metrics of the personalization methods that go into the client's reply.
+REPLY_METRICS = ("head-steps", "body-steps", "head-loss", "body-loss", "personal-loss",
+                 "personal-steps", "personal-proximal-term")
+
+
+def reply_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The method-specific figures of `train_round`'s metrics, for the reply."""
+    return {key: float(metrics[key]) for key in REPLY_METRICS if key in metrics}
