@@ -52,6 +52,8 @@ def test_configs_from_tiny_to_the_published_base(capsys):
     table = json.loads(capsys.readouterr().out)["parameters"]
     base = get_config("latefusion")
     assert (base.width, base.video_depth, base.audio_depth, base.heads) == (768, 12, 12, 12)
+    assert (base.image_size, base.video_patch, base.num_frames, base.n_mels) == (224, 16, 8, 128)
+    assert (base.audio_patch, base.audio_stride, base.head_dropout) == ((16, 16), (10, 10), 0.5)
     assert 115e6 < table["video_encoder"] < 125e6  # TimeSformer-Base: 121M
     assert 80e6 < table["audio_encoder"] < 90e6  # AST-Base: about 87M
     assert main(["model", "info", TINY]) == 0
