@@ -62,3 +62,33 @@ def test_site_settings_refuse_unknown_keys_and_other_architectures():
         site_overrides({"strategy.name": "fedprox"})
     with pytest.raises(ValueError, match="architecture"):
         apply_site(config, {"model.width": 128})
+
+
+def test_node_state_dir_takes_precedence_and_a_restarted_node_restores_it(tmp_path):
+    """A deployed node mirrors its state under its own state-dir/<run-name>, not the server's
+    client-state-dir, and a fresh process (empty context.state) picks it up next round."""
+    from flwr.app import Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedmirasol.federated import client_handlers
+    from test_federated_messages import tiny_config, train_message
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    config = tiny_config(**{"strategy.name": "fedbn"})
+    node = {"partition-id": 0, "num-partitions": 2, "state-dir": str(tmp_path / "site")}
+    extra = {client_handlers.STATE_DIR_KEY: str(tmp_path / "server-side"),
+             client_handlers.RUN_NAME_KEY: "run-a"}
+
+    def context() -> Context:
+        return Context(run_id=1, node_id=5, state=RecordDict(), run_config={},
+                       node_config=node)
+
+    first = context()
+    client_handlers.handle_train(train_message(config, 1, **extra), first)
+    assert (tmp_path / "site" / "run-a" / "client-00000-round-00001.pkl").is_file()
+    assert not (tmp_path / "server-side").exists()
+    restarted = context()  # a new SuperNode process: nothing in memory
+    client_handlers.handle_evaluate(train_message(config, 1, **extra), restarted)
+    kept = restarted.state.array_records["local-params"]
+    assert {k: v.numpy().tolist() for k, v in kept.items()} == \
+        {k: v.numpy().tolist() for k, v in first.state.array_records["local-params"].items()}
