@@ -9,7 +9,9 @@ Wire protocol (keys of the RecordDict):
   precedence over ``client-state-dir``; its other site settings override the run config on
   that node (`fedmirasol.deploy.site`).
 - client -> server after training: ``arrays`` (the update: shared-parameter deltas, float32)
-  and ``metrics`` (``num-examples``, ``partition-id``, train losses).
+  and ``metrics`` (``num-examples``, ``partition-id``, train losses; under DP the ``dp-*``
+  figures of `fedmirasol.privacy.client_round`). A client whose DP budget is exhausted replies
+  with ``metrics`` only (``dp-budget-exhausted`` = 1) and no ``arrays``.
 - client -> server after evaluation: ``metrics`` (``num-examples``, ``partition-id``,
   ``val-loss``, ``val-accuracy``).
 """
@@ -87,7 +89,9 @@ def handle_train(message: Message, context: Context) -> Message:
         client_state.mirror_to_disk(context.state, directory, pid, server_round)
     metrics: dict[str, Any] = {"num-examples": result.num_examples, "partition-id": pid}
     metrics.update(result.metrics)
-    content = RecordDict({"arrays": to_record(result.update), "metrics": MetricRecord(metrics)})
+    content = RecordDict({"metrics": MetricRecord(metrics)})
+    if result.update is not None:  # None: DP budget exhausted, the metrics say so
+        content["arrays"] = to_record(result.update)
     return Message(content=content, reply_to=message)
 
 

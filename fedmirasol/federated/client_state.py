@@ -14,8 +14,11 @@ from pathlib import Path
 from flwr.app import RecordDict
 
 from fedmirasol.federated.parameters import NumpyState, from_record, to_record
+from fedmirasol.privacy.client_round import STATE_KEY as PRIVACY_STATE_KEY
 
 LOCAL_PARAMS_KEY = "local-params"
+# Records that never go back to an earlier round on resume: the DP accountant.
+NEVER_BACK = (PRIVACY_STATE_KEY,)
 
 
 def load_local_params(state: RecordDict) -> NumpyState | None:
@@ -49,11 +52,19 @@ def mirror_to_disk(state: RecordDict, directory: str | Path, partition_id: int,
     tmp.replace(path)
 
 
+def _read_mirror(path: Path) -> dict[str, NumpyState]:
+    with path.open("rb") as handle:
+        return pickle.load(handle)
+
+
 def restore_from_disk(state: RecordDict, directory: str | Path, partition_id: int,
                       up_to_round: int) -> bool:
     """Fill an empty state with the latest mirror from a round <= `up_to_round`.
 
-    True when something was restored (a resumed run); False for a fresh client.
+    Records in `NEVER_BACK` come from the newest mirror of any round instead: a round that
+    ran after the checkpoint (and is repeated now) has released its update already, so its
+    privacy spend stays counted. True when something was restored (a resumed run); False for
+    a fresh client.
     """
     if state.array_records or not Path(directory).is_dir():
         return False
@@ -61,11 +72,13 @@ def restore_from_disk(state: RecordDict, directory: str | Path, partition_id: in
         (int(path.stem.rsplit("-", 1)[1]), path)
         for path in Path(directory).glob(f"client-{partition_id:05d}-round-*.pkl")
     )
-    candidates = [(r, path) for r, path in candidates if r <= up_to_round]
-    if not candidates:
+    earlier = [(r, path) for r, path in candidates if r <= up_to_round]
+    payload = _read_mirror(earlier[-1][1]) if earlier else {}
+    if candidates and candidates[-1][0] > up_to_round:
+        newest = _read_mirror(candidates[-1][1])
+        payload.update({key: newest[key] for key in NEVER_BACK if key in newest})
+    if not payload:
         return False
-    with candidates[-1][1].open("rb") as handle:
-        payload: dict[str, NumpyState] = pickle.load(handle)
     for key, values in payload.items():
         state[key] = to_record(values)
     return True

@@ -30,6 +30,16 @@ from fedmirasol.federated.parameters import (
 from fedmirasol.federated.proximal import proximal_term
 from fedmirasol.federated.run_config import local_spec, model_config, parse_ids
 from fedmirasol.models import build_model
+from fedmirasol.personalization import (
+    LocalWork,
+    PersonalizationSettings,
+    evaluate_personal,
+    reply_metrics,
+    train_round,
+)
+from fedmirasol.privacy.client_level import clip_update
+from fedmirasol.privacy.client_round import PrivateRound
+from fedmirasol.privacy.settings import PrivacySettings
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate, train_epochs
 
@@ -40,7 +50,7 @@ class InjectedFault(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainResult:
-    update: NumpyState  # delta of the shared parameters
+    update: NumpyState | None  # delta of the shared parameters; None: DP budget exhausted
     num_examples: int
     metrics: dict[str, float]
 
@@ -88,18 +98,26 @@ def prepare_model(config: Mapping[str, Any], global_shared: Mapping[str, np.ndar
     return model, split
 
 
-def _optimizer(model: nn.Module, client: Mapping[str, Any]) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, client: Mapping[str, Any],
+               lr: float | None = None) -> torch.optim.Optimizer:
+    """The client's optimizer over `model`'s trainable parameters (lr: None = client.lr)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    lr = client["lr"] if lr is None else lr
     if client["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=client["lr"], momentum=client["momentum"],
+        return torch.optim.SGD(params, lr=lr, momentum=client["momentum"],
                                weight_decay=client["weight-decay"])
-    return torch.optim.Adam(params, lr=client["lr"], weight_decay=client["weight-decay"])
+    return torch.optim.Adam(params, lr=lr, weight_decay=client["weight-decay"])
 
 
 def train(config: Mapping[str, Any], partition_id: int, server_round: int,
           global_shared: Mapping[str, np.ndarray], state: RecordDict,
           proximal_mu: float = 0.0) -> TrainResult:
-    """Local training from the global model; returns the shared-parameter delta."""
+    """Local training from the global model; returns the shared-parameter delta.
+
+    With `privacy.enabled` the round is DP-SGD (Opacus) accounted in the client's state; a
+    client whose round would pass its budget trains nothing and returns no update. With
+    `privacy.client-level` the update is clipped to `privacy.client-clip-norm`.
+    """
     client = config["client"]
     torch.set_num_threads(client["threads"])
     if partition_id in parse_ids(config["faults"]["crash-clients"]):
@@ -107,41 +125,77 @@ def train(config: Mapping[str, Any], partition_id: int, server_round: int,
     if partition_id in parse_ids(config["faults"]["slow-clients"]):
         time.sleep(config["faults"]["slow-seconds"])
     data = client_data.client_data(config, partition_id)
+    privacy = PrivacySettings.from_config(config)
+    private = None
+    if privacy.enabled:
+        private = PrivateRound.begin(state, privacy, num_examples=len(data.train),
+                                     batch_size=client["batch-size"],
+                                     epochs=client["local-epochs"], num_rounds=config["num-rounds"])
+        if not private.budget.allowed:  # never trains past the budget
+            return TrainResult(update=None, num_examples=len(data.train),
+                               metrics=private.metrics())
     model, split = prepare_model(config, global_shared, state)
     device = resolve_device(client["device"])
     model.to(device)
     seed = seed_for(config["seed"], server_round, partition_id)
     torch.manual_seed(seed)
     extra = proximal_term(proximal_mu, global_shared) if proximal_mu > 0 else None
-    metrics = train_epochs(
-        model, client_data.loader(data.train, client["batch-size"], shuffle=True, seed=seed),
-        _optimizer(model, client), epochs=client["local-epochs"], device=device,
-        extra_loss=extra,
-    )
+    loader = client_data.loader(data.train, client["batch-size"], shuffle=True, seed=seed)
+
+    def train_pass(target: nn.Module) -> dict[str, float]:
+        """The ordinary local training: DP-SGD under privacy, plain epochs otherwise."""
+        if private is None:
+            return train_epochs(target, loader, _optimizer(target, client),
+                                epochs=client["local-epochs"], device=device, extra_loss=extra)
+        # Batches and noise from a secret seed (not the run's public one): see PrivateRound.
+        result = private.train(target, data.train, _optimizer(target, client),
+                               extra_loss=extra, device=device)
+        private.save(state)
+        return result
+
+    # Personalization (config validation refuses methods that train outside the DP pass).
+    metrics = train_round(PersonalizationSettings.from_config(config), LocalWork(
+        model=model, loader=loader, make_optimizer=lambda m, lr: _optimizer(m, client, lr),
+        train_pass=train_pass, epochs=client["local-epochs"], personal=split.local,
+        global_shared=global_shared, state=state, device=device, extra_loss=extra))
     model.to("cpu")
     client_state.save_local_params(state, model_state(model, split.local))
     update = delta(model_state(model, split.shared), global_shared)
+    reply: dict[str, float] = {"train-loss": metrics["loss"],
+                               "proximal-term": metrics.get("loss_extra", 0.0),
+                               "steps": metrics["steps"]}
+    if "loss_class" in metrics:
+        reply["train-class-loss"] = metrics["loss_class"]
+    reply.update(reply_metrics(metrics))
+    if private is not None:
+        reply.update(private.metrics())
+    if privacy.client_level:
+        update, reply["update-norm"] = clip_update(update, privacy.client_clip_norm)
     if partition_id in parse_ids(config["faults"]["nan-clients"]):
         first = next(iter(update))
         update[first] = np.full_like(update[first], math.nan)
-    return TrainResult(update=update, num_examples=len(data.train),
-                       metrics={"train-loss": metrics["loss"],
-                                "train-class-loss": metrics.get("loss_class", math.nan),
-                                "proximal-term": metrics.get("loss_extra", 0.0),
-                                "steps": metrics["steps"],
-                                **{name: float(count) for name, count in data.skipped.items()}})
+    reply.update({name: float(count) for name, count in data.skipped.items()})
+    return TrainResult(update=update, num_examples=len(data.train), metrics=reply)
 
 
 def evaluate_local(config: Mapping[str, Any], partition_id: int,
                    global_shared: Mapping[str, np.ndarray], state: RecordDict) -> dict[str, float]:
-    """The global model (with this client's local parameters) on the client's validation split."""
-    torch.set_num_threads(config["client"]["threads"])
+    """The global model (with this client's local parameters) on the client's validation split,
+    and, with personalization, its personalized (and locally adapted) model."""
+    client = config["client"]
+    torch.set_num_threads(client["threads"])
     data = client_data.client_data(config, partition_id)
     model, _ = prepare_model(config, global_shared, state)
-    device = resolve_device(config["client"]["device"])
+    device = resolve_device(client["device"])
     model.to(device)
-    result = evaluate(model, client_data.loader(data.val, config["client"]["eval-batch-size"],
-                                                 shuffle=False), device=device)
+    val = client_data.loader(data.val, client["eval-batch-size"], shuffle=False)
+    result = evaluate(model, val, device=device)
+    metrics: dict[str, float] = {"val-loss": result["loss"], "val-accuracy": result["accuracy"],
+                                 "num-examples": int(result["num_examples"])}
+    train = client_data.loader(data.train, client["batch-size"], shuffle=True,
+                               seed=seed_for(config["seed"], partition_id, 3))
+    metrics.update(evaluate_personal(PersonalizationSettings.from_config(config), model, train,
+                                     val, lambda m, lr: _optimizer(m, client, lr), state,
+                                     result, device))
     model.to("cpu")
-    return {"val-loss": result["loss"], "val-accuracy": result["accuracy"],
-            "num-examples": int(result["num_examples"])}
+    return metrics

@@ -7,6 +7,8 @@ from typing import Any, Mapping
 
 from fedmirasol.federated import run_dir as rundir
 from fedmirasol.federated.metrics import mean
+from fedmirasol.privacy import ledger
+from fedmirasol.privacy.report import run_summary, worst_client_line
 
 
 def build_report(run_dir: str | Path) -> dict[str, Any]:
@@ -40,6 +42,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "final_client_accuracy": {pid: row["val_accuracy"] for pid, row in clients.items()
                                   if "val_accuracy" in row},
         **_personalization_summary(config, rounds),
+        **_privacy_summary(run_dir),
         "total_bytes_down": sum(r["bytes_down"] for r in rounds),
         "total_bytes_up": sum(r["bytes_up"] for r in rounds),
         "total_rejected_updates": sum(len(r["rejected"]) for r in rounds),
@@ -72,6 +75,18 @@ def _personalization_summary(config: Mapping[str, Any], rounds: list[dict]) -> d
     return summary
 
 
+def _privacy_summary(run_dir: str | Path) -> dict[str, Any]:
+    """The privacy ledger's summary (worst client's epsilon at delta, client-level epsilon);
+    empty for runs without DP."""
+    if not ledger.ledger_path(run_dir).is_file():
+        return {}
+    summary = run_summary(run_dir)
+    return {"privacy": {"worst_client": summary["worst-client"],
+                        "client_level": summary["client-level"],
+                        "budget_exhausted": [c["partition-id"] for c in summary["clients"]
+                                             if c["budget-exhausted"]]}}
+
+
 def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -92,6 +107,9 @@ def summary_table(run_dir: str | Path) -> str:
             f"{r.get('bytes_down', 0) / 1e6:>8.2f} {r.get('bytes_up', 0) / 1e6:>7.2f} "
             f"{_fmt(r.get('duration_s'), '6.1f')}"
         )
+    privacy = worst_client_line(run_dir)  # DP runs: the worst client's epsilon at delta
+    if privacy is not None:
+        lines.append(privacy)
     return "\n".join(lines)
 
 
@@ -109,4 +127,6 @@ def print_progress(record: Mapping[str, Any]) -> None:
           f"centralized acc {fmt('centralized_accuracy')}  federated acc "
           f"{fmt('federated_accuracy')}  clients {len(record['participants'])}/"
           f"{len(record['sampled'])}  rejected {len(record['rejected'])}  "
-          f"{record['duration_s']:.1f}s", flush=True)
+          f"{record['duration_s']:.1f}s"
+          + (f"  out of DP budget {record['budget_exhausted']}"
+             if record.get("budget_exhausted") else ""), flush=True)

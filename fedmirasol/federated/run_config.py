@@ -97,6 +97,41 @@ DEFAULTS: Config = {
         # SuperLink that died: `flwr run . --run-config 'output.resume-from="DIR"'`).
         "resume-from": "",
     },
+    "personalization": {
+        # none | fedper | fedrep | ditto | reptile | perfedavg (fedmirasol.personalization)
+        "method": "none",
+        # fedper/fedrep: the personal layers, kept on the client and never sent; presets
+        # head | text-head | combiner and/or state_dict name patterns, comma-separated
+        "layers": "head",
+        "head-epochs": 1,  # fedrep: personal-head epochs, then
+        "body-epochs": 1,  # fedrep: shared-body epochs (client.local-epochs is not used)
+        "lambda": 0.1,  # ditto: pull of the personal model towards the global one
+        "personal-epochs": 1,  # ditto: epochs of the personal model per round
+        "inner-lr": 0.01,  # reptile: inner SGD lr; perfedavg: alpha of the inner step
+        "meta-lr": 1.0,  # reptile: the client moves w + meta-lr (w_k - w)
+        "adapt-steps": 0,  # > 0: also evaluate after this many local fine-tuning steps
+        "adapt-lr": 0.002,  # lr of those steps (client.optimizer)
+    },
+    "privacy": {
+        # Sample-level DP-SGD (Opacus) on every client; checked by fedmirasol.privacy.settings.
+        "enabled": False,
+        "noise-multiplier": 1.0,  # sigma; ignored (calibrated) when target-epsilon > 0
+        "max-grad-norm": 1.0,  # per-sample L2 clip C
+        "delta": 1e-5,
+        "accountant": "rdp",  # rdp | prv
+        "target-epsilon": 0.0,  # > 0: calibrate sigma so the whole run ends at or under it
+        "budget-epsilon": 0.0,  # > 0: a client never trains past it (default: target-epsilon)
+        # Poisson sampling rate q of each local step; 0: client.batch-size / the client's
+        # training clips (client.batch-size is then the expected batch size).
+        "sample-rate": 0.0,
+        "grad-sample-mode": "hooks",  # hooks | functorch
+        "max-physical-batch-size": 0,  # > 0: BatchMemoryManager splits larger Poisson batches
+        # Client-level DP (FedAvg/FedProx/FedBN only): each client clips its update, the server
+        # averages with equal weights and adds N(0, (z * clip / sampled)^2) per coordinate.
+        "client-level": False,
+        "client-clip-norm": 1.0,  # L2 bound of a client's update
+        "client-noise-multiplier": 1.0,  # z
+    },
     "secagg": {
         # Secure aggregation (SecAgg+, fedmirasol.secagg): the server learns only the sum.
         "enabled": False,
@@ -116,11 +151,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
         "fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "fedadagrad", "fedavgm",
         "trimmed-mean", "median", "krum", "multikrum", "bulyan",
     ),
+    "privacy.accountant": ("rdp", "prv"),
+    # Ghost clipping is left out: with Opacus 1.6 it fails on Mirasol (benchmarks/dp_overhead.py).
+    "privacy.grad-sample-mode": ("hooks", "functorch"),
     "secagg.weighting": ("examples", "equal"),
 }
 # Strategies that only need the (weighted) mean of the updates, which is what secure
 # aggregation reveals; robust aggregators need every update and cannot run under it.
 SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
+# Strategies whose aggregate is a plain mean, which client-level DP replaces by its noised one.
+CLIENT_LEVEL_STRATEGIES = ("fedavg", "fedprox", "fedbn")
 
 _MODEL_FIELDS = {f.name.replace("_", "-"): f for f in dataclasses.fields(MirasolConfig)}
 
@@ -210,6 +250,12 @@ def validate(config: Mapping[str, Any]) -> Config:
     _check_ranges(resolved)
     nested = unflatten(resolved)
     model_config(nested)  # raises, naming the field, if the model overrides are invalid
+    from fedmirasol.privacy.settings import PrivacySettings
+
+    PrivacySettings.from_config(nested)  # raises, naming the key, if a DP setting is invalid
+    from fedmirasol.personalization.settings import PersonalizationSettings
+
+    PersonalizationSettings.from_config(nested)  # method-specific checks, DP combinations
     from fedmirasol.secagg.settings import SecAggSettings
 
     SecAggSettings.from_config(nested)  # raises, naming the key, if a secagg setting is invalid
@@ -238,13 +284,20 @@ def _check_ranges(flat: Mapping[str, Any]) -> None:
             raise ValueError(f"config key {key!r} must be positive, got {flat[key]!r}")
     if flat["strategy.proximal-mu"] < 0:
         raise ValueError("config key 'strategy.proximal-mu' must be >= 0")
+    if flat["data.source"] == "manifest" and not flat["data.manifest"]:
+        raise ValueError("config key 'data.manifest' must name a manifest when "
+                         "data.source = 'manifest'")
     if flat["secagg.enabled"] and flat["strategy.name"] not in SECAGG_STRATEGIES:
         raise ValueError(f"config key 'secagg.enabled' needs strategy.name in "
                          f"{SECAGG_STRATEGIES} (the server sees only the mean), got "
                          f"{flat['strategy.name']!r}")
-    if flat["data.source"] == "manifest" and not flat["data.manifest"]:
-        raise ValueError("config key 'data.manifest' must name a manifest when "
-                         "data.source = 'manifest'")
+    if flat["privacy.client-level"] and flat["strategy.name"] not in CLIENT_LEVEL_STRATEGIES:
+        raise ValueError(f"config key 'privacy.client-level' needs strategy.name in "
+                         f"{CLIENT_LEVEL_STRATEGIES}, got {flat['strategy.name']!r}")
+    if flat["secagg.enabled"] and (flat["privacy.enabled"] or flat["privacy.client-level"]):
+        # The secure round has no privacy ledger, budget refusal or aggregate noise yet.
+        raise ValueError("config keys 'privacy.enabled' / 'privacy.client-level' do not work "
+                         "with secagg.enabled yet; switch one of them off")
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
@@ -294,11 +347,15 @@ def model_config(config: Mapping[str, Any]) -> MirasolConfig:
 
 
 def local_spec(config: Mapping[str, Any]) -> str:
-    """The `split.local` selector, with `fedbn` implying normalization layers."""
+    """The `split.local` selector, with `fedbn` implying normalization layers and FedPer/FedRep
+    adding their personal layers."""
+    from fedmirasol.personalization.settings import PersonalizationSettings
+
     local = config["split"]["local"]
     if config["strategy"]["name"] == "fedbn" and not local:
-        return "normalization"
-    return local
+        local = "normalization"
+    personal = PersonalizationSettings.from_config(config).personal_selectors()
+    return ",".join(filter(None, [local, *personal]))
 
 
 def parse_ids(text: str) -> set[int]:

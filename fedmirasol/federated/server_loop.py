@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 from flwr.app import ConfigRecord, Message
@@ -32,6 +32,7 @@ from fedmirasol.federated.parameters import (
     NumpyState,
     ParameterSplit,
     apply_delta,
+    canonical_name,
     from_record,
     model_state,
     to_record,
@@ -49,6 +50,7 @@ from fedmirasol.federated.strategy import (
     restore_strategy_state,
     strategy_state,
 )
+from fedmirasol.privacy.server_side import EXHAUSTED_FIELD, ServerPrivacy
 from fedmirasol.secagg.server import build_aggregator, mean_reply
 
 log = logging.getLogger("fedmirasol.server")
@@ -113,8 +115,12 @@ class FederatedRun:
         self.expected = {k: tuple(v.shape) for k, v in self.global_shared.items()}
         self.evaluate_global = make_evaluate_fn(config)
         self.secagg = build_aggregator(config, self.global_shared)
+        self.privacy = ServerPrivacy(config, run_dir, [
+            canonical_name(name) for name, param in model.named_parameters()
+            if param.requires_grad and canonical_name(name) in self.global_shared])
         self.start_round = 1
         self.discovery_problems: list[str] = []
+        self.stopped_early: str | None = None
 
     def _config_record(self) -> ConfigRecord:
         return ConfigRecord({CONFIG_KEY: to_json(self.config),
@@ -127,6 +133,7 @@ class FederatedRun:
         restore_strategy_state(self.strategy, checkpoint.strategy_state)
         self.start_round = checkpoint.server_round + 1
         rundir.truncate_metrics(self.run_dir, checkpoint.server_round)
+        self.privacy.resume(rundir.read_metrics(self.run_dir), checkpoint.server_round)
 
     def run(self) -> dict[str, Any]:
         cfg = self.config
@@ -145,6 +152,8 @@ class FederatedRun:
             rundir.append_metrics(self.run_dir, _rename_central(initial))
             self.progress(_rename_central(initial))
         for server_round in range(self.start_round, cfg["num-rounds"] + 1):
+            if self._too_few_within_budget(server_round):
+                break
             record = self.run_round(server_round)
             rundir.append_metrics(self.run_dir, record)
             if server_round % cfg["output"]["checkpoint-every"] == 0 \
@@ -161,17 +170,29 @@ class FederatedRun:
 
         # Training: Flower's strategy samples (seeded per round) and builds the messages.
         random.seed(seed_for(seed, server_round, 1))
+        train_grid = self._train_grid()
         messages = list(self.strategy.configure_train(
-            server_round, to_record(self.global_shared), self._config_record(), self.ordered))
+            server_round, to_record(self.global_shared), self._config_record(), train_grid))
+        exhausted: list[Message] = []
         if self.secagg is not None:  # the server learns only the survivors' mean update
             accepted, rejected, bytes_up, kept_reason = self._secure_train(server_round, messages)
         else:
             replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
-            accepted, rejected = validate_train_replies(replies, self.expected, self.partitions)
+            others, exhausted, rejected = self.privacy.take_exhausted(replies, self.partitions)
+            accepted, invalid = validate_train_replies(others, self.expected, self.partitions)
+            self.privacy.record_clients(server_round, replies)
+            accepted, unclipped = self.privacy.check_clipped(accepted, self.partitions)
+            rejected += invalid + unclipped
             rejected += _missing(messages, replies, self.partitions, self.timeout)
             bytes_up = message_array_bytes(replies)
-            self.global_shared, kept_reason = _aggregate(
-                self.strategy, server_round, accepted, self.global_shared)
+            if self.privacy.client_level is not None:  # noised equal-weight mean, accounted
+                self.global_shared = self.privacy.aggregate(
+                    server_round, accepted, self.global_shared, num_sampled=len(messages),
+                    population=len(list(train_grid.get_node_ids())))
+                kept_reason = None
+            else:
+                self.global_shared, kept_reason = _aggregate(
+                    self.strategy, server_round, accepted, self.global_shared)
         train_rows = {}
         for reply in accepted:
             row = client_metrics(reply)
@@ -180,6 +201,8 @@ class FederatedRun:
             sampled=_sampled_partitions(messages, self.partitions),
             participants=sorted(train_rows),
             rejected=[r.to_json() for r in rejected],
+            **{EXHAUSTED_FIELD: sorted(int(client_metrics(r)["partition-id"])
+                                       for r in exhausted)},
             aggregate_kept_previous=kept_reason,
             train_loss=weighted_mean(train_rows.values(), "train-loss"),
             skipped_files=int(sum(row.get("skipped_files", 0) for row in train_rows.values())),
@@ -200,6 +223,7 @@ class FederatedRun:
             federated_accuracy=weighted_mean(eval_rows.values(), "val-accuracy"),
             federated_loss=weighted_mean(eval_rows.values(), "val-loss"),
             federated_accuracy_client_mean=mean(r["val-accuracy"] for r in eval_rows.values()),
+            **_personal_means(eval_rows.values()),
             evaluate_rejected=[r.to_json() for r in eval_bad],
             clients={str(pid): _client_row(train_rows.get(pid), eval_rows.get(pid))
                      for pid in sorted(set(train_rows) | set(eval_rows))},
@@ -216,13 +240,39 @@ class FederatedRun:
         record["duration_s"] = time.perf_counter() - started
         return record
 
+    def _train_grid(self) -> PartitionOrderedGrid:
+        """The nodes that may be sampled for training: all but those out of DP budget."""
+        if not self.privacy.exhausted:
+            return self.ordered
+        return PartitionOrderedGrid(self.grid, self.privacy.eligible(self.partitions))
+
+    def _too_few_within_budget(self, server_round: int) -> bool:
+        """True (and logged) when fewer nodes are within their DP budget than a round needs
+        (Flower's sampler would wait for them forever): the run ends here."""
+        s = self.config["strategy"]
+        needed = max(s["min-train-nodes"], s["min-available-nodes"])
+        eligible = len(self.privacy.eligible(self.partitions))
+        if eligible >= needed:
+            return False
+        self.stopped_early = (f"stopped before round {server_round}: {eligible} client(s) "
+                              f"within their privacy budget, the strategy needs {needed}")
+        log.warning("%s", self.stopped_early)
+        print(f"fedmirasol: {self.stopped_early}", flush=True)
+        return True
+
     def _secure_train(self, server_round: int, messages: list[Message]
                       ) -> tuple[list[Message], list[Rejection], int, str | None]:
         """Secure aggregation's train stages; the strategy steps from the secure mean."""
         secure = self.secagg.run(self.ordered, messages, self.timeout, server_round,
                                  self.partitions)
+        self.privacy.record_clients(server_round, secure.replies)
         if secure.failure is not None:
             return secure.replies, secure.rejections, secure.bytes_up, secure.failure
+        if self.privacy.client_level is not None:  # noise on the secure sum, accounted
+            self.global_shared = self.privacy.aggregate(
+                server_round, [mean_reply(secure, messages[0], as_sum=True)], self.global_shared,
+                num_sampled=len(messages), population=len(list(self._train_grid().get_node_ids())))
+            return secure.replies, secure.rejections, secure.bytes_up, None
         self.global_shared, kept_reason = _aggregate(
             self.strategy, server_round, [mean_reply(secure, messages[0])], self.global_shared)
         return secure.replies, secure.rejections, secure.bytes_up, kept_reason
@@ -235,6 +285,7 @@ class FederatedRun:
         report["discovery_problems"] = self.discovery_problems
         report["shared_parameters"] = len(self.split.shared)
         report["local_parameters"] = list(self.split.local)
+        report["stopped_early"] = self.stopped_early
         rundir.write_report(self.run_dir, report)
         return report
 
@@ -254,6 +305,18 @@ def _client_row(train: Mapping[str, float] | None, val: Mapping[str, float] | No
     if val:
         row.update({"val_accuracy": val["val-accuracy"], "val_loss": val["val-loss"],
                     "val_examples": val["num-examples"]})
+        row.update({key.replace("-", "_"): val[key] for key in PERSONAL_EVAL_KEYS if key in val})
     return row
+
+
+# Personalization's per-client evaluation figures (fedmirasol.personalization.dispatch).
+PERSONAL_EVAL_KEYS = ("personal-accuracy", "personal-loss", "adapted-accuracy", "adapted-loss")
+
+
+def _personal_means(rows: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Mean client personalized/adapted accuracy, when clients report them."""
+    rows = list(rows)
+    return {f"{kind}_accuracy_client_mean": mean(r.get(f"{kind}-accuracy") for r in rows)
+            for kind in ("personal", "adapted") if any(f"{kind}-accuracy" in r for r in rows)}
 
 

@@ -18,15 +18,18 @@ class SamplingPlan:
     steps: int  # optimizer steps (= accountant steps) in one round
 
     @classmethod
-    def for_round(cls, num_examples: int, batch_size: int, epochs: int) -> "SamplingPlan":
-        """q = batch_size / n (expected batch size = batch_size); int(1/q) steps an epoch,
-        as Opacus' Poisson sampler takes them."""
+    def for_round(cls, num_examples: int, batch_size: int, epochs: int,
+                  sample_rate: float = 0.0) -> "SamplingPlan":
+        """q = `sample_rate` when > 0, else batch_size / n (expected batch size = batch_size);
+        int(1/q) steps an epoch, as Opacus' Poisson sampler takes them."""
         if num_examples < 1:
             raise ValueError("a client with no training examples cannot run DP-SGD")
         if batch_size < 1 or epochs < 1:
             raise ValueError(f"batch size ({batch_size}) and local epochs ({epochs}) must be >= 1")
-        sample_rate = min(1.0, batch_size / num_examples)
-        return cls(sample_rate=sample_rate, steps=epochs * int(1 / sample_rate))
+        if not 0 <= sample_rate <= 1:
+            raise ValueError(f"sample rate must be within (0, 1], got {sample_rate}")
+        q = sample_rate if sample_rate > 0 else min(1.0, batch_size / num_examples)
+        return cls(sample_rate=q, steps=epochs * int(1 / q))
 
 
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float,

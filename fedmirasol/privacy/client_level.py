@@ -75,11 +75,17 @@ class ClientLevelAccountant:
     def releases(self) -> int:
         return self._accountant.num_releases
 
-    def record_round(self, noise_multiplier: float, num_sampled: int) -> float:
-        """Compose one noised aggregate of `num_sampled` clients; the cumulative epsilon."""
+    def record_round(self, noise_multiplier: float, num_sampled: int,
+                     population: int | None = None) -> float:
+        """Compose one noised aggregate of `num_sampled` clients drawn from `population`
+        (default: all clients; fewer when some are out of their budget, which raises the
+        sampling rate); the cumulative epsilon."""
+        population = self._accountant.config.population_size if population is None else population
+        if not 1 <= num_sampled <= population:
+            raise ValueError(f"cannot sample {num_sampled} of {population} clients")
         self._accountant.compose(GaussianPrivacyEvent(
             noise_multiplier=noise_multiplier / 2,  # sensitivity 2C under replace-one
-            sample_size=num_sampled, population_size=self._accountant.config.population_size))
+            sample_size=num_sampled, population_size=population))
         return self.epsilon()
 
     def epsilon(self) -> float:

@@ -17,6 +17,7 @@ planned run (every round, every local epoch) and kept in the state with the acco
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +75,7 @@ class PrivateRound:
         if not settings.enabled:
             raise ValueError("privacy.enabled is false: this client runs no DP round")
         accountant, sigma = _load(state, settings)
-        plan = SamplingPlan.for_round(num_examples, batch_size, epochs)
+        plan = SamplingPlan.for_round(num_examples, batch_size, epochs, settings.sample_rate)
         if sigma is None:
             sigma = (calibrate_noise_multiplier(settings.target_epsilon, settings.delta,
                                                 plan.sample_rate, plan.steps * num_rounds,
@@ -86,14 +87,21 @@ class PrivateRound:
 
     def train(self, model: nn.Module, dataset: Dataset, optimizer: torch.optim.Optimizer, *,
               extra_loss: ExtraLoss | None = None, device: torch.device | str = "cpu",
-              seed: int = 0) -> dict[str, float]:
-        """Local DP-SGD for the planned round; refuses when the budget does not allow it."""
+              seed: int | None = None) -> dict[str, float]:
+        """Local DP-SGD for the planned round; refuses when the budget does not allow it.
+
+        The Poisson batches and the noise are drawn from `seed` when one is given (tests,
+        benchmarks) and otherwise from a secret seed: DP needs randomness the server cannot
+        reproduce, so a run's public seed must not decide them.
+        """
         if not self.budget.allowed:
             raise RuntimeError(f"privacy budget exhausted: epsilon {self.budget.spent:.4g} "
                                f"would reach {self.budget.projected:.4g} > {self.budget.budget}")
         if self.trained:
             raise RuntimeError("this PrivateRound has already trained; begin a new one")
         steps_before = total_steps(self.accountant)
+        sampling_seed, noise_seed = ((seed, seed + 1) if seed is not None
+                                     else (secrets.randbits(63), secrets.randbits(63)))
         metrics = train_private(
             model, dataset, optimizer, accountant=self.accountant, plan=self.plan,
             epochs=self.epochs, noise_multiplier=self.noise_multiplier,
@@ -101,7 +109,8 @@ class PrivateRound:
             grad_sample_mode=self.settings.grad_sample_mode,
             max_physical_batch_size=self.settings.max_physical_batch_size,
             extra_loss=extra_loss, device=device,
-            generator=torch.Generator().manual_seed(seed),
+            generator=torch.Generator().manual_seed(sampling_seed),
+            noise_generator=torch.Generator(device=device).manual_seed(noise_seed),
         )
         self.trained = True
         taken = total_steps(self.accountant) - steps_before

@@ -86,10 +86,13 @@ def train_private(
     extra_loss: ExtraLoss | None = None,
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
+    noise_generator: torch.Generator | None = None,
 ) -> dict[str, float]:
     """`epochs` passes of Poisson-sampled DP-SGD over `dataset`; every step is accounted in
     `accountant` (which keeps its earlier history). `optimizer` must hold the trainable
-    parameters of `model`. Returns the mean per-sample loss and the step counts."""
+    parameters of `model`. `generator` draws the Poisson batches and `noise_generator` the
+    Gaussian noise (None: torch's global generator). Returns the mean per-sample loss and the
+    step counts."""
     if grad_sample_mode not in ("hooks", "functorch"):
         raise ValueError(f"grad-sample mode {grad_sample_mode!r} is not supported here")
     if epochs * int(1 / plan.sample_rate) != plan.steps:
@@ -103,6 +106,7 @@ def train_private(
             optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
             expected_batch_size=max(1, int(len(dataset) * plan.sample_rate)),
             loss_reduction="mean",  # the noisy sum is divided by the expected batch size
+            generator=noise_generator,
         )
         dp_optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
         loader = poisson_loader(dataset, plan.sample_rate, generator)

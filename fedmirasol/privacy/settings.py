@@ -11,29 +11,18 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from fedmirasol.federated.run_config import check_value
+from fedmirasol.federated.run_config import CHOICES, check_value
+from fedmirasol.federated.run_config import DEFAULTS as RUN_DEFAULTS
 
-ACCOUNTANTS = ("rdp", "prv")
+ACCOUNTANTS = CHOICES["privacy.accountant"]
 # Opacus' ghost clipping is left out: with Opacus 1.6 it fails on Mirasol's learned-token
 # embeddings and keeps one norm per layer call, not per sample over the chunks (see
 # benchmarks/dp_overhead.py). Hooks are exact and the fastest that runs.
-GRAD_SAMPLE_MODES = ("hooks", "functorch")
+GRAD_SAMPLE_MODES = CHOICES["privacy.grad-sample-mode"]
 
-# The keys of the [privacy] table and their defaults (dashes, like every run-config key).
-DEFAULTS: dict[str, Any] = {
-    "enabled": False,
-    "noise-multiplier": 1.0,  # sigma; ignored (calibrated) when target-epsilon > 0
-    "max-grad-norm": 1.0,  # per-sample L2 clip C
-    "delta": 1e-5,
-    "accountant": "rdp",  # rdp | prv
-    "target-epsilon": 0.0,  # > 0: calibrate sigma so the whole run ends at or under it
-    "budget-epsilon": 0.0,  # > 0: a client never trains past it (default: target-epsilon)
-    "grad-sample-mode": "hooks",  # hooks | functorch
-    "max-physical-batch-size": 0,  # > 0: BatchMemoryManager splits larger Poisson batches
-    "client-level": False,  # clip each client's update and noise the aggregate
-    "client-clip-norm": 1.0,  # L2 bound of a client's update
-    "client-noise-multiplier": 1.0,  # z: aggregate noise std = z * clip / sampled clients
-}
+# The keys of the [privacy] table and their defaults (dashes, like every run-config key):
+# the run config's own, so `fedmirasol simulate`, `flwr run` and this module agree.
+DEFAULTS: dict[str, Any] = RUN_DEFAULTS["privacy"]
 
 
 def _key(name: str) -> str:
@@ -51,6 +40,7 @@ class PrivacySettings:
     accountant: str = "rdp"
     target_epsilon: float = 0.0
     budget_epsilon: float = 0.0
+    sample_rate: float = 0.0
     grad_sample_mode: str = "hooks"
     max_physical_batch_size: int = 0
     client_level: bool = False
@@ -64,6 +54,7 @@ class PrivacySettings:
             ("delta", 0 < self.delta < 1),
             ("target-epsilon", self.target_epsilon >= 0),
             ("budget-epsilon", self.budget_epsilon >= 0),
+            ("sample-rate", 0 <= self.sample_rate <= 1),
             ("max-physical-batch-size", self.max_physical_batch_size >= 0),
             ("client-clip-norm", self.client_clip_norm > 0),
             ("client-noise-multiplier", self.client_noise_multiplier >= 0),

@@ -1,0 +1,154 @@
+"""The server's side of DP in a run: the ledger, clients out of budget, client-level noise.
+
+Each round the server loop hands this object the train replies:
+
+- `take_exhausted` removes the replies that say "budget exhausted" (metrics only, no update);
+  those clients are recorded and left out of every later round's training;
+- `record_clients` writes each client's ``dp-*`` figures to the privacy ledger (clients whose
+  update was rejected spent their privacy too, so every reply with DP metrics is recorded);
+- under client-level DP, `check_clipped` rejects updates above the clip bound and `aggregate`
+  replaces the strategy's weighted mean by the equal-weight mean of the clipped updates over
+  the sampled clients plus Gaussian noise, and composes it in the client-level accountant.
+
+On resume the exhausted clients come back from metrics.jsonl and the client-level accountant
+is replayed from the ledger's records of the completed rounds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from flwr.app import Message
+from flwr.supercore.differential_privacy import get_norm
+
+from fedmirasol.federated.parameters import NumpyState, from_record
+from fedmirasol.federated.reply_validation import Rejection, check_metrics, reply_partition
+from fedmirasol.privacy import ledger
+from fedmirasol.privacy.client_level import ClientLevelAccountant, noise_aggregate
+from fedmirasol.privacy.client_round import EXHAUSTED, budget_exhausted
+from fedmirasol.privacy.settings import PrivacySettings
+
+EXHAUSTED_FIELD = "budget_exhausted"  # metrics.jsonl: partitions that replied "exhausted"
+CLIP_SLACK = 1e-5  # float32 rounding of a clipped update's norm
+
+
+def _metrics(reply: Message) -> Mapping[str, Any]:
+    return reply.content.metric_records["metrics"]
+
+
+class ServerPrivacy:
+    """Privacy bookkeeping of one run (fresh or resumed) on the server."""
+
+    def __init__(self, config: Mapping[str, Any], run_dir: Any,
+                 trainable: Iterable[str]) -> None:
+        """`trainable`: the shared names of trainable parameters, the only entries that
+        client-level DP updates (and noises); buffers such as the mel filterbank keep their
+        global value."""
+        self.settings = PrivacySettings.from_config(config)
+        self.run_dir = run_dir
+        self.trainable = frozenset(trainable)
+        self.num_clients = int(config["data"]["num-clients"])
+        self.exhausted: set[int] = set()
+        self.client_level = (ClientLevelAccountant(self.num_clients, self.settings.delta)
+                             if self.settings.client_level else None)
+
+    @property
+    def active(self) -> bool:
+        return self.settings.enabled or self.settings.client_level
+
+    def resume(self, rounds: Iterable[Mapping[str, Any]], last_round: int) -> None:
+        """Restore the state after `last_round` from metrics.jsonl records and the ledger."""
+        for record in rounds:
+            self.exhausted.update(int(p) for p in record.get(EXHAUSTED_FIELD, []))
+        if self.client_level is None or not ledger.ledger_path(self.run_dir).is_file():
+            return
+        for record in ledger.read(self.run_dir):
+            if record["kind"] == "client-level" and record["round"] <= last_round:
+                self.client_level.record_round(record["noise-multiplier"],
+                                               record["sampled-clients"], record["num-clients"])
+
+    def eligible(self, partitions: Mapping[int, int]) -> dict[int, int]:
+        """{node: partition} of the nodes that may still train (budget not exhausted)."""
+        return {node: pid for node, pid in partitions.items() if pid not in self.exhausted}
+
+    def take_exhausted(self, replies: list[Message], partitions: Mapping[int, int]
+                       ) -> tuple[list[Message], list[Message], list[Rejection]]:
+        """(other replies, well-formed "exhausted" replies, malformed ones as rejections)."""
+        rest, exhausted, rejected = [], [], []
+        for reply in replies:
+            if reply.has_error() or "metrics" not in reply.content.metric_records \
+                    or not budget_exhausted(_metrics(reply)):
+                rest.append(reply)
+                continue
+            reason = check_metrics(reply.content, ("partition-id", EXHAUSTED, "dp-epsilon"))
+            if reason is None and reply.content.array_records:
+                reason = "a client out of budget must not send an update"
+            if reason is None:
+                exhausted.append(reply)
+                self.exhausted.add(int(_metrics(reply)["partition-id"]))
+            else:
+                rejected.append(Rejection(reply.metadata.src_node_id,
+                                          reply_partition(reply, partitions), reason))
+        return rest, exhausted, rejected
+
+    def record_clients(self, server_round: int, replies: Iterable[Message]) -> None:
+        """Ledger records of every reply that carries DP metrics."""
+        if not self.settings.enabled:
+            return
+        records = []
+        for reply in replies:
+            if reply.has_error() or "metrics" not in reply.content.metric_records:
+                continue
+            metrics = dict(_metrics(reply))
+            if "dp-epsilon" in metrics and "partition-id" in metrics:
+                records.append(ledger.client_record(server_round, int(metrics["partition-id"]),
+                                                    metrics, self.settings.accountant))
+        ledger.append(self.run_dir, records)
+
+    def check_clipped(self, replies: list[Message], partitions: Mapping[int, int]
+                      ) -> tuple[list[Message], list[Rejection]]:
+        """Under client-level DP, reject updates whose L2 norm exceeds the clip bound."""
+        if self.client_level is None:
+            return replies, []
+        bound = self.settings.client_clip_norm * (1 + CLIP_SLACK)
+        accepted, rejected = [], []
+        for reply in replies:
+            norm = get_norm(list(from_record(reply.content.array_records["arrays"]).values()))
+            if norm <= bound:
+                accepted.append(reply)
+            else:
+                rejected.append(Rejection(
+                    reply.metadata.src_node_id, reply_partition(reply, partitions),
+                    f"update norm {norm:.6g} exceeds privacy.client-clip-norm "
+                    f"{self.settings.client_clip_norm:g}"))
+        return accepted, rejected
+
+    def aggregate(self, server_round: int, accepted: list[Message],
+                  global_shared: NumpyState, num_sampled: int, population: int) -> NumpyState:
+        """Client-level DP: global + (sum of clipped updates / sampled + noise) on the
+        trainable parameters; accounted.
+
+        Dividing by the number sampled (not the number that replied) keeps the release the
+        analysed mechanism: a missing client counts as a zero update.
+        """
+        assert self.client_level is not None
+        total = {name: np.zeros_like(value, dtype=np.float32)
+                 for name, value in global_shared.items() if name in self.trainable}
+        for reply in accepted:
+            update = from_record(reply.content.array_records["arrays"])
+            for name in total:
+                total[name] += update[name]
+        mean = {name: value / num_sampled for name, value in total.items()}
+        noised = noise_aggregate(mean, clip_norm=self.settings.client_clip_norm,
+                                 noise_multiplier=self.settings.client_noise_multiplier,
+                                 num_sampled=num_sampled)
+        epsilon = self.client_level.record_round(self.settings.client_noise_multiplier,
+                                                 num_sampled, population)
+        ledger.append(self.run_dir, [ledger.client_level_record(
+            server_round, epsilon=epsilon, delta=self.settings.delta,
+            noise_multiplier=self.settings.client_noise_multiplier,
+            clip_norm=self.settings.client_clip_norm, num_sampled=num_sampled,
+            num_clients=population)])
+        return {name: (global_shared[name] + noised[name]).astype(global_shared[name].dtype)
+                if name in noised else global_shared[name] for name in global_shared}
