@@ -57,3 +57,14 @@ def test_client_level_epsilon_matches_dp_accounting_and_survives_a_restart():
     restored.load_state_dict(accountant.state_dict())
     assert restored.epsilon() == epsilons[-1]
     assert restored.record_round(1.2, 10) > epsilons[-1]
+
+
+def test_a_smaller_draw_is_accounted_at_least_at_its_real_rate():
+    full, shrunk = ClientLevelAccountant(10, 1e-5), ClientLevelAccountant(10, 1e-5)
+    full.record_round(1.0, 3)
+    shrunk.record_round(1.0, 3, population=7)  # 3 of 7: rate 0.43, composed as 5 of 10
+    as_five = ClientLevelAccountant(10, 1e-5)
+    as_five.record_round(1.0, 5)
+    assert shrunk.epsilon() == as_five.epsilon() > full.epsilon()
+    with pytest.raises(ValueError):
+        shrunk.record_round(1.0, 8, population=7)

@@ -14,6 +14,7 @@ noise multiplier (z*C)/(2C) = z/2 relative to that sensitivity.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -78,14 +79,22 @@ class ClientLevelAccountant:
     def record_round(self, noise_multiplier: float, num_sampled: int,
                      population: int | None = None) -> float:
         """Compose one noised aggregate of `num_sampled` clients drawn from `population`
-        (default: all clients; fewer when some are out of their budget, which raises the
-        sampling rate); the cumulative epsilon."""
-        population = self._accountant.config.population_size if population is None else population
-        if not 1 <= num_sampled <= population:
-            raise ValueError(f"cannot sample {num_sampled} of {population} clients")
+        (default: all clients); the cumulative epsilon.
+
+        When clients out of their budget leave the draw, the population shrinks and the
+        sampling rate grows. Flower's accountant keeps one population, so the round is
+        composed as ceil(m N / population) of the N clients: a rate at least the real one
+        (amplification only weakens as the rate grows), never in the user's favour.
+        """
+        total = self._accountant.config.population_size
+        population = total if population is None else population
+        if not 1 <= num_sampled <= population <= total:
+            raise ValueError(f"cannot sample {num_sampled} of {population} clients "
+                             f"(of {total})")
+        sample_size = min(total, math.ceil(num_sampled * total / population))
         self._accountant.compose(GaussianPrivacyEvent(
             noise_multiplier=noise_multiplier / 2,  # sensitivity 2C under replace-one
-            sample_size=num_sampled, population_size=population))
+            sample_size=sample_size, population_size=total))
         return self.epsilon()
 
     def epsilon(self) -> float:
