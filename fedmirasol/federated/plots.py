@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedmirasol.federated import run_dir as rundir  # noqa: E402
 
@@ -80,6 +81,7 @@ def _plot_personalization(rounds: list[dict], path: Path) -> Path:
             curve.plot(xs, ys, marker="o", label=label)
     curve.set(xlabel="round", ylabel="mean client accuracy", ylim=(0, 1),
               title="Global vs personalized (clients' validation)")
+    curve.xaxis.set_major_locator(MaxNLocator(integer=True))
     curve.legend()
     clients = rounds[-1].get("clients", {})
     pids = sorted((pid for pid, row in clients.items() if "personal_accuracy" in row), key=int)
