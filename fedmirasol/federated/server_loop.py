@@ -171,6 +171,7 @@ class FederatedRun:
         # Training: Flower's strategy samples (seeded per round) and builds the messages.
         random.seed(seed_for(seed, server_round, 1))
         train_grid = self._train_grid()
+        population = len(list(train_grid.get_node_ids()))  # clients the draw is made from
         messages = list(self.strategy.configure_train(
             server_round, to_record(self.global_shared), self._config_record(), train_grid))
         exhausted: list[Message] = []
@@ -188,7 +189,7 @@ class FederatedRun:
             if self.privacy.client_level is not None:  # noised equal-weight mean, accounted
                 self.global_shared = self.privacy.aggregate(
                     server_round, accepted, self.global_shared, num_sampled=len(messages),
-                    population=len(list(train_grid.get_node_ids())))
+                    population=max(population, len(messages)))  # never below the draw
                 kept_reason = None
             else:
                 self.global_shared, kept_reason = _aggregate(
