@@ -35,8 +35,13 @@ def run_method(method: str, overrides: list[str], runs_dir: str) -> dict:
     config = load_config(CONFIG, [*overrides, f"personalization.method='{method}'",
                                   f"output.runs-dir='{runs_dir}'", f"name='pz-{method}'"])
     started = time.perf_counter()
-    report = rundir.read_report(simulate(config, progress=None))
-    row = {"method": method, "seconds": time.perf_counter() - started}
+    run = simulate(config, progress=None)
+    report = rundir.read_report(run)
+    row = {"method": method, "seconds": time.perf_counter() - started,
+           # replies lost (a crashed or out-of-memory client): its accuracies are then missing
+           "rejected_updates": report.get("total_rejected_updates"),
+           "evaluate_rejected": sum(len(r.get("evaluate_rejected", []))
+                                    for r in rundir.read_metrics(run))}
     for label, key in COLUMNS:
         row[f"{label}_final"] = report.get(f"final_{key}")
         row[f"{label}_last_quarter"] = report.get(f"last_quarter_{key}")
