@@ -74,7 +74,8 @@ def central(row: Row, args: argparse.Namespace, out: Path) -> dict[str, float]:
         command += ["--drop-modality", row.drop]
     seconds = _run(command, out / f"central-{row.key}.log")
     summary = json.loads((run / "summary.json").read_text())
-    return {"accuracy": summary["final_val_accuracy"], "seconds": round(seconds, 1)}
+    return {"accuracy": summary["final_val_accuracy"], "best": summary["best_val_accuracy"],
+            "seconds": round(seconds, 1)}
 
 
 def simulation(row: Row, args: argparse.Namespace, out: Path) -> dict[str, float]:
@@ -89,11 +90,18 @@ def simulation(row: Row, args: argparse.Namespace, out: Path) -> dict[str, float
     command = [FEDMIRASOL, "simulate"]
     for key, value in settings.items():
         command += ["--set", f"{key}={json.dumps(value)}"]
+    if runs.exists() and any(runs.iterdir()):
+        raise FileExistsError(f"{runs} holds an earlier run; move it away to redo this row")
     seconds = _run(command, out / f"simulate-{row.key}.log")
     (run,) = [p for p in runs.iterdir() if p.is_dir()]
-    final = [r for r in rundir.read_metrics(run) if r["round"] > 0][-1]
+    rounds = [r for r in rundir.read_metrics(run) if r["round"] > 0]
+    if not rounds or any(not r["participants"] for r in rounds):
+        raise RuntimeError(f"{run}: a round had no accepted update (see {run}/metrics.jsonl)")
+    final = rounds[-1]
     return {
         "accuracy": final["centralized_accuracy"],
+        "best": max(r["centralized_accuracy"] for r in rundir.read_metrics(run)
+                    if r["round"] > 0 and r["centralized_accuracy"] is not None),
         "federated_accuracy": final.get("federated_accuracy"),
         "seconds": round(seconds, 1),
     }
@@ -102,22 +110,24 @@ def simulation(row: Row, args: argparse.Namespace, out: Path) -> dict[str, float
 COLUMNS = {"central": central, "simulate": simulation}
 
 
-def percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f} %"
+def percent(value: float | None, best: float | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f} %" + ("" if best is None else f" ({100 * best:.1f} %)")
 
 
 def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     lines = [
-        "| model | centralized val. accuracy | time | simulation: server test accuracy | "
-        "clients' val. accuracy | time |",
+        "| model | centralized: val. accuracy, final (best epoch) | time "
+        "| simulation: server test accuracy, final (best round) | clients' val. accuracy | time |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in ROWS:
         c = results.get(row.key, {}).get("central", {})
         s = results.get(row.key, {}).get("simulate", {})
         lines.append(
-            f"| {row.label} | {percent(c.get('accuracy'))} | {c.get('seconds', '-')} s "
-            f"| {percent(s.get('accuracy'))} | {percent(s.get('federated_accuracy'))} "
+            f"| {row.label} | {percent(c.get('accuracy'), c.get('best'))} | {c.get('seconds', '-')} s "
+            f"| {percent(s.get('accuracy'), s.get('best'))} | {percent(s.get('federated_accuracy'))} "
             f"| {s.get('seconds', '-')} s |"
         )
     return "\n".join(lines)
