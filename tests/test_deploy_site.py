@@ -92,3 +92,20 @@ def test_node_state_dir_takes_precedence_and_a_restarted_node_restores_it(tmp_pa
     kept = restarted.state.array_records["local-params"]
     assert {k: v.numpy().tolist() for k, v in kept.items()} == \
         {k: v.numpy().tolist() for k, v in first.state.array_records["local-params"].items()}
+
+
+def test_a_site_trains_on_its_own_whole_manifest(tmp_path):
+    """data.manifest in the node config: the site reads its manifest whole (train + val), the
+    server's partition summary stays empty (it never sees site data)."""
+    from fedmirasol.data.media.synth import write_synthetic_media
+    from fedmirasol.federated import client_data
+    from fedmirasol.federated.run_config import load_config, model_config
+
+    config = load_config(overrides=["data.num-clients=3", "data.source=\"site\"",
+                                    "model.num-frames=8", "data.val-fraction=0.25"])
+    manifest = write_synthetic_media(tmp_path / "site1", 8, model_config(config))
+    site = apply_site(config, {"partition-id": 1, "data.manifest": str(manifest)})
+    data = client_data.client_data(site, 1)
+    assert len(data.train) + len(data.val) == 8 and len(data.val) == 2
+    assert data.train[0]["video"].shape[0] == 8  # frames, as the site's model config says
+    assert client_data.partition_summary(config) == []
