@@ -294,10 +294,12 @@ def _check_ranges(flat: Mapping[str, Any]) -> None:
     if flat["privacy.client-level"] and flat["strategy.name"] not in CLIENT_LEVEL_STRATEGIES:
         raise ValueError(f"config key 'privacy.client-level' needs strategy.name in "
                          f"{CLIENT_LEVEL_STRATEGIES}, got {flat['strategy.name']!r}")
-    if flat["secagg.enabled"] and (flat["privacy.enabled"] or flat["privacy.client-level"]):
-        # The secure round has no privacy ledger, budget refusal or aggregate noise yet.
-        raise ValueError("config keys 'privacy.enabled' / 'privacy.client-level' do not work "
-                         "with secagg.enabled yet; switch one of them off")
+    if flat["secagg.enabled"] and flat["privacy.client-level"] \
+            and 0 < flat["secagg.range"] < flat["privacy.client-clip-norm"]:
+        # A clipped update may hold a value up to the clip norm; quantization never clamps.
+        raise ValueError(f"config key 'secagg.range' ({flat['secagg.range']!r}) must be 0 (the "
+                         f"clip norm) or at least privacy.client-clip-norm "
+                         f"({flat['privacy.client-clip-norm']!r}) under client-level DP")
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:

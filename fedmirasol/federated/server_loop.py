@@ -174,9 +174,10 @@ class FederatedRun:
         population = len(list(train_grid.get_node_ids()))  # clients the draw is made from
         messages = list(self.strategy.configure_train(
             server_round, to_record(self.global_shared), self._config_record(), train_grid))
-        exhausted: list[Message] = []
+        population = max(population, len(messages))  # never below the draw
         if self.secagg is not None:  # the server learns only the survivors' mean update
-            accepted, rejected, bytes_up, kept_reason = self._secure_train(server_round, messages)
+            accepted, exhausted, rejected, bytes_up, kept_reason = self._secure_train(
+                server_round, messages, population)
         else:
             replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
             others, exhausted, rejected = self.privacy.take_exhausted(replies, self.partitions)
@@ -186,14 +187,7 @@ class FederatedRun:
             rejected += invalid + unclipped
             rejected += _missing(messages, replies, self.partitions, self.timeout)
             bytes_up = message_array_bytes(replies)
-            if self.privacy.client_level is not None:  # noised equal-weight mean, accounted
-                self.global_shared = self.privacy.aggregate(
-                    server_round, accepted, self.global_shared, num_sampled=len(messages),
-                    population=max(population, len(messages)))  # never below the draw
-                kept_reason = None
-            else:
-                self.global_shared, kept_reason = _aggregate(
-                    self.strategy, server_round, accepted, self.global_shared)
+            kept_reason = self._step(server_round, accepted, len(messages), population)
         train_rows = {}
         for reply in accepted:
             row = client_metrics(reply)
@@ -261,22 +255,44 @@ class FederatedRun:
         print(f"fedmirasol: {self.stopped_early}", flush=True)
         return True
 
-    def _secure_train(self, server_round: int, messages: list[Message]
-                      ) -> tuple[list[Message], list[Rejection], int, str | None]:
-        """Secure aggregation's train stages; the strategy steps from the secure mean."""
-        secure = self.secagg.run(self.ordered, messages, self.timeout, server_round,
-                                 self.partitions)
-        self.privacy.record_clients(server_round, secure.replies)
-        if secure.failure is not None:
-            return secure.replies, secure.rejections, secure.bytes_up, secure.failure
-        if self.privacy.client_level is not None:  # noise on the secure sum, accounted
+    def _step(self, server_round: int, accepted: list[Message], num_sampled: int,
+              population: int) -> str | None:
+        """Move the global model from the accepted updates (under secure aggregation: one
+        reply holding their sum, or their mean); the reason it was kept, if it was.
+
+        Client-level DP replaces the strategy by the noised equal-weight mean over the
+        `num_sampled` clients drawn from `population`, accounted in the ledger.
+        """
+        if self.privacy.client_level is not None:
             self.global_shared = self.privacy.aggregate(
-                server_round, [mean_reply(secure, messages[0], as_sum=True)], self.global_shared,
-                num_sampled=len(messages), population=len(list(self._train_grid().get_node_ids())))
-            return secure.replies, secure.rejections, secure.bytes_up, None
+                server_round, accepted, self.global_shared, num_sampled=num_sampled,
+                population=population)
+            return None
         self.global_shared, kept_reason = _aggregate(
-            self.strategy, server_round, [mean_reply(secure, messages[0])], self.global_shared)
-        return secure.replies, secure.rejections, secure.bytes_up, kept_reason
+            self.strategy, server_round, accepted, self.global_shared)
+        return kept_reason
+
+    def _secure_train(self, server_round: int, messages: list[Message], population: int
+                      ) -> tuple[list[Message], list[Message], list[Rejection], int, str | None]:
+        """Secure aggregation's train stages: (accepted, budget-exhausted, rejected, bytes up,
+        why the model was kept).
+
+        DP applies as in the plain path: every survivor's DP figures go to the ledger; a
+        client out of budget trained nothing and masked nothing (zero, weight zero: it is
+        not a dropout, so the round does not fail for it), and is recorded as exhausted; a
+        malformed "exhausted" reply is left out of the sum. Client-level noise goes on the
+        secure sum of the clipped updates.
+        """
+        secure = self.secagg.run(self.ordered, messages, self.timeout, server_round,
+                                 self.partitions, screen=self.privacy.exhausted_problem)
+        self.privacy.record_clients(server_round, secure.replies)
+        accepted, exhausted, _ = self.privacy.take_exhausted(secure.replies, self.partitions)
+        if secure.failure is not None:
+            return accepted, exhausted, secure.rejections, secure.bytes_up, secure.failure
+        client_level = self.privacy.client_level is not None
+        kept_reason = self._step(server_round, [mean_reply(secure, messages[0], client_level)],
+                                 len(messages), population)
+        return accepted, exhausted, secure.rejections, secure.bytes_up, kept_reason
 
     def finish(self) -> dict[str, Any]:
         """Write the final model and report.json; return the report."""

@@ -72,18 +72,33 @@ class ServerPrivacy:
         """{node: partition} of the nodes that may still train (budget not exhausted)."""
         return {node: pid for node, pid in partitions.items() if pid not in self.exhausted}
 
+    @staticmethod
+    def claims_exhausted(reply: Message) -> bool:
+        """Whether a reply says "budget exhausted"."""
+        return not reply.has_error() and "metrics" in reply.content.metric_records \
+            and budget_exhausted(_metrics(reply))
+
+    @classmethod
+    def exhausted_problem(cls, reply: Message) -> str | None:
+        """Why a reply that says "budget exhausted" is malformed (None: it is well-formed, or
+        says no such thing). Such a reply carries no update (``arrays``); under secure
+        aggregation its masked vector encodes nothing (zero, weight zero)."""
+        if not cls.claims_exhausted(reply):
+            return None
+        reason = check_metrics(reply.content, ("partition-id", EXHAUSTED, "dp-epsilon"))
+        if reason is None and "arrays" in reply.content.array_records:
+            reason = "a client out of budget must not send an update"
+        return reason
+
     def take_exhausted(self, replies: list[Message], partitions: Mapping[int, int]
                        ) -> tuple[list[Message], list[Message], list[Rejection]]:
         """(other replies, well-formed "exhausted" replies, malformed ones as rejections)."""
         rest, exhausted, rejected = [], [], []
         for reply in replies:
-            if reply.has_error() or "metrics" not in reply.content.metric_records \
-                    or not budget_exhausted(_metrics(reply)):
+            if not self.claims_exhausted(reply):
                 rest.append(reply)
                 continue
-            reason = check_metrics(reply.content, ("partition-id", EXHAUSTED, "dp-epsilon"))
-            if reason is None and reply.content.array_records:
-                reason = "a client out of budget must not send an update"
+            reason = self.exhausted_problem(reply)
             if reason is None:
                 exhausted.append(reply)
                 self.exhausted.add(int(_metrics(reply)["partition-id"]))

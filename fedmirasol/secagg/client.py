@@ -152,7 +152,11 @@ def handle_train(message: Message, context: Context,
 
 def _mask(update: dict[str, np.ndarray] | None, weight: int, state: ConfigRecord,
           record: ConfigRecord, me: int) -> np.ndarray:
-    """The masked vector: quantized weighted update, weight, self mask, pairwise masks."""
+    """The masked vector: quantized weighted update, weight, self mask, pairwise masks.
+
+    A client with no update (its DP budget is exhausted: it trained nothing) masks zeros with
+    weight zero: it adds nothing to the sum, yet its masks cancel, so it is no dropout.
+    """
     spec_size = int(record["size"])
     vector = np.zeros(spec_size + 1, np.uint32)
     if update is not None:

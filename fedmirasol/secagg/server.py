@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
@@ -26,6 +26,7 @@ from fedmirasol.secagg.quantization import CapacityExceeded, Quantizer
 from fedmirasol.secagg.settings import SecAggSettings, client_weighting, known_bound
 
 NumpyState = dict[str, np.ndarray]
+Screen = Callable[[Message], str | None]  # why a masked reply must stay out of the sum
 
 
 class RoundFailed(RuntimeError):
@@ -87,20 +88,22 @@ class SecureAggregator:
 
     # -- the round ----------------------------------------------------------------------
     def run(self, grid: Grid, train_messages: Sequence[Message], timeout: float,
-            server_round: int, partitions: Mapping[int, int] | None = None) -> SecureRound:
+            server_round: int, partitions: Mapping[int, int] | None = None,
+            screen: Screen | None = None) -> SecureRound:
         """Securely aggregate the updates the `train_messages` ask for (`partitions`: node id
-        -> partition id, to name clients in rejections)."""
+        -> partition id, to name clients in rejections; `screen`: an extra check of each
+        masked reply's metrics, a reply it faults is left out of the sum like a dropout)."""
         if partitions is not None:
             self.partitions = partitions
         result = SecureRound()
         try:
-            self._run(grid, train_messages, timeout, server_round, result)
+            self._run(grid, train_messages, timeout, server_round, result, screen)
         except RoundFailed as failure:
             result.mean, result.failure = None, f"secure aggregation failed: {failure}"
         return result
 
     def _run(self, grid: Grid, train_messages: Sequence[Message], timeout: float,
-             server_round: int, result: SecureRound) -> None:
+             server_round: int, result: SecureRound, screen: Screen | None = None) -> None:
         group = str(server_round)
         round_id = f"{server_round}-{time.time_ns()}"
         train = {m.metadata.dst_node_id: m.content for m in train_messages}
@@ -161,7 +164,7 @@ class SecureAggregator:
         del contents
         total = np.zeros(self.size + 1, np.uint32)
         for node, reply in sorted(replies.items()):
-            problem = self._check_masked(reply)
+            problem = self._check_masked(reply) or (screen(reply) if screen else None)
             if problem:
                 self._reject(result, node, protocol.MASK, problem)
                 continue

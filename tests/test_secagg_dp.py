@@ -1,0 +1,118 @@
+"""DP with secure aggregation: the real ClientApp and FederatedRun over an in-process Grid,
+tiny model, three clients. Sample-level DP keeps its ledger and budget refusal under secagg
+(an exhausted client adds nothing to the masked sum and the round completes); client-level DP
+noises the secure sum exactly as the plain path noises its mean."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedmirasol.federated import run_dir as rundir
+from fedmirasol.federated.apps import build_client_app
+from fedmirasol.federated.run_config import load_config
+from fedmirasol.federated.server_loop import FederatedRun
+from fedmirasol.privacy import client_level, ledger
+from fedmirasol.secagg.local_grid import LocalGrid
+
+pytestmark = pytest.mark.slow
+NODES = [11, 12, 13]
+BUDGET, CLIP, Z = 7.0, 0.05, 1.0
+
+
+@pytest.fixture(autouse=True)
+def task_identity() -> None:
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+def config(rounds: int, **overrides: object):
+    base = {"num-rounds": rounds, "data.num-clients": 3, "data.clips-per-client": 8,
+            "data.test-clips": 4, "model.num-frames": 8, "client.batch-size": 4,
+            "client.local-epochs": 1, "client.threads": 1, "strategy.min-train-nodes": 2,
+            "strategy.min-available-nodes": 2, "strategy.round-timeout": 60.0,
+            "secagg.reconstruction-fraction": 0.6} | overrides
+    return load_config(None, [f"{k}={json.dumps(v)}" for k, v in base.items()])
+
+
+def run(cfg, run_dir: Path) -> FederatedRun:
+    grid = LocalGrid(build_client_app(), {node: {"partition-id": i, "num-partitions": 3}
+                                          for i, node in enumerate(NODES)})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.write_config(run_dir, cfg)
+    federated = FederatedRun(grid, cfg, run_dir)
+    federated.run()
+    return federated
+
+
+@pytest.fixture(scope="module")
+def sample_level(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two rounds of DP-SGD + secagg + FedBN; partition 2 (4 training clips) fits one round
+    of the budget, partitions 0 and 1 (10 and 5 clips) fit both."""
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    run_dir = tmp_path_factory.mktemp("sample-level")
+    run(config(2, **{"data.partitioner": "quantity", "data.quantity-alpha": 1.0,
+                     "data.min-partition-size": 4, "strategy.name": "fedbn",
+                     "privacy.enabled": True, "privacy.budget-epsilon": BUDGET,
+                     "secagg.enabled": True}), run_dir)
+    return run_dir
+
+
+def test_ledger_rows_and_growing_epsilon_under_secagg(sample_level: Path) -> None:
+    rows = [r for r in ledger.read(sample_level) if r["kind"] == "client"]
+    for pid in (0, 1):
+        mine = [r for r in rows if r["partition-id"] == pid]
+        assert [r["round"] for r in mine] == [1, 2] and all(r["trained"] for r in mine)
+        assert 0 < mine[0]["epsilon"] < mine[1]["epsilon"] <= BUDGET
+
+
+def test_an_exhausted_client_is_left_out_and_the_round_completes(sample_level: Path) -> None:
+    first, refused = [r for r in ledger.read(sample_level)
+                      if r["kind"] == "client" and r["partition-id"] == 2]
+    assert (first["trained"], refused["trained"], refused["budget-exhausted"]) == (
+        True, False, True)
+    assert refused["epsilon"] == first["epsilon"] <= BUDGET
+    rounds = {r["round"]: r for r in rundir.read_metrics(sample_level)}
+    assert rounds[1]["participants"] == [0, 1, 2] and rounds[1]["budget_exhausted"] == []
+    assert rounds[2]["sampled"] == [0, 1, 2] and rounds[2]["participants"] == [0, 1]
+    assert rounds[2]["budget_exhausted"] == [2] and not rounds[2]["rejected"]
+    assert rounds[2]["aggregate_kept_previous"] is None
+
+
+def test_client_level_secure_noised_mean_equals_the_plain_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stds: list[float] = []
+    add_noise = client_level.add_gaussian_noise_inplace
+
+    def spy(arrays: list[np.ndarray], std: float) -> None:
+        stds.append(std)
+        add_noise(arrays, std)
+
+    monkeypatch.setattr(client_level, "add_gaussian_noise_inplace", spy)
+    level = {"strategy.name": "fedavg", "privacy.client-level": True,
+             "privacy.client-clip-norm": CLIP, "privacy.client-noise-multiplier": Z}
+    results = {}
+    for name, secure in (("plain", False), ("secure", True)):
+        np.random.seed(0)  # the server's noise draw (Flower draws from numpy's global RNG)
+        results[name] = run(config(1, **level, **{"secagg.enabled": secure}), tmp_path / name)
+    assert stds == pytest.approx([Z * CLIP / 3] * 2, rel=1e-12)
+    plain, secure = results["plain"].global_shared, results["secure"].global_shared
+    for name, value in plain.items():  # the same noise on the same clipped mean
+        np.testing.assert_allclose(secure[name], value, atol=1e-5)
+    records = {name: [r for r in ledger.read(tmp_path / name) if r["kind"] == "client-level"]
+               for name in results}
+    assert records["plain"] == records["secure"] and len(records["plain"]) == 1
+    assert records["secure"][0]["epsilon"] > 0 and records["secure"][0]["sampled-clients"] == 3
+
+
+def test_config_checks_dp_with_secagg() -> None:
+    cfg = load_config(Path(__file__).resolve().parents[1] / "simulations" / "secagg.toml")
+    assert cfg["privacy"]["enabled"] and cfg["secagg"]["enabled"]
+    assert cfg["strategy"]["name"] == "fedbn"
+    config(1, **{"secagg.enabled": True, "privacy.client-level": True})  # range: the clip norm
+    with pytest.raises(ValueError, match="secagg.range"):
+        config(1, **{"secagg.enabled": True, "privacy.client-level": True,
+                     "privacy.client-clip-norm": 1.0, "secagg.range": 0.5})
