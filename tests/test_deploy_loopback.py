@@ -14,13 +14,18 @@ import pytest
 
 from fedmirasol.deploy.loopback import Loopback
 from fedmirasol.federated import run_dir as rundir
+from fedmirasol.federated.run_config import DEFAULTS
+
+DP = "privacy" in DEFAULTS  # DP-SGD on the clients, once the app has the privacy.* keys
+SECAGG = "secagg" in DEFAULTS  # secure aggregation (SecAgg+ over the Message API)
 
 pytestmark = pytest.mark.deployment
 STEP = 600.0  # seconds any one stage may take on a loaded 2-core machine
 
 
-def _run_toml(root: Path) -> Path:
-    """Two rounds of the tiny model on a few synthetic clips, with DP-SGD on every client."""
+def _run_toml(root: Path, *, dp: bool = DP, secagg: bool = False) -> Path:
+    """Two rounds of the tiny model on a few synthetic clips (FedBN: normalization layers stay
+    on the clients), with DP-SGD on every client and/or secure aggregation."""
     path = root / "run.toml"
     path.write_text(f"""
 name = "loopback"
@@ -39,17 +44,15 @@ local-epochs = 1
 batch-size = 4
 threads = 1
 [strategy]
+name = "fedbn"
 min-train-nodes = 2
 min-evaluate-nodes = 1
 min-available-nodes = 2
 round-timeout = 300.0
-[privacy]
-enabled = true
-noise-multiplier = 1.0
-max-grad-norm = 1.0
 [output]
 runs-dir = "{root / 'runs'}"
-""")
+""" + ("[privacy]\nenabled = true\nnoise-multiplier = 1.0\nmax-grad-norm = 1.0\n" if dp else "")
+      + ("[secagg]\nenabled = true\nreconstruction-fraction = 0.6\n" if secagg else ""))
     return path
 
 
@@ -82,6 +85,21 @@ def _rounds(run_dir: Path | None) -> list[int]:
     return [r["round"] for r in rundir.read_metrics(run_dir)] if run_dir else []
 
 
+def _start_federation(link: Loopback, root: Path) -> None:
+    link.start_superlink()
+    for i in range(3):
+        link.register(i)
+        link.start_supernode(i, _node_config(root, i))
+
+
+def _kill_during_round_2(link: Loopback, i: int) -> None:
+    """Kill SuperNode i once it has received round 2's train message."""
+    seen = link.log(f"node{i}").count("Receiving: train")
+    link.wait_for(lambda: link.log(f"node{i}").count("Receiving: train") > seen,
+                  STEP, f"round 2 to reach node {i}")
+    link.kill(f"node{i}")
+
+
 def test_unregistered_key_and_plaintext_client_are_refused(tmp_path):
     with Loopback(tmp_path, nodes=1) as link:
         link.start_superlink()
@@ -106,10 +124,7 @@ def test_two_rounds_survive_node_restart_node_loss_and_superlink_restart(tmp_pat
     its round-1 checkpoint; node 2 is killed during round 2; the run still finishes."""
     config_file = _run_toml(tmp_path)
     with Loopback(tmp_path, nodes=3) as link:
-        link.start_superlink()
-        for i in range(3):
-            link.register(i)
-            link.start_supernode(i, _node_config(tmp_path, i))
+        _start_federation(link, tmp_path)
         first = link.run({"config-file": str(config_file)})
 
         # Node 1 dies once it has trained round 1, and comes back.
@@ -127,10 +142,7 @@ def test_two_rounds_survive_node_restart_node_loss_and_superlink_restart(tmp_pat
         assert second != first
 
         # Node 2 dies during round 2 (once it has the round's train message).
-        trains = link.log("node2").count("Receiving: train message")
-        link.wait_for(lambda: link.log("node2").count("Receiving: train message") > trains,
-                      STEP, "round 2 to reach node 2")
-        link.kill("node2")
+        _kill_during_round_2(link, 2)
 
         link.wait_for(lambda: link.run_status(second).startswith("finished"), 2 * STEP,
                       "the resumed run to finish")
@@ -143,11 +155,14 @@ def test_two_rounds_survive_node_restart_node_loss_and_superlink_restart(tmp_pat
     assert (run_dir / rundir.REPORT_FILE).is_file() and (run_dir / "final_model.pt").is_file()
     assert last["centralized_accuracy"] is not None
 
-    # Node 1 kept its accountant across its restart: round 2 adds to round 1's steps.
+    # Node 1 continued from its own disk after its restart: local layers trained on from
+    # round 1's (never reset to the initial ones), and its accountant adds round 2's steps.
     mirrors = _mirrors(tmp_path, 1)
     assert {1, 2} <= set(mirrors)
-    first_steps = _steps(mirrors[1])
-    assert first_steps > 0 and _steps(mirrors[2]) == 2 * first_steps
+    assert "local-params" in mirrors[2]
+    if DP:
+        first_steps = _steps(mirrors[1])
+        assert first_steps > 0 and _steps(mirrors[2]) == 2 * first_steps
 
     ledger = run_dir / "privacy-ledger.jsonl"
     if ledger.exists():  # written by the server once DP reaches the ServerApp
@@ -156,3 +171,24 @@ def test_two_rounds_survive_node_restart_node_loss_and_superlink_restart(tmp_pat
 
         kept = [(r.get("kind"), r.get("partition-id"), r["round"]) for r in read(run_dir)]
         assert len(kept) == len(set(kept)) and rows
+
+
+@pytest.mark.skipif(not SECAGG, reason="secure aggregation is not in this build")
+def test_secure_aggregation_survives_a_node_lost_in_round_2(tmp_path):
+    """SecAgg+ between separate SuperNode processes (DP off: the app does not combine them
+    yet); node 2 dies during round 2 and the survivors' masked sum is still unmasked. With 3
+    clients the default reconstruction fraction (0.67) needs all 3 share holders
+    (ceil(0.67 * 3) = 3) and so recovers no dropout; 0.6 needs 2."""
+    config_file = _run_toml(tmp_path, dp=False, secagg=True)
+    with Loopback(tmp_path, nodes=3) as link:
+        _start_federation(link, tmp_path)
+        run_id = link.run({"config-file": str(config_file)})
+        link.wait_for(lambda: 1 in _rounds(_run_dir(tmp_path)), STEP, "round 1")
+        _kill_during_round_2(link, 2)
+        link.wait_for(lambda: link.run_status(run_id).startswith("finished"), 2 * STEP,
+                      "the run to finish")
+        assert link.run_status(run_id) == "finished:completed", link.log("superlink")[-3000:]
+    metrics = rundir.read_metrics(_run_dir(tmp_path))
+    assert [r["round"] for r in metrics] == [0, 1, 2]
+    assert metrics[1]["aggregate_kept_previous"] is None
+    assert metrics[2]["aggregate_kept_previous"] is None and 2 not in metrics[2]["participants"]
