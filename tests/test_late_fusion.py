@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from opacus import GradSampleModule, PrivacyEngine
-from opacus.validators import ModuleValidator
-from torch.utils.data import DataLoader
+from opacus import GradSampleModule
 
 from fedmirasol.cli import main
 from fedmirasol.data.batch import collate
@@ -26,6 +23,7 @@ from fedmirasol.models import LateFusion, build_model, get_config, mirasol_loss
 from fedmirasol.models.late_fusion import FusionHead
 from fedmirasol.models.timesformer import DividedSpaceTimeBlock
 from fedmirasol.training.checkpoint import load_checkpoint
+from opacus_step import take_dp_step
 
 TINY = "latefusion-tiny"
 
@@ -225,27 +223,7 @@ def test_ast_input_is_time_by_frequency_and_its_patch_grid_follows_it():
 # Training: DP, FedBN, federated and centralized.
 
 def test_takes_a_dp_step_with_per_sample_gradients_for_every_parameter():
-    torch.manual_seed(0)
-    config = tiny(learn_alpha=True)
-    model = build_model(config)
-    assert ModuleValidator.validate(model, strict=False) == []
-    dataset = SyntheticAVDataset(SyntheticConfig.for_model(config), 8, seed=0)
-    loader = DataLoader(dataset, batch_size=4, collate_fn=collate)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Opacus warns about secure RNG being off
-        private_model, private_optimizer, private_loader = PrivacyEngine(accountant="rdp").make_private(
-            module=model, optimizer=optimizer, data_loader=loader,
-            noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=False,
-        )
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    batch = next(iter(private_loader))
-    loss, _ = mirasol_loss(private_model._module, batch, output=private_model(batch))
-    loss.backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad_sample is not None, f"{name} has no per-sample gradient"
-        assert parameter.grad_sample.shape == (4, *parameter.shape), name
-    private_optimizer.step()
+    model, before = take_dp_step(tiny(learn_alpha=True))
     assert all(not torch.equal(p, before[name]) for name, p in model.named_parameters())
 
 

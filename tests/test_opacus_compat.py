@@ -2,46 +2,20 @@
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
-from opacus import GradSampleModule, PrivacyEngine
-from opacus.validators import ModuleValidator
-from torch.utils.data import DataLoader
+from opacus import GradSampleModule
 
 from fedmirasol.data.batch import collate
 from fedmirasol.data.synthetic import SyntheticAVDataset, SyntheticConfig
 from fedmirasol.models import build_model, get_config, mirasol_loss
+from opacus_step import take_dp_step
 
 
 @pytest.mark.parametrize("combiner", ["transformer", "ttm"])
 def test_tiny_model_takes_a_dp_step_with_per_sample_gradients(combiner):
-    torch.manual_seed(0)
-    config = get_config("tiny", combiner=combiner)
-    model = build_model(config)
-    assert ModuleValidator.validate(model, strict=False) == []
-
-    dataset = SyntheticAVDataset(SyntheticConfig.for_model(config), 8, seed=0)
-    loader = DataLoader(dataset, batch_size=4, collate_fn=collate)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Opacus warns about secure RNG being off
-        private_model, private_optimizer, private_loader = PrivacyEngine(accountant="rdp").make_private(
-            module=model, optimizer=optimizer, data_loader=loader,
-            noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=False,
-        )
-    assert isinstance(private_model, GradSampleModule)
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-
-    batch = next(iter(private_loader))
-    loss, _ = mirasol_loss(private_model._module, batch, output=private_model(batch))
-    loss.backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad_sample is not None, f"{name} has no per-sample gradient"
-        assert parameter.grad_sample.shape == (4, *parameter.shape), name
-    private_optimizer.step()
-
+    model, before = take_dp_step(get_config("tiny", combiner=combiner))
     changed = [name for name, p in model.named_parameters() if not torch.equal(p, before[name])]
     assert len(changed) == len(before)  # noise reaches every parameter
 

@@ -15,7 +15,7 @@ from torch import nn
 from fedmirasol.models.attention import LearnedTokens, Transformer
 from fedmirasol.models.audio_encoder import LogMel
 from fedmirasol.models.config import MirasolConfig
-from fedmirasol.models.position import sincos_2d
+from fedmirasol.models.position import patch_centres, sincos_2d
 
 
 class AudioSpectrogramTransformer(nn.Module):
@@ -56,14 +56,7 @@ class AudioSpectrogramTransformer(nn.Module):
     def position(self, grid_time: int, grid_frequency: int, like: torch.Tensor) -> torch.Tensor:
         """``(gt gf) x width`` fixed sin-cos of each patch's (time, frequency) centre."""
         (pt, pf), (st, sf) = self.patch, self.stride
-        centres = torch.stack(
-            torch.meshgrid(
-                torch.arange(grid_time) * st + pt // 2,
-                torch.arange(grid_frequency) * sf + pf // 2,
-                indexing="ij",
-            ),
-            dim=-1,
-        ).reshape(-1, 2)
+        centres = patch_centres((grid_time, grid_frequency), (pt, pf), (st, sf))
         return sincos_2d(centres, like.shape[-1]).to(like)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 
 from fedmirasol.models.attention import Transformer
 from fedmirasol.models.config import MirasolConfig
-from fedmirasol.models.position import sincos_2d
+from fedmirasol.models.position import patch_centres, sincos_2d
 
 WINDOW_SECONDS = 0.025
 HOP_SECONDS = 0.010
@@ -95,14 +95,7 @@ class AudioEncoder(nn.Module):
         self.projection = nn.Linear(patch_t * patch_f, config.width)
         self.norm = nn.LayerNorm(config.width)
         grid_t, grid_f = self.padded_frames // patch_t, config.n_mels // patch_f
-        centres = torch.stack(
-            torch.meshgrid(
-                torch.arange(grid_t) * patch_t + patch_t // 2,
-                torch.arange(grid_f) * patch_f + patch_f // 2,
-                indexing="ij",
-            ),
-            dim=-1,
-        ).reshape(-1, 2)
+        centres = patch_centres((grid_t, grid_f), (patch_t, patch_f), (patch_t, patch_f))
         self.register_buffer("position", sincos_2d(centres, config.width), persistent=False)
         self.transformer = Transformer(
             config.width, config.audio_depth, config.heads, config.mlp_ratio, config.dropout

@@ -17,7 +17,7 @@ from torch import nn
 from fedmirasol.models.ast_encoder import AudioSpectrogramTransformer
 from fedmirasol.models.attention import LearnedTokens
 from fedmirasol.models.config import MirasolConfig
-from fedmirasol.models.mirasol import MirasolOutput, ModalityGate
+from fedmirasol.models.mirasol import MirasolOutput, ModalityGate, check_batch_sizes
 from fedmirasol.models.timesformer import TimeSformer
 
 # Hidden sizes of the published head (1536 -> 1024 -> 512 -> classes at width 768), as
@@ -88,10 +88,7 @@ class LateFusion(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> MirasolOutput:
         video, audio = batch["video"], batch["audio"]
-        if video.shape[0] != audio.shape[0]:
-            raise ValueError(f"video batch {video.shape[0]} != audio batch {audio.shape[0]}")
-        if video.shape[0] == 0:
-            raise ValueError("empty batch")
+        check_batch_sizes(video, audio)
         features = {
             "video": _gate(self.video_gate, self.video_encoder(video), batch["video_present"]),
             "audio": _gate(self.audio_gate, self.audio_encoder(audio), batch["audio_present"]),

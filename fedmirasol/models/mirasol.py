@@ -33,6 +33,14 @@ class MirasolOutput:
     latent_loss: torch.Tensor | None  # B, or None when there is nothing to predict
 
 
+def check_batch_sizes(video: torch.Tensor, audio: torch.Tensor) -> None:
+    """Refuse an empty batch or video and audio batches of different sizes."""
+    if video.shape[0] != audio.shape[0]:
+        raise ValueError(f"video batch {video.shape[0]} != audio batch {audio.shape[0]}")
+    if video.shape[0] == 0:
+        raise ValueError("empty batch")
+
+
 class ModalityGate(nn.Module):
     """Replace the tokens of samples that lack a modality with a learned 'absent' token.
 
@@ -85,10 +93,7 @@ class Mirasol(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> MirasolOutput:
         """Encode video and audio into latents and class logits."""
         video, audio = batch["video"], batch["audio"]
-        if video.shape[0] != audio.shape[0]:
-            raise ValueError(f"video batch {video.shape[0]} != audio batch {audio.shape[0]}")
-        if video.shape[0] == 0:
-            raise ValueError("empty batch")
+        check_batch_sizes(video, audio)
         v = self.video_gate(self.video_encoder(video), batch["video_present"])
         a = self.audio_gate(self.audio_encoder(audio, v.shape[1]), batch["audio_present"])
         video_role, audio_role = self.modality(v.shape[0]).unbind(dim=1)

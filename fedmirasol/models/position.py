@@ -51,3 +51,9 @@ def sincos_3d(coordinates: torch.Tensor, width: int) -> torch.Tensor:
 def sincos_2d(coordinates: torch.Tensor, width: int) -> torch.Tensor:
     """Two coordinates (e.g. spectrogram time and frequency), half the features each."""
     return sincos_nd(coordinates, width, (0.5, 0.5))
+
+
+def patch_centres(grid: Sequence[int], patch: Sequence[int], stride: Sequence[int]) -> torch.Tensor:
+    """``(prod grid) x len(grid)`` centres of patches of size `patch` taken every `stride`."""
+    axes = [torch.arange(n) * st + pt // 2 for n, pt, st in zip(grid, patch, stride)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(grid))
