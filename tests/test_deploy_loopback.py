@@ -175,11 +175,12 @@ def test_two_rounds_survive_node_restart_node_loss_and_superlink_restart(tmp_pat
 
 @pytest.mark.skipif(not SECAGG, reason="secure aggregation is not in this build")
 def test_secure_aggregation_survives_a_node_lost_in_round_2(tmp_path):
-    """SecAgg+ between separate SuperNode processes (DP off: the app does not combine them
-    yet); node 2 dies during round 2 and the survivors' masked sum is still unmasked. With 3
+    """SecAgg+ between separate SuperNode processes, with DP-SGD on the clients; node 2 dies
+    during round 2, the survivors' masked sum is still unmasked, and the privacy ledger has
+    each survivor's row per round. With 3
     clients the default reconstruction fraction (0.67) needs all 3 share holders
     (ceil(0.67 * 3) = 3) and so recovers no dropout; 0.6 needs 2."""
-    config_file = _run_toml(tmp_path, dp=False, secagg=True)
+    config_file = _run_toml(tmp_path, dp=True, secagg=True)
     with Loopback(tmp_path, nodes=3) as link:
         _start_federation(link, tmp_path)
         run_id = link.run({"config-file": str(config_file)})
@@ -192,3 +193,9 @@ def test_secure_aggregation_survives_a_node_lost_in_round_2(tmp_path):
     assert [r["round"] for r in metrics] == [0, 1, 2]
     assert metrics[1]["aggregate_kept_previous"] is None
     assert metrics[2]["aggregate_kept_previous"] is None and 2 not in metrics[2]["participants"]
+    from fedmirasol.privacy.ledger import read
+
+    rows = [r for r in read(_run_dir(tmp_path)) if r["kind"] == "client"]
+    rounds_of = {pid: sorted(r["round"] for r in rows if r["partition-id"] == pid)
+                 for pid in (0, 1)}
+    assert rounds_of == {0: [1, 2], 1: [1, 2]}, rows
