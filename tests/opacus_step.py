@@ -41,3 +41,20 @@ def take_dp_step(config: MirasolConfig) -> tuple[nn.Module, dict[str, torch.Tens
         assert parameter.grad_sample.shape == (4, *parameter.shape), name
     private_optimizer.step()
     return model, before
+
+
+def assert_per_sample_gradients_match(model: nn.Module, batch: dict[str, torch.Tensor]) -> None:
+    """Opacus' per-sample gradients equal each sample's gradient computed alone, everywhere."""
+    from opacus import GradSampleModule
+
+    wrapped = GradSampleModule(model, loss_reduction="mean")  # rescales by the batch size
+    mirasol_loss(model, batch, output=wrapped(batch))[0].backward()
+    per_sample = {name: p.grad_sample.clone() for name, p in model.named_parameters()}
+    wrapped.disable_hooks()
+    for index in range(len(batch["label"])):
+        model.zero_grad()
+        single = {key: value[index : index + 1] for key, value in batch.items()}
+        mirasol_loss(model, single)[0].backward()
+        for name, parameter in model.named_parameters():
+            torch.testing.assert_close(
+                per_sample[name][index], parameter.grad, rtol=1e-3, atol=1e-5, msg=name)

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from opacus import GradSampleModule
 
 from fedmirasol.cli import main
 from fedmirasol.data.batch import collate
@@ -23,7 +22,7 @@ from fedmirasol.models import LateFusion, build_model, get_config, mirasol_loss
 from fedmirasol.models.late_fusion import FusionHead
 from fedmirasol.models.timesformer import DividedSpaceTimeBlock
 from fedmirasol.training.checkpoint import load_checkpoint
-from opacus_step import take_dp_step
+from opacus_step import assert_per_sample_gradients_match, take_dp_step
 
 TINY = "latefusion-tiny"
 
@@ -231,17 +230,7 @@ def test_per_sample_gradients_match_single_sample_gradients():
     torch.manual_seed(0)
     model = build_model(tiny(learn_alpha=True, head_dropout=0.0))
     batch = batch_for(model.config, size=2, seed=1)
-    wrapped = GradSampleModule(model, loss_reduction="mean")
-    mirasol_loss(model, batch, output=wrapped(batch))[0].backward()
-    per_sample = {name: p.grad_sample.clone() for name, p in model.named_parameters()}
-    wrapped.disable_hooks()
-    for index in range(2):
-        model.zero_grad()
-        single = {key: value[index : index + 1] for key, value in batch.items()}
-        mirasol_loss(model, single)[0].backward()
-        for name, parameter in model.named_parameters():
-            torch.testing.assert_close(
-                per_sample[name][index], parameter.grad, rtol=1e-3, atol=1e-5, msg=name)
+    assert_per_sample_gradients_match(model, batch)
 
 
 def test_fedbn_client_round_keeps_both_encoders_norms_and_shares_the_head():

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-from opacus import GradSampleModule
 
 from fedmirasol.data.batch import collate
 from fedmirasol.data.synthetic import SyntheticAVDataset, SyntheticConfig
-from fedmirasol.models import build_model, get_config, mirasol_loss
-from opacus_step import take_dp_step
+from fedmirasol.models import build_model, get_config
+from opacus_step import assert_per_sample_gradients_match, take_dp_step
 
 
 @pytest.mark.parametrize("combiner", ["transformer", "ttm"])
@@ -29,16 +27,4 @@ def test_per_sample_gradients_match_single_sample_gradients(combiner):
     model = build_model(config)
     dataset = SyntheticAVDataset(SyntheticConfig.for_model(config), 2, seed=1)
     batch = collate([dataset[i] for i in range(2)])
-    wrapped = GradSampleModule(model, loss_reduction="mean")  # rescales by the batch size
-    loss, _ = mirasol_loss(model, batch, output=wrapped(batch))
-    loss.backward()
-    per_sample = {name: p.grad_sample.clone() for name, p in model.named_parameters()}
-    wrapped.disable_hooks()
-    for index in range(2):
-        model.zero_grad()
-        single = {key: value[index : index + 1] for key, value in batch.items()}
-        mirasol_loss(model, single)[0].backward()
-        for name, parameter in model.named_parameters():
-            torch.testing.assert_close(
-                per_sample[name][index], parameter.grad, rtol=1e-3, atol=1e-5, msg=name
-            )
+    assert_per_sample_gradients_match(model, batch)

@@ -5,7 +5,6 @@ noises the secure sum exactly as the plain path noises its mean."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,39 +12,17 @@ import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmirasol.federated import run_dir as rundir
-from fedmirasol.federated.apps import build_client_app
 from fedmirasol.federated.run_config import load_config
 from fedmirasol.federated.server_loop import FederatedRun
 from fedmirasol.privacy import client_level, ledger
-from fedmirasol.secagg.local_grid import LocalGrid
+from secagg_app_fixtures import run, secagg_config, task_identity  # noqa: F401
 
 pytestmark = pytest.mark.slow
-NODES = [11, 12, 13]
 BUDGET, CLIP, Z = 7.0, 0.05, 1.0
 
 
-@pytest.fixture(autouse=True)
-def task_identity() -> None:
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-
-
 def config(rounds: int, **overrides: object):
-    base = {"num-rounds": rounds, "data.num-clients": 3, "data.clips-per-client": 8,
-            "data.test-clips": 4, "model.num-frames": 8, "client.batch-size": 4,
-            "client.local-epochs": 1, "client.threads": 1, "strategy.min-train-nodes": 2,
-            "strategy.min-available-nodes": 2, "strategy.round-timeout": 60.0,
-            "secagg.reconstruction-fraction": 0.6} | overrides
-    return load_config(None, [f"{k}={json.dumps(v)}" for k, v in base.items()])
-
-
-def run(cfg, run_dir: Path) -> FederatedRun:
-    grid = LocalGrid(build_client_app(), {node: {"partition-id": i, "num-partitions": 3}
-                                          for i, node in enumerate(NODES)})
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.write_config(run_dir, cfg)
-    federated = FederatedRun(grid, cfg, run_dir)
-    federated.run()
-    return federated
+    return secagg_config(rounds, **({"data.clips-per-client": 8} | overrides))
 
 
 @pytest.fixture(scope="module")
