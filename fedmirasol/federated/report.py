@@ -36,9 +36,9 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         # Per-round client accuracies are noisy on small validation splits: also the mean over
         # the last quarter of the rounds.
         "last_quarter_mean_client_accuracy": mean(
-            r.get("federated_accuracy_client_mean") for r in rounds[-max(1, len(rounds) // 4):]),
+            r.get("federated_accuracy_client_mean") for r in _last_quarter(rounds)),
         "last_quarter_centralized_accuracy": mean(
-            r.get("centralized_accuracy") for r in rounds[-max(1, len(rounds) // 4):]),
+            r.get("centralized_accuracy") for r in _last_quarter(rounds)),
         "final_client_accuracy": {pid: row["val_accuracy"] for pid, row in clients.items()
                                   if "val_accuracy" in row},
         **_personalization_summary(config, rounds),
@@ -52,12 +52,17 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     }
 
 
+def _last_quarter(rounds: list[dict]) -> list[dict]:
+    """The last quarter of the rounds (at least the last one)."""
+    return rounds[-max(1, len(rounds) // 4):]
+
+
 def _personalization_summary(config: Mapping[str, Any], rounds: list[dict]) -> dict[str, Any]:
     """Personalized (and locally adapted) accuracy beside the global model's, per client and as
     means; empty for runs without personalization."""
     method = config.get("personalization", {}).get("method", "none")
     summary: dict[str, Any] = {}
-    quarter = rounds[-max(1, len(rounds) // 4):]
+    quarter = _last_quarter(rounds)
     for kind in ("personal", "adapted"):
         key = f"{kind}_accuracy_client_mean"
         if not any(r.get(key) is not None for r in rounds):
@@ -116,8 +121,7 @@ def summary_table(run_dir: str | Path) -> str:
 def print_progress(record: Mapping[str, Any]) -> None:
     """One line per round on stdout."""
     def fmt(key: str, spec: str = ".3f") -> str:
-        value = record.get(key)
-        return "-" if value is None else format(value, spec)
+        return _fmt(record.get(key), spec)
 
     if record["round"] == 0:
         print(f"round   0  initial model: centralized acc {fmt('centralized_accuracy')}",

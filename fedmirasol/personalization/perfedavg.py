@@ -9,7 +9,6 @@ optimizer (first order: the Hessian term of MAML is dropped). Clients are evalua
 
 from __future__ import annotations
 
-import math
 from typing import Iterable, Iterator
 
 import torch
@@ -68,4 +67,4 @@ def train_perfedavg(model: nn.Module, loader: Iterable[Batch], optimizer: torch.
             steps += 1
     if steps == 0:
         raise ValueError("per-fedavg needs at least two batches of local data")
-    return {"loss": loss_sum / steps if steps else math.nan, "steps": float(steps)}
+    return {"loss": loss_sum / steps, "steps": float(steps)}
