@@ -15,8 +15,6 @@ from fedmirasol.federated.server_loop import FederatedRun
 from fedmirasol.secagg import protocol
 from secagg_app_fixtures import NODES, local_grid, run, secagg_config, task_identity  # noqa: F401
 
-
-
 config = secagg_config
 
 

@@ -15,6 +15,7 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedmirasol.federated.client_task import seed_for
 from fedmirasol.federated.parameters import to_record
 from fedmirasol.secagg import client, protocol
 from fedmirasol.secagg.local_grid import LocalGrid
@@ -104,12 +105,14 @@ def test_server_never_receives_an_individual_update() -> None:
             payload += b"".join(v if isinstance(v, bytes) else b"".join(
                 x for x in v if isinstance(x, bytes)) if isinstance(v, (bytes, list)) else b""
                 for v in record.values())
-        for pid, update in clients.updates.items():
-            for values in update.values():  # neither the floats nor their quantized integers
-                plain = np.zeros(values.size, np.uint32)
-                quantizer.encode([values], clients.counts[pid], plain, np.random.default_rng(0))
+        for pid, update in clients.updates.items():  # neither the floats nor the integers
+            plain = np.zeros(sum(v.size for v in update.values()), np.uint32)
+            rounding = seed_for(0, 1, pid, client.ROUNDING_STREAM)  # the client's own rounding
+            quantizer.encode(list(update.values()), clients.counts[pid], plain,
+                             np.random.default_rng(rounding))
+            assert plain.tobytes()[:64] not in payload
+            for values in update.values():
                 assert values.tobytes()[:64] not in payload
-                assert plain.tobytes()[:64] not in payload
         if message.metadata.message_type == protocol.MASK:
             masked = message.content.array_records[protocol.MASKED][protocol.VECTOR].numpy()
             pid = int(message.content.metric_records["metrics"]["partition-id"])
@@ -195,4 +198,25 @@ def test_clients_refuse_to_unmask_both_ways() -> None:
     grid.send_and_receive = tamper
     result = secure.run(grid, train_messages(), 10, 1)
     assert sent and result.mean is None
-    assert all("refusing to unmask" in r.reason for r in result.rejections)
+    assert result.rejections and all("refusing to unmask" in r.reason
+                                     for r in result.rejections)
+
+
+def test_a_malformed_stage_reply_is_named_not_fatal() -> None:
+    clients = Clients()
+    grid = clients.grid
+    original = grid.send_and_receive
+
+    def strip(messages, timeout=None):  # noqa: ANN001, ANN202 - one client answers without keys
+        replies = list(original(messages, timeout=timeout))
+        for reply in replies:
+            if reply.metadata.message_type == protocol.KEYS \
+                    and reply.metadata.src_node_id == NODES[2]:
+                del reply.content.config_records[protocol.RECORD]
+        return replies
+
+    grid.send_and_receive = strip
+    result = aggregator().run(grid, train_messages(), 10, 1)
+    assert result.failure is None and sorted(result.survivors) == NODES[:2] + NODES[3:]
+    assert [(r.node_id, r.reason) for r in result.rejections] == [
+        (NODES[2], "secagg_keys: reply has no 'secagg' record")]

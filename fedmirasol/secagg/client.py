@@ -216,10 +216,9 @@ def handle_unmask(message: Message, context: Context) -> Message:
     nodes, shares = [], []
     for src, seed_share, key_share in zip(state["held-src"], state["held-seed"],
                                           state["held-key"]):
-        if src in active:
-            nodes.append(src), shares.append(seed_share)
-        elif src in dropped:
-            nodes.append(src), shares.append(key_share)
+        if src in active or src in dropped:
+            nodes.append(src)
+            shares.append(seed_share if src in active else key_share)
     del context.state[STATE]
     return _reply(message, **{RECORD: ConfigRecord({"nodes": nodes, "shares": shares})})
 

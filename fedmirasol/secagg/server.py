@@ -18,6 +18,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from fedmirasol.federated.parameters import to_record
 from fedmirasol.federated.reply_validation import Rejection, check_metrics, error_reason
 from fedmirasol.secagg import keys, protocol, vector
 from fedmirasol.secagg.masking import apply_mask
@@ -59,8 +60,10 @@ class SecureAggregator:
 
     # -- plumbing -----------------------------------------------------------------------
     def _exchange(self, grid: Grid, stage: str, contents: Mapping[int, RecordDict],
-                  timeout: float, result: SecureRound, group: str) -> dict[int, Message]:
-        """Send one stage's messages; the good replies by node, the rest into rejections."""
+                  timeout: float, result: SecureRound, group: str,
+                  fields: Sequence[str] = ()) -> dict[int, Message]:
+        """Send one stage's messages; the good replies by node, the rest into rejections
+        (`fields`: keys a reply's stage record must carry)."""
         started = time.perf_counter()
         messages = [Message(content=content, dst_node_id=node, message_type=stage,
                             group_id=group) for node, content in contents.items()]
@@ -70,6 +73,8 @@ class SecureAggregator:
             node = reply.metadata.src_node_id
             if reply.has_error():
                 self._reject(result, node, stage, error_reason(reply))
+            elif node in contents and (problem := self._lacks(reply, fields)):
+                self._reject(result, node, stage, problem)
             elif node in contents:
                 good[node] = reply
         for node in contents:
@@ -85,6 +90,17 @@ class SecureAggregator:
     @staticmethod
     def _record(message: Message) -> ConfigRecord:
         return message.content.config_records[RECORD]
+
+    @staticmethod
+    def _lacks(reply: Message, fields: Sequence[str]) -> str | None:
+        """Why a reply cannot be used: its stage record or one of `fields` is missing."""
+        if not fields:
+            return None
+        record = reply.content.config_records.get(RECORD)
+        if record is None:
+            return f"reply has no {RECORD!r} record"
+        missing = [key for key in fields if key not in record]
+        return f"reply's {RECORD!r} record lacks {missing}" if missing else None
 
     # -- the round ----------------------------------------------------------------------
     def run(self, grid: Grid, train_messages: Sequence[Message], timeout: float,
@@ -111,7 +127,8 @@ class SecureAggregator:
 
         # 1. Public keys.
         base = {node: RecordDict({RECORD: ConfigRecord({"round": round_id})}) for node in train}
-        replies = self._exchange(grid, protocol.KEYS, base, timeout, result, group)
+        replies = self._exchange(grid, protocol.KEYS, base, timeout, result, group,
+                                 ("pk-mask", "pk-enc"))
         nodes = sorted(replies)
         self._require(len(nodes) >= 2, f"only {len(nodes)} of {sampled} clients sent keys "
                       "(secure aggregation needs at least 2)")
@@ -124,7 +141,8 @@ class SecureAggregator:
         record = {"round": round_id, "nodes": nodes, "pk-mask": pk_mask, "pk-enc": pk_enc,
                   "num-neighbours": self.settings.num_neighbours, "threshold": threshold}
         replies = self._exchange(grid, protocol.SHARES, {
-            n: RecordDict({RECORD: ConfigRecord(record)}) for n in nodes}, timeout, result, group)
+            n: RecordDict({RECORD: ConfigRecord(record)}) for n in nodes}, timeout, result, group,
+            ("dst", "ciphertexts"))
         inbox: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         for src, reply in sorted(replies.items()):
             shares = self._record(reply)
@@ -145,7 +163,13 @@ class SecureAggregator:
         if bound is None:
             replies = self._exchange(grid, protocol.TRAIN, {
                 n: self._with(train[n], {"round": round_id, **forwarded(n)}) for n in shared},
-                timeout, result, group)
+                timeout, result, group, ("bound",))
+            for node, reply in list(replies.items()):
+                claimed = self._record(reply)["bound"]
+                if not isinstance(claimed, (int, float)) or not 0 < claimed < float("inf"):
+                    self._reject(result, node, protocol.TRAIN,
+                                 f"bound must be a positive finite number, got {claimed!r}")
+                    del replies[node]
             bounds = [float(self._record(r)["bound"]) for r in replies.values()]
             bound = max(bounds, default=1.0)
             mask_nodes = sorted(replies)
@@ -182,7 +206,7 @@ class SecureAggregator:
         replies = self._exchange(grid, protocol.UNMASK, {
             n: RecordDict({RECORD: ConfigRecord({"round": round_id, "active": active,
                                                  "dropped": dropped})}) for n in active},
-            timeout, result, group)
+            timeout, result, group, ("nodes", "shares"))
         revealed: dict[int, list[bytes]] = defaultdict(list)
         for reply in replies.values():
             record = self._record(reply)
@@ -262,8 +286,6 @@ def mean_reply(result: SecureRound, instruction: Message, as_sum: bool = False) 
     """One synthetic train reply holding the secure mean (or, `as_sum`, the sum: the mean
     times the total weight), for a Flower strategy or client-level DP to aggregate (FedAvg
     returns it as is; FedAdam, FedYogi, FedAvgM take their server step from it)."""
-    from fedmirasol.federated.parameters import to_record
-
     if result.mean is None:
         raise ValueError("no secure mean to hand over")
     values = result.mean
