@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,27 @@ def test_printed_epsilon_is_rounded_up_and_budget_left_down():
     assert epsilon_text(0.123449) == "0.1235"
     assert budget_left_text(0.99996) == "0.9999"
     assert budget_left_text(2.0) == "2.000"
+
+
+def test_malformed_dp_figures_are_left_out_of_the_ledger_not_crashing_the_round(tmp_path):
+    from flwr.app import Message, MessageType, MetricRecord, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedmirasol.privacy.server_side import ServerPrivacy
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+    def reply(metrics):
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), dst_node_id=1,
+                       message_type=MessageType.TRAIN)
+
+    good = {"partition-id": 0, "dp-epsilon": 1.5, "dp-total-steps": 10, "dp-sample-rate": 0.1,
+            "dp-noise-multiplier": 1.0, "dp-delta": 1e-5}
+    server = ServerPrivacy({"privacy": {"enabled": True}, "data": {"num-clients": 3}},
+                           tmp_path, [])
+    server.record_clients(1, [reply(good), reply({**good, "partition-id": 1,
+                                                  "dp-epsilon": math.nan}),
+                              reply({"partition-id": 2, "dp-epsilon": 1.0})])
+    records = ledger.read(tmp_path)
+    assert [r["partition-id"] for r in records] == [0]
+    assert records[0]["max-grad-norm"] is None  # absent, not NaN

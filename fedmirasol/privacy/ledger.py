@@ -8,7 +8,6 @@ may write a round again; readers keep the last record of each (kind, client, rou
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -41,7 +40,9 @@ def client_record(server_round: int, partition_id: int, metrics: Mapping[str, An
         "total-steps": int(metrics["dp-total-steps"]),
         "sample-rate": float(metrics["dp-sample-rate"]),
         "noise-multiplier": float(metrics["dp-noise-multiplier"]),
-        "max-grad-norm": float(metrics.get("dp-max-grad-norm", math.nan)),
+        # None when the reply lacks it (NaN would make `append` refuse the record).
+        "max-grad-norm": (float(metrics["dp-max-grad-norm"]) if "dp-max-grad-norm" in metrics
+                          else None),
         "delta": float(metrics["dp-delta"]),
         "accountant": accountant,
         "epsilon": float(metrics["dp-epsilon"]),

@@ -16,6 +16,8 @@ is replayed from the ledger's records of the completed rounds.
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -31,6 +33,16 @@ from fedmirasol.privacy.settings import PrivacySettings
 
 EXHAUSTED_FIELD = "budget_exhausted"  # metrics.jsonl: partitions that replied "exhausted"
 CLIP_SLACK = 1e-5  # float32 rounding of a clipped update's norm
+log = logging.getLogger("fedmirasol.server")
+
+
+def _dp_metrics_problem(metrics: Mapping[str, Any]) -> str | None:
+    """Why a reply's ``dp-*`` figures cannot go to the ledger (None: they can)."""
+    for key, value in metrics.items():
+        if key.startswith("dp-") and isinstance(value, (int, float)) \
+                and not math.isfinite(value):
+            return f"metric {key!r} is {value}"
+    return None
 
 
 def _metrics(reply: Message) -> Mapping[str, Any]:
@@ -116,9 +128,22 @@ class ServerPrivacy:
             if reply.has_error() or "metrics" not in reply.content.metric_records:
                 continue
             metrics = dict(_metrics(reply))
-            if "dp-epsilon" in metrics and "partition-id" in metrics:
-                records.append(ledger.client_record(server_round, int(metrics["partition-id"]),
-                                                    metrics, self.settings.accountant))
+            if "dp-epsilon" not in metrics or "partition-id" not in metrics:
+                continue
+            # A malformed reply (its update is rejected elsewhere) must not crash the round:
+            # it is named in the log and left out of the ledger.
+            problem = _dp_metrics_problem(metrics)
+            if problem is None:
+                try:
+                    records.append(ledger.client_record(
+                        server_round, int(metrics["partition-id"]), metrics,
+                        self.settings.accountant))
+                except (TypeError, ValueError) as error:
+                    problem = str(error)
+            if problem is not None:
+                log.warning("round %d: DP figures of node %s (partition %r) not recorded: %s",
+                            server_round, reply.metadata.src_node_id,
+                            metrics.get("partition-id"), problem)
         ledger.append(self.run_dir, records)
 
     def check_clipped(self, replies: list[Message], partitions: Mapping[int, int]
