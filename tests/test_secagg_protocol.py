@@ -220,3 +220,22 @@ def test_a_malformed_stage_reply_is_named_not_fatal() -> None:
     assert result.failure is None and sorted(result.survivors) == NODES[:2] + NODES[3:]
     assert [(r.node_id, r.reason) for r in result.rejections] == [
         (NODES[2], "secagg_keys: reply has no 'secagg' record")]
+
+
+def test_shares_that_do_not_combine_fail_the_round_not_the_run() -> None:
+    clients = Clients()
+    grid = clients.grid
+    original = grid.send_and_receive
+
+    def corrupt(messages, timeout=None):  # noqa: ANN001, ANN202 - every share revealed is garbage
+        replies = list(original(messages, timeout=timeout))
+        for reply in replies:
+            if reply.metadata.message_type == protocol.UNMASK:
+                record = reply.content.config_records[protocol.RECORD]
+                record["shares"] = [b"garbage" for _ in record["shares"]]
+        return replies
+
+    grid.send_and_receive = corrupt
+    result = aggregator().run(grid, train_messages(), 10, 1)
+    assert result.mean is None
+    assert result.failure.startswith("secure aggregation failed: the shares revealed for client")

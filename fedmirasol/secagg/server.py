@@ -218,7 +218,11 @@ class SecureAggregator:
                           f"only {len(revealed[node])} of {threshold} shares needed to unmask "
                           f"client {node} arrived ({len(active) - len(replies)} survivor(s) "
                           "vanished while unmasking)")
-            secret = keys.rebuild_secret(revealed[node][:threshold])
+            try:
+                secret = keys.rebuild_secret(revealed[node][:threshold])
+            except (ValueError, TypeError) as error:  # a malformed share cannot be combined
+                raise RoundFailed(f"the shares revealed for client {node} do not combine into "
+                                  f"its secret ({type(error).__name__}: {error})") from None
             if node in active:
                 apply_mask(total, secret, -1)
             else:  # remove the pairwise masks the survivors added towards this dropout
