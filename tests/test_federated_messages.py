@@ -214,3 +214,22 @@ def test_client_names_a_partition_mismatch() -> None:
     config = tiny_config()
     with pytest.raises(ValueError, match="num-clients"):
         client_handlers.handle_train(train_message(config), client_context(0, num_partitions=5))
+
+
+def test_a_node_the_superlink_answers_for_is_named_once() -> None:
+    """An unavailable node's error reply comes from the SuperLink (node id 1), in reply to the
+    message: it is the sampled node that is rejected, once, and not also counted as silent."""
+    from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+
+    from fedmirasol.federated.server_loop import _destinations, _missing
+
+    sent = [instruction(7), instruction(8)]
+    for number, message in enumerate(sent):
+        message.metadata.__dict__["_message_id"] = f"id-{number}"  # as a Grid sets it on push
+    unavailable = create_message_error_unavailable_res_message(sent[1].metadata, "node_unavail")
+    assert unavailable.metadata.src_node_id != 8
+    replies = [reply(7, random_update(np.random.default_rng(0)), 4.0), unavailable]
+    _, rejected = validate_train_replies(replies, SHAPES, {7: 0, 8: 1}, _destinations(sent))
+    assert [(r.node_id, r.partition_id) for r in rejected] == [(8, 1)]
+    assert "Node Unavailable" in rejected[0].reason
+    assert _missing(sent, replies, {7: 0, 8: 1}, 60.0) == []

@@ -89,33 +89,39 @@ def check_update(content: RecordDict, expected: Mapping[str, tuple[int, ...]]) -
 
 def _split_replies(
     replies: Iterable[Message], partitions: Mapping[int, int],
-    check: Callable[[Message], str | None],
+    check: Callable[[Message], str | None], destinations: Mapping[str, int] | None = None,
 ) -> tuple[list[Message], list[Rejection]]:
-    """Replies that are errors or fail `check` become rejections (with reasons); the rest pass."""
+    """Replies that are errors or fail `check` become rejections (with reasons); the rest pass.
+
+    `destinations` (sent message id -> node) names the node behind an error reply that the
+    SuperLink sent in its place (e.g. "Node Unavailable")."""
     accepted, rejected = [], []
     for message in replies:
-        pid = reply_partition(message, partitions)
+        node = (destinations or {}).get(message.metadata.reply_to_message_id,
+                                        message.metadata.src_node_id)
         reason = error_reason(message) if message.has_error() else check(message)
         if reason is None:
             accepted.append(message)
         else:
-            rejected.append(Rejection(message.metadata.src_node_id, pid, reason))
+            rejected.append(Rejection(node, partitions.get(node), reason))
     return accepted, rejected
 
 
 def validate_train_replies(
     replies: Iterable[Message], expected: Mapping[str, tuple[int, ...]],
-    partitions: Mapping[int, int],
+    partitions: Mapping[int, int], destinations: Mapping[str, int] | None = None,
 ) -> tuple[list[Message], list[Rejection]]:
     """Split train replies into usable ones and rejections (with reasons)."""
     return _split_replies(replies, partitions, lambda message: (
         check_metrics(message.content, (WEIGHT_KEY, "partition-id"))
-        or check_update(message.content, expected)))
+        or check_update(message.content, expected)), destinations)
 
 
 def validate_evaluate_replies(
     replies: Iterable[Message], partitions: Mapping[int, int],
+    destinations: Mapping[str, int] | None = None,
 ) -> tuple[list[Message], list[Rejection]]:
     """Split evaluate replies into usable ones and rejections (with reasons)."""
     return _split_replies(replies, partitions, lambda message: check_metrics(
-        message.content, (WEIGHT_KEY, "partition-id", "val-loss", "val-accuracy")))
+        message.content, (WEIGHT_KEY, "partition-id", "val-loss", "val-accuracy")),
+        destinations)

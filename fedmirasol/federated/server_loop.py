@@ -64,10 +64,20 @@ def _sampled_partitions(messages: list[Message], partitions: Mapping[int, int]) 
 
 def _missing(messages: list[Message], replies: list[Message],
              partitions: Mapping[int, int], timeout: float) -> list[Rejection]:
-    answered = {r.metadata.src_node_id for r in replies}
+    # The SuperLink answers for an unavailable node itself (its error reply comes from the
+    # SuperLink's id, in reply to the message): such a node has answered, with that error.
+    answered_nodes = {r.metadata.src_node_id for r in replies}
+    answered_ids = {r.metadata.reply_to_message_id for r in replies}
     return [Rejection(m.metadata.dst_node_id, partitions.get(m.metadata.dst_node_id),
                       f"no reply within round-timeout ({timeout:.0f} s)")
-            for m in messages if m.metadata.dst_node_id not in answered]
+            for m in messages if m.metadata.dst_node_id not in answered_nodes
+            and not (m.metadata.message_id and m.metadata.message_id in answered_ids)]
+
+
+def _destinations(messages: list[Message]) -> dict[str, int]:
+    """Sent message id -> the node it went to (to name the node behind a SuperLink error)."""
+    return {m.metadata.message_id: m.metadata.dst_node_id for m in messages
+            if m.metadata.message_id}
 
 
 def _to_weights(replies: list[Message], global_shared: NumpyState) -> None:
@@ -181,7 +191,8 @@ class FederatedRun:
         else:
             replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
             others, exhausted, rejected = self.privacy.take_exhausted(replies, self.partitions)
-            accepted, invalid = validate_train_replies(others, self.expected, self.partitions)
+            accepted, invalid = validate_train_replies(others, self.expected, self.partitions,
+                                                        _destinations(messages))
             self.privacy.record_clients(server_round, replies)
             accepted, unclipped = self.privacy.check_clipped(accepted, self.partitions)
             rejected += invalid + unclipped
@@ -210,7 +221,8 @@ class FederatedRun:
         eval_messages = list(self.strategy.configure_evaluate(
             server_round, to_record(self.global_shared), self._config_record(), self.ordered))
         eval_replies = list(self.grid.send_and_receive(eval_messages, timeout=self.timeout))
-        eval_ok, eval_bad = validate_evaluate_replies(eval_replies, self.partitions)
+        eval_ok, eval_bad = validate_evaluate_replies(eval_replies, self.partitions,
+                                                       _destinations(eval_messages))
         eval_bad += _missing(eval_messages, eval_replies, self.partitions, self.timeout)
         eval_rows = {int(row["partition-id"]): row for row in map(client_metrics, eval_ok)}
         record["bytes_down"] += message_array_bytes(eval_messages)
