@@ -104,3 +104,12 @@ def test_malformed_dp_figures_are_left_out_of_the_ledger_not_crashing_the_round(
     records = ledger.read(tmp_path)
     assert [r["partition-id"] for r in records] == [0]
     assert records[0]["max-grad-norm"] is None  # absent, not NaN
+    # ... and the updates of the two replies the ledger cannot cover are not aggregated.
+    missing = reply({"partition-id": 3, "num-examples": 4})
+    accepted, rejected = server.check_reported(
+        1, [reply(good), reply({**good, "partition-id": 1, "dp-epsilon": math.nan}), missing],
+        {})
+    assert len(accepted) == 1 and dict(accepted[0].content.metric_records["metrics"]) == good
+    assert [r.reason for r in rejected] == [
+        "metric 'dp-epsilon' is nan",
+        "the reply carries no DP figures ('dp-epsilon') while privacy.enabled"]

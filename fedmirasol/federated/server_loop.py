@@ -194,8 +194,10 @@ class FederatedRun:
             accepted, invalid = validate_train_replies(others, self.expected, self.partitions,
                                                         _destinations(messages))
             self.privacy.record_clients(server_round, replies)
+            accepted, unreported = self.privacy.check_reported(server_round, accepted,
+                                                                self.partitions)
             accepted, unclipped = self.privacy.check_clipped(accepted, self.partitions)
-            rejected += invalid + unclipped
+            rejected += invalid + unreported + unclipped
             rejected += _missing(messages, replies, self.partitions, self.timeout)
             bytes_up = message_array_bytes(replies)
             kept_reason = self._step(server_round, accepted, len(messages), population)

@@ -119,8 +119,24 @@ class ServerPrivacy:
                                           reply_partition(reply, partitions), reason))
         return rest, exhausted, rejected
 
+    def _ledger_record(self, server_round: int, metrics: Mapping[str, Any]
+                       ) -> tuple[dict[str, Any] | None, str | None]:
+        """A reply's ledger record, or why its DP figures cannot make one."""
+        if "dp-epsilon" not in metrics or "partition-id" not in metrics:
+            return None, "the reply carries no DP figures ('dp-epsilon') while privacy.enabled"
+        problem = _dp_metrics_problem(metrics)
+        if problem is not None:
+            return None, problem
+        try:
+            return ledger.client_record(server_round, int(metrics["partition-id"]), metrics,
+                                        self.settings.accountant), None
+        except (TypeError, ValueError) as error:
+            return None, str(error)
+
     def record_clients(self, server_round: int, replies: Iterable[Message]) -> None:
-        """Ledger records of every reply that carries DP metrics."""
+        """Ledger records of every reply that carries usable DP figures (accepted or not: the
+        spend happened); the others are named in the log (their updates are rejected by
+        `check_reported`)."""
         if not self.settings.enabled:
             return
         records = []
@@ -128,23 +144,30 @@ class ServerPrivacy:
             if reply.has_error() or "metrics" not in reply.content.metric_records:
                 continue
             metrics = dict(_metrics(reply))
-            if "dp-epsilon" not in metrics or "partition-id" not in metrics:
-                continue
-            # A malformed reply (its update is rejected elsewhere) must not crash the round:
-            # it is named in the log and left out of the ledger.
-            problem = _dp_metrics_problem(metrics)
-            if problem is None:
-                try:
-                    records.append(ledger.client_record(
-                        server_round, int(metrics["partition-id"]), metrics,
-                        self.settings.accountant))
-                except (TypeError, ValueError) as error:
-                    problem = str(error)
-            if problem is not None:
+            record, problem = self._ledger_record(server_round, metrics)
+            if record is not None:
+                records.append(record)
+            elif "dp-epsilon" in metrics:
                 log.warning("round %d: DP figures of node %s (partition %r) not recorded: %s",
                             server_round, reply.metadata.src_node_id,
                             metrics.get("partition-id"), problem)
         ledger.append(self.run_dir, records)
+
+    def check_reported(self, server_round: int, replies: list[Message],
+                       partitions: Mapping[int, int]) -> tuple[list[Message], list[Rejection]]:
+        """Under DP-SGD, reject updates the ledger cannot cover (DP figures missing or
+        malformed): nothing is aggregated whose privacy spend is not on record."""
+        if not self.settings.enabled:
+            return replies, []
+        accepted, rejected = [], []
+        for reply in replies:
+            _, problem = self._ledger_record(server_round, dict(_metrics(reply)))
+            if problem is None:
+                accepted.append(reply)
+            else:
+                rejected.append(Rejection(reply.metadata.src_node_id,
+                                          reply_partition(reply, partitions), problem))
+        return accepted, rejected
 
     def check_clipped(self, replies: list[Message], partitions: Mapping[int, int]
                       ) -> tuple[list[Message], list[Rejection]]:
