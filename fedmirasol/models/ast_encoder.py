@@ -15,6 +15,7 @@ from torch import nn
 from fedmirasol.models.attention import LearnedTokens, Transformer
 from fedmirasol.models.audio_encoder import LogMel
 from fedmirasol.models.config import MirasolConfig
+from fedmirasol.models.input_norm import optional_input_norm
 from fedmirasol.models.position import patch_centres, sincos_2d
 
 
@@ -28,6 +29,8 @@ class AudioSpectrogramTransformer(nn.Module):
         if self.patch[1] > config.n_mels:
             raise ValueError(f"a patch of {self.patch[1]} mel bins exceeds n_mels {config.n_mels}")
         self.log_mel = LogMel(config.sample_rate, config.n_mels)
+        # B x time x n_mels: one channel per mel bin, on the last axis.
+        self.input_norm = optional_input_norm(config.input_norm, config.n_mels, dim=-1)
         self.projection = nn.Linear(self.patch[0] * self.patch[1], config.width)
         self.norm_input = nn.LayerNorm(config.width)
         self.tokens = LearnedTokens(2, config.width)  # CLS, distillation
@@ -39,7 +42,8 @@ class AudioSpectrogramTransformer(nn.Module):
         """``B x M`` waveform -> ``B x time x frequency`` normalized log-mel (AST's input)."""
         if audio.ndim != 2:
             raise ValueError(f"audio must be B x samples, got shape {tuple(audio.shape)}")
-        return self.log_mel(audio)
+        spectrogram = self.log_mel(audio)
+        return spectrogram if self.input_norm is None else self.input_norm(spectrogram)
 
     def patch_grid(self, spectrogram: torch.Tensor) -> torch.Tensor:
         """``B x time x frequency`` -> ``B x grid_time x grid_frequency x (pt pf)`` patches.

@@ -12,6 +12,7 @@ from torch import nn
 
 from fedmirasol.models.attention import Transformer
 from fedmirasol.models.config import MirasolConfig
+from fedmirasol.models.input_norm import optional_input_norm
 from fedmirasol.models.position import patch_centres, sincos_2d
 
 WINDOW_SECONDS = 0.025
@@ -79,6 +80,8 @@ class AudioEncoder(nn.Module):
         self.samples_per_chunk = config.samples_per_chunk
         self.patch = config.audio_patch
         self.log_mel = LogMel(config.sample_rate, config.n_mels)
+        # B x T x frames x n_mels: one channel per mel bin, on the last axis.
+        self.input_norm = optional_input_norm(config.input_norm, config.n_mels, dim=-1)
         window = round(WINDOW_SECONDS * config.sample_rate)
         hop = round(HOP_SECONDS * config.sample_rate)
         frames = 1 + (config.samples_per_chunk - window) // hop
@@ -109,6 +112,8 @@ class AudioEncoder(nn.Module):
         """``B x M`` -> ``B x T x frames x n_mels`` normalized log-mel, padded to whole patches."""
         spans = split_audio_chunks(audio, num_chunks, self.samples_per_chunk)
         spec = self.log_mel(spans)
+        if self.input_norm is not None:
+            spec = self.input_norm(spec)
         pad = self.padded_frames - self.frames
         if pad:
             silence = (math.log(LOG_FLOOR) + LOG_MEL_SHIFT) / LOG_MEL_SCALE

@@ -68,6 +68,10 @@ class MirasolConfig:
     num_classes: int = 8
     dropout: float = 0.0
     fusion: str = "chunked"  # "chunked" (Mirasol) or "joint" (one transformer over all chunks)
+    # Input normalization stem (input_norm.py): a learned per-channel affine on the video pixels
+    # and on the log-mel bins, a normalization-type module that FedBN keeps on each client.
+    # Off by default: with it off the named configs' parameters are exactly as before.
+    input_norm: bool = False
     # Loss weights.
     class_weight: float = 1.0
     text_weight: float = 0.2

@@ -13,6 +13,7 @@ from torch import nn
 
 from fedmirasol.models.attention import Attention, FeedForward, LearnedTokens
 from fedmirasol.models.config import MirasolConfig
+from fedmirasol.models.input_norm import optional_input_norm
 from fedmirasol.models.position import sincos_3d
 
 
@@ -55,6 +56,8 @@ class TimeSformer(nn.Module):
         super().__init__()
         self.image_size = config.image_size
         self.patch = config.video_patch
+        # B x N x 3 x H x W: one channel per colour, on axis 2.
+        self.input_norm = optional_input_norm(config.input_norm, 3, dim=2)
         self.projection = nn.Linear(3 * self.patch**2, config.width)
         self.norm_input = nn.LayerNorm(config.width)
         self.cls = LearnedTokens(1, config.width)
@@ -86,6 +89,8 @@ class TimeSformer(nn.Module):
                 f"video frames are {video.shape[3]}x{video.shape[4]} but the model takes "
                 f"{self.image_size}x{self.image_size}"
             )
+        if self.input_norm is not None:
+            video = self.input_norm(video)
         patches = rearrange(
             video, "b t c (gh ph) (gw pw) -> b t (gh gw) (c ph pw)", ph=self.patch, pw=self.patch
         )

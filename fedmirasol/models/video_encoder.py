@@ -10,6 +10,7 @@ from torch import nn
 
 from fedmirasol.models.attention import Transformer
 from fedmirasol.models.config import MirasolConfig, TubeSpec
+from fedmirasol.models.input_norm import optional_input_norm
 from fedmirasol.models.position import sincos_3d
 
 
@@ -118,6 +119,8 @@ class VideoEncoder(nn.Module):
         super().__init__()
         self.frames_per_chunk = config.frames_per_chunk
         self.image_size = config.image_size
+        # B x N x 3 x H x W: one channel per colour, on axis 2.
+        self.input_norm = optional_input_norm(config.input_norm, 3, dim=2)
         self.tokenizer = TubeTokenizer(config)
         self.transformer = Transformer(
             config.width, config.video_depth, config.heads, config.mlp_ratio, config.dropout
@@ -140,5 +143,7 @@ class VideoEncoder(nn.Module):
             raise ValueError(
                 f"{frames} video frames do not split into chunks of {self.frames_per_chunk}"
             )
+        if self.input_norm is not None:
+            video = self.input_norm(video)
         chunks = rearrange(video, "b (t f) c h w -> b t f c h w", f=self.frames_per_chunk)
         return self.transformer(self.tokenizer(chunks))

@@ -1,0 +1,54 @@
+"""The optional input normalization stem: a learned per-channel affine on the model's inputs.
+
+A client that records in its own domain (a colour cast, a brighter camera, a quieter microphone)
+shifts the model's inputs channel by channel: a colour gain scales each pixel channel, a
+brightness offset shifts them all, an audio gain adds a constant to every log-mel bin. BatchNorm
+would absorb such a shift in its running statistics, and FedBN keeps those statistics on each
+client; but BatchNorm mixes the samples of a batch and is not compatible with DP-SGD (Opacus).
+
+`InputNorm` is the DP-compatible stand-in: ``y = weight * x + bias`` per channel, i.e. a
+normalization ``(x - mean) / std`` whose per-channel statistics are *learned parameters*
+(``weight = 1 / std``, ``bias = -mean / std``) rather than batch statistics. It starts as the
+identity. Every sample is transformed on its own, so per-sample gradients stay exact.
+
+It is a normalization-type module (a subclass of `nn.GroupNorm` with one group per channel: the
+same per-channel ``weight`` and ``bias``), so the module-type selector ``normalization``
+(`split.local = "normalization"`, FedBN) keeps it on the client with the other normalization
+layers. Opacus has no grad sampler registered for this exact type and computes its per-sample
+gradients with functorch, through this module's own `forward`.
+
+`MirasolConfig.input_norm` (default off) adds one on the video pixels (3 colour channels) and one
+on the log-mel spectrogram (one channel per mel bin) of both model families.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class InputNorm(nn.GroupNorm):
+    """Learned per-channel affine ``weight * x + bias`` over axis `dim` (identity at start)."""
+
+    def __init__(self, channels: int, dim: int) -> None:
+        super().__init__(num_groups=channels, num_channels=channels, affine=True)
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[self.dim] != self.num_channels:
+            raise ValueError(
+                f"input norm expects {self.num_channels} channels on axis {self.dim}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        shape = [1] * x.ndim
+        shape[self.dim] = self.num_channels
+        return x * self.weight.view(shape).to(x.dtype) + self.bias.view(shape).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, dim={self.dim}"
+
+
+def optional_input_norm(enabled: bool, channels: int, dim: int) -> InputNorm | None:
+    """An `InputNorm` when `enabled`, else None: with the stem off the model has exactly the
+    modules and parameters it had before the stem existed (old checkpoints load unchanged)."""
+    return InputNorm(channels, dim) if enabled else None
