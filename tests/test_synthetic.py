@@ -115,3 +115,24 @@ def test_bad_knobs_are_named():
         SyntheticConfig(num_classes=64)
     with pytest.raises(ValueError, match="two slots"):
         SyntheticConfig(num_frames=4, slot_frames=4)
+
+
+def dominant_hz(audio: np.ndarray, sample_rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(audio))
+    return float(np.fft.rfftfreq(len(audio), 1.0 / sample_rate)[spectrum.argmax()])
+
+
+def test_public_variant_has_other_shapes_and_pitches():
+    """Pre-training data for transfer: same kind of clips, none of the main task's shapes or
+    pitches, so a model pre-trained on it still has to learn them."""
+    public = SyntheticConfig.for_model(get_config("tiny"), public=True)
+    assert not set(public.shape_names) & set(CONFIG.shape_names)
+    main_hz, public_hz = CONFIG.pitches_hz(), public.pitches_hz()
+    assert min(abs(p - m) for p in public_hz for m in main_hz) > 100.0
+    for label in range(public.num_classes):
+        clip = SyntheticAVDataset(public, 1, seed=5, labels=np.asarray([label])).render_clip(0)
+        shape, pitch, _ = public.decompose(label)
+        assert clip.caption.split(", ")[0].endswith(public.shape_names[shape])
+        assert abs(dominant_hz(clip.audio, public.sample_rate) - public_hz[pitch]) < 20.0
+    with pytest.raises(ValueError, match="public variant needs 4 shapes"):
+        SyntheticConfig(num_classes=16, public=True)

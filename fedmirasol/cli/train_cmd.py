@@ -53,6 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--drop-modality", choices=MODALITIES,
         help="remove one modality from training and validation (the ablation)",
     )
+    parser.add_argument(
+        "--public", action="store_true",
+        help="train on the public variant of the task (the other shapes and pitches): a "
+        "pre-trained model for federated fine-tuning (simulation key pretrained.checkpoint)",
+    )
     parser.add_argument("--out", type=Path, help="output directory (default: runs/train-<config>-<time>)")
     parser.set_defaults(func=run)
 
@@ -68,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
     settings = TrainSettings(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
         train_clips=args.train_clips, val_clips=args.val_clips, seed=args.seed,
-        device=args.device, drop_modality=args.drop_modality,
+        device=args.device, drop_modality=args.drop_modality, public=args.public,
     )
     suffix = f"-no-{args.drop_modality}" if args.drop_modality else ""
+    suffix += "-public" if args.public else ""
     out = args.out or Path("runs") / f"train-{args.config}{suffix}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"training {model_config.name} ({describe(model_config)}) -> {out}")
     summary = train_centralized(model_config, settings, out)

@@ -73,6 +73,9 @@ class SyntheticConfig:
     sample_rate: int = 16_000
     slot_frames: int = 4  # visual events and tones fall in slots of this many frames
     max_text_len: int = 64
+    # The public pre-training variant: the same kind of clips with the other shapes and other
+    # pitches, so a model pre-trained on it must still learn the main task's attributes.
+    public: bool = False
 
     def __post_init__(self) -> None:
         if self.num_classes < 2 or self.num_classes % 2:
@@ -82,6 +85,11 @@ class SyntheticConfig:
             raise ValueError(
                 f"num_classes {self.num_classes} needs {shapes} shapes x {pitches} pitches x 2; "
                 f"at most {len(SHAPES)} shapes and 4 pitches exist (num_classes <= 32)"
+            )
+        if self.public and 2 * shapes > len(SHAPES):
+            raise ValueError(
+                f"the public variant needs {shapes} shapes besides the main task's {shapes}; "
+                f"only {len(SHAPES)} exist (public needs num_classes <= {len(SHAPES) * 2})"
             )
         if self.num_frames % self.slot_frames or self.num_slots < 2:
             raise ValueError(
@@ -120,10 +128,19 @@ class SyntheticConfig:
     def events_per_clip(self) -> int:
         return max(1, min(2, self.num_slots // 2))
 
+    @property
+    def shape_names(self) -> tuple[str, ...]:
+        """The task's shapes: the first ones, or (public) the next ones."""
+        shapes, _ = self.attribute_counts
+        first = shapes if self.public else 0
+        return SHAPES[first : first + shapes]
+
     def pitches_hz(self) -> list[float]:
-        """Tone frequencies, evenly spaced in log frequency."""
+        """Tone frequencies, evenly spaced in log frequency (public: the midpoints in between)."""
         _, pitches = self.attribute_counts
         low, high = PITCH_RANGE_HZ
+        if self.public:
+            return [low * (high / low) ** ((i + 0.5) / max(pitches, 2)) for i in range(pitches)]
         if pitches == 1:
             return [math.sqrt(low * high)]
         return [low * (high / low) ** (i / (pitches - 1)) for i in range(pitches)]
@@ -136,7 +153,7 @@ class SyntheticConfig:
     def describe(self, label: int) -> str:
         shape, pitch, in_sync = self.decompose(label)
         pitch_names = _pitch_names(self.attribute_counts[1])
-        return f"{SHAPES[shape]}, {pitch_names[pitch]} tones, {'in sync' if in_sync else 'off beat'}"
+        return f"{self.shape_names[shape]}, {pitch_names[pitch]} tones, {'in sync' if in_sync else 'off beat'}"
 
 
 def _pitch_names(count: int) -> list[str]:
@@ -215,7 +232,7 @@ class SyntheticAVDataset(Dataset):
         event_frames = [int(s * cfg.slot_frames + p) for s, p in zip(event_slots, phase)]
         tone_frames = [int(s * cfg.slot_frames + p) for s, p in zip(tone_slots, phase)]
 
-        frames = self._render_video(rng, SHAPES[shape_index], event_frames)
+        frames = self._render_video(rng, cfg.shape_names[shape_index], event_frames)
         audio = self._render_audio(rng, cfg.pitches_hz()[pitch_index], tone_frames)
 
         colour = rng.choice(list(COLOURS))

@@ -27,6 +27,7 @@ from fedmirasol.federated.parameters import (
     load_state,
     model_state,
 )
+from fedmirasol.federated.pretrained import load_pretrained
 from fedmirasol.federated.proximal import proximal_term
 from fedmirasol.federated.run_config import local_spec, model_config, parse_ids
 from fedmirasol.models import build_model
@@ -61,17 +62,20 @@ def seed_for(*parts: int) -> int:
 
 
 def init_model(config: Mapping[str, Any]) -> nn.Module:
-    """The run's initial model, identical on every process for a given seed."""
+    """The run's initial model, identical on every process for a given seed (and pre-trained
+    checkpoint, `pretrained.*`, whose frozen parameters come back with requires_grad off)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config["seed"])
-        return build_model(model_config(config))
+        model = build_model(model_config(config))
+    load_pretrained(model, config)
+    return model
 
 
 @functools.lru_cache(maxsize=2)
 def _cached_model(model_key: str) -> tuple[nn.Module, NumpyState, ParameterSplit]:
     config = json.loads(model_key)
     model = init_model(config)
-    split = ParameterSplit.from_model(model, config["local"])
+    split = ParameterSplit.from_model(model, config["local"], config["pretrained"]["freeze"])
     initial_local = model_state(model, split.local)
     return model, initial_local, split
 
@@ -79,7 +83,8 @@ def _cached_model(model_key: str) -> tuple[nn.Module, NumpyState, ParameterSplit
 def model_and_split(config: Mapping[str, Any]) -> tuple[nn.Module, NumpyState, ParameterSplit]:
     """A per-process model (reused across calls), its initial local state, and the split."""
     key = json.dumps({"seed": config["seed"], "model": config["model"],
-                      "local": local_spec(config)}, sort_keys=True)
+                      "pretrained": config["pretrained"], "local": local_spec(config)},
+                     sort_keys=True)
     return _cached_model(key)
 
 

@@ -63,22 +63,35 @@ class ParameterSplit:
     local: tuple[str, ...]
 
     @classmethod
-    def from_model(cls, model: nn.Module, selectors: str | Iterable[str] = "") -> "ParameterSplit":
-        """Split `model`'s state by `selectors`; non-float buffers always stay local."""
-        if isinstance(selectors, str):
-            selectors = [part.strip() for part in selectors.split(",")]
-        selectors = [s for s in selectors if s]
+    def from_model(cls, model: nn.Module, selectors: str | Iterable[str] = "",
+                   frozen: str | Iterable[str] = "") -> "ParameterSplit":
+        """Split `model`'s state by `selectors`; non-float buffers always stay local.
+
+        Entries matched by `frozen` (never trained, identical everywhere) are in neither part.
+        """
         model = _unwrap(model)
         state = model.state_dict()
-        local: set[str] = set()
-        for selector in selectors:
-            matched = _select(model, state, selector)
-            if not matched:
-                raise ValueError(f"split selector {selector!r} matches no parameter of the model")
-            local |= matched
+        excluded = select_names(model, frozen)
+        local = select_names(model, selectors) - excluded
         local |= {name for name, value in state.items() if not value.is_floating_point()}
-        shared = tuple(name for name in state if name not in local)
+        shared = tuple(name for name in state if name not in local and name not in excluded)
         return cls(shared=shared, local=tuple(name for name in state if name in local))
+
+
+def select_names(model: nn.Module, selectors: str | Iterable[str]) -> set[str]:
+    """The state_dict names that comma-separated `selectors` match; a selector that matches
+    nothing raises, naming it."""
+    if isinstance(selectors, str):
+        selectors = [part.strip() for part in selectors.split(",")]
+    model = _unwrap(model)
+    state = model.state_dict()
+    names: set[str] = set()
+    for selector in filter(None, selectors):
+        matched = _select(model, state, selector)
+        if not matched:
+            raise ValueError(f"split selector {selector!r} matches no parameter of the model")
+        names |= matched
+    return names
 
 
 def _select(model: nn.Module, state: Mapping[str, torch.Tensor], selector: str) -> set[str]:

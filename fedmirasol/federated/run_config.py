@@ -11,9 +11,14 @@ import dataclasses
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from fedmirasol.models.config import MirasolConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fedmirasol.federated.parameters import ParameterSplit
 
 Config = dict[str, Any]
 
@@ -76,6 +81,14 @@ DEFAULTS: Config = {
         # Parameters that stay on the clients: "normalization" (module types) and/or
         # comma-separated state_dict name patterns (fnmatch). Empty: everything is shared.
         "local": "",
+    },
+    "pretrained": {
+        # Start from a pre-trained checkpoint (`fedmirasol train --public`'s best.pt, or a
+        # run's final_model.pt) that every process loads; fedmirasol.federated.pretrained.
+        "checkpoint": "",
+        "sha256": "",  # filled in from the file by the server; a client's file must match
+        "reset": "",  # selectors put back to the fresh seeded init (e.g. "classifier.*")
+        "freeze": "",  # selectors never trained and never sent (e.g. "video_encoder.*")
     },
     "faults": {
         # Fault injection for robustness experiments: comma-separated partition ids.
@@ -248,7 +261,13 @@ def validate(config: Mapping[str, Any]) -> Config:
         if resolved[key] not in choices:
             raise ValueError(f"config key {key!r} must be one of {choices}, got {resolved[key]!r}")
     _check_ranges(resolved)
+    if resolved["pretrained.reset"] and not resolved["pretrained.checkpoint"]:
+        raise ValueError("config key 'pretrained.reset' needs pretrained.checkpoint (there is "
+                         "nothing to reset without one)")
     nested = unflatten(resolved)
+    from fedmirasol.federated.pretrained import with_digest
+
+    nested = with_digest(nested)  # raises, naming the key, if the checkpoint file is missing
     model_config(nested)  # raises, naming the field, if the model overrides are invalid
     from fedmirasol.privacy.settings import PrivacySettings
 
@@ -358,6 +377,14 @@ def local_spec(config: Mapping[str, Any]) -> str:
         local = "normalization"
     personal = PersonalizationSettings.from_config(config).personal_selectors()
     return ",".join(filter(None, [local, *personal]))
+
+
+def parameter_split(model: nn.Module, config: Mapping[str, Any]) -> ParameterSplit:
+    """The run's ParameterSplit of `model`: `local_spec` stays local, `pretrained.freeze` is
+    neither shared nor local."""
+    from fedmirasol.federated.parameters import ParameterSplit
+
+    return ParameterSplit.from_model(model, local_spec(config), config["pretrained"]["freeze"])
 
 
 def parse_ids(text: str) -> set[int]:

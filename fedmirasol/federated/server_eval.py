@@ -13,8 +13,8 @@ import torch
 
 from fedmirasol.federated import client_data
 from fedmirasol.federated.client_task import init_model
-from fedmirasol.federated.parameters import ParameterSplit, load_state, model_state
-from fedmirasol.federated.run_config import local_spec
+from fedmirasol.federated.parameters import load_state, model_state
+from fedmirasol.federated.run_config import parameter_split
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate
 
@@ -24,7 +24,7 @@ EvaluateFn = Callable[[Mapping[str, np.ndarray]], dict[str, float]]
 def make_evaluate_fn(config: Mapping[str, Any], device: str = "cpu") -> EvaluateFn:
     """`fn(global_shared) -> {"test-loss", "test-accuracy", "num-examples"}`."""
     model = init_model(config)
-    split = ParameterSplit.from_model(model, local_spec(config))
+    split = parameter_split(model, config)
     initial_local = model_state(model, split.local)
     test_loader = client_data.loader(client_data.test_dataset(config),
                                      config["client"]["eval-batch-size"], shuffle=False)

@@ -30,7 +30,6 @@ from fedmirasol.federated.metrics import client_metrics, mean, message_array_byt
 from fedmirasol.federated.node_directory import PartitionOrderedGrid, discover_partitions
 from fedmirasol.federated.parameters import (
     NumpyState,
-    ParameterSplit,
     apply_delta,
     canonical_name,
     from_record,
@@ -43,7 +42,7 @@ from fedmirasol.federated.reply_validation import (
     validate_evaluate_replies,
     validate_train_replies,
 )
-from fedmirasol.federated.run_config import local_spec, model_config, to_json
+from fedmirasol.federated.run_config import model_config, parameter_split, to_json
 from fedmirasol.federated.server_eval import full_state, make_evaluate_fn
 from fedmirasol.federated.strategy import (
     build_strategy,
@@ -120,7 +119,7 @@ class FederatedRun:
         self.grid = grid
         self.timeout = float(config["strategy"]["round-timeout"])
         model = init_model(config)
-        self.split = ParameterSplit.from_model(model, local_spec(config))
+        self.split = parameter_split(model, config)
         self.global_shared = model_state(model, self.split.shared)
         self.expected = {k: tuple(v.shape) for k, v in self.global_shared.items()}
         self.evaluate_global = make_evaluate_fn(config)

@@ -34,6 +34,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"
     drop_modality: str | None = None  # "video" or "audio": remove it from train and val
+    public: bool = False  # train on the public variant (other shapes and pitches): pre-training
 
     def __post_init__(self) -> None:
         if self.drop_modality not in (None, *MODALITIES):
@@ -58,7 +59,7 @@ def synthetic_split(
     model_config: MirasolConfig, settings: TrainSettings
 ) -> tuple[SyntheticAVDataset, SyntheticAVDataset]:
     """Disjoint train and validation clips (different seeds) in the model's geometry."""
-    data_config = SyntheticConfig.for_model(model_config)
+    data_config = SyntheticConfig.for_model(model_config, public=settings.public)
     drop = {"drop_video": settings.drop_modality == "video", "drop_audio": settings.drop_modality == "audio"}
     train = SyntheticAVDataset(data_config, settings.train_clips, seed=2 * settings.seed + 1, **drop)
     val = SyntheticAVDataset(data_config, settings.val_clips, seed=2 * settings.seed + 2, **drop)
@@ -115,6 +116,7 @@ def train_centralized(
         "best_epoch": best["epoch"],
         "seconds": round(time.perf_counter() - started, 2),
         "drop_modality": settings.drop_modality,
+        "public": settings.public,
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -1,0 +1,127 @@
+"""Starting a federation from a pre-trained checkpoint (public pre-training, private fine-tuning).
+
+`pretrained.checkpoint` names a checkpoint of `fedmirasol train` (``best.pt``/``final.pt``) or a
+run's ``final_model.pt``. Every process (server and clients) loads the same file into the
+run's model, so the initial model is identical everywhere without sending it; the server
+records the file's SHA-256 in the resolved config (`pretrained.sha256`) and a process whose
+file differs refuses to start, naming it.
+
+`pretrained.reset` selectors put parts back to the run's seeded fresh initialization (e.g. a
+classification head whose classes mean something else in the private task);
+`pretrained.freeze` selectors are never trained and never sent: they stay as loaded, on every
+client and on the server. Selectors are those of `split.local` (fedmirasol.federated.parameters).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from fedmirasol.federated.parameters import canonical_name, select_names
+
+
+@dataclass(frozen=True)
+class PretrainedSettings:
+    """The `pretrained.*` keys of a run config."""
+
+    checkpoint: str
+    sha256: str
+    reset: str
+    freeze: str
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "PretrainedSettings":
+        section = config["pretrained"]
+        return cls(checkpoint=section["checkpoint"], sha256=section["sha256"],
+                   reset=section["reset"], freeze=section["freeze"])
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checkpoint_path(settings: PretrainedSettings) -> Path:
+    path = Path(settings.checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"config key 'pretrained.checkpoint': no checkpoint file at {path}")
+    return path
+
+
+def with_digest(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` with `pretrained.sha256` filled in from the checkpoint file when it is empty."""
+    settings = PretrainedSettings.from_config(config)
+    resolved = dict(config)
+    if settings.checkpoint and not settings.sha256:
+        digest = file_sha256(_checkpoint_path(settings))
+        resolved["pretrained"] = dict(config["pretrained"], sha256=digest)
+    return resolved
+
+
+def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, model config) of a `fedmirasol train` checkpoint or a run's final model."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ValueError(f"pretrained checkpoint {path} cannot be read: {error}") from error
+    if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
+        raise ValueError(f"pretrained checkpoint {path} holds no 'state_dict' (expected a file "
+                         f"written by `fedmirasol train` or a run's final_model.pt)")
+    model_config = payload.get("config", payload.get("model_config", {}))
+    return payload["state_dict"], dict(model_config or {})
+
+
+def load_pretrained(model: nn.Module, config: Mapping[str, Any]) -> None:
+    """Load `pretrained.checkpoint` into `model` (seeded fresh weights), then reset and freeze.
+
+    Raises, naming the file, when its digest differs from `pretrained.sha256` or its parameters
+    do not match the run's model.
+    """
+    settings = PretrainedSettings.from_config(config)
+    if settings.checkpoint:
+        _load_checkpoint(model, settings)
+    _freeze(model, select_names(model, settings.freeze))
+
+
+def _load_checkpoint(model: nn.Module, settings: PretrainedSettings) -> None:
+    path = _checkpoint_path(settings)
+    if settings.sha256 and file_sha256(path) != settings.sha256:
+        raise ValueError(f"pretrained checkpoint {path} is not the file the server started from "
+                         f"(its SHA-256 differs from pretrained.sha256 = {settings.sha256[:12]}...)")
+    state, saved_config = read_state_dict(path)
+    state = {canonical_name(name): value for name, value in state.items()}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [name for name in own if name in state
+                  and tuple(state[name].shape) != tuple(own[name].shape)]
+    if missing or unexpected or mismatched:
+        fields = _model_fields(model)
+        differs = sorted(key for key, value in saved_config.items()
+                         if key in fields and fields[key] != value)
+        raise ValueError(
+            f"pretrained checkpoint {path} does not fit the run's model: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, other shapes {mismatched[:3]}"
+            + (f"; model fields that differ: {differs}" if differs else ""))
+    fresh = {name: own[name].clone() for name in select_names(model, settings.reset)}
+    model.load_state_dict(state)
+    model.load_state_dict(fresh, strict=False)
+
+
+def _model_fields(model: nn.Module) -> dict[str, Any]:
+    config = getattr(model, "config", None)
+    return config.to_dict() if hasattr(config, "to_dict") else {}
+
+
+def _freeze(model: nn.Module, names: set[str]) -> None:
+    for name, param in model.named_parameters():
+        if canonical_name(name) in names:
+            param.requires_grad_(False)
