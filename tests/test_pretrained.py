@@ -91,3 +91,12 @@ def test_frozen_parameters_are_neither_trained_nor_sent(checkpoint: Path, privat
     for name, value in trained.state_dict().items():
         if name in frozen:
             assert torch.equal(value, saved[name]), name
+
+
+def test_trainable_freezes_everything_else(checkpoint: Path) -> None:
+    config = pretrained_config(checkpoint, 'pretrained.trainable="classifier.*"')
+    model = client_task.init_model(config)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        "classifier.0.weight", "classifier.0.bias", "classifier.1.weight", "classifier.1.bias"}
+    split = parameter_split(model, config)
+    assert set(split.shared) == {n for n, p in model.named_parameters() if p.requires_grad}

@@ -27,7 +27,7 @@ from fedmirasol.federated.parameters import (
     load_state,
     model_state,
 )
-from fedmirasol.federated.pretrained import load_pretrained
+from fedmirasol.federated.pretrained import PretrainedSettings, load_pretrained
 from fedmirasol.federated.proximal import proximal_term
 from fedmirasol.federated.run_config import local_spec, model_config, parse_ids
 from fedmirasol.models import build_model
@@ -75,7 +75,8 @@ def init_model(config: Mapping[str, Any]) -> nn.Module:
 def _cached_model(model_key: str) -> tuple[nn.Module, NumpyState, ParameterSplit]:
     config = json.loads(model_key)
     model = init_model(config)
-    split = ParameterSplit.from_model(model, config["local"], config["pretrained"]["freeze"])
+    frozen = PretrainedSettings.from_config(config).frozen_names(model)
+    split = ParameterSplit.from_model(model, config["local"], frozen)
     initial_local = model_state(model, split.local)
     return model, initial_local, split
 

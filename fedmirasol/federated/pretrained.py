@@ -9,7 +9,8 @@ file differs refuses to start, naming it.
 `pretrained.reset` selectors put parts back to the run's seeded fresh initialization (e.g. a
 classification head whose classes mean something else in the private task);
 `pretrained.freeze` selectors are never trained and never sent: they stay as loaded, on every
-client and on the server. Selectors are those of `split.local` (fedmirasol.federated.parameters).
+client and on the server; `pretrained.trainable` freezes everything it does not match (e.g.
+only the classification head is fine-tuned, which is what DP-SGD on little data can afford). Selectors are those of `split.local` (fedmirasol.federated.parameters).
 """
 
 from __future__ import annotations
@@ -33,12 +34,22 @@ class PretrainedSettings:
     sha256: str
     reset: str
     freeze: str
+    trainable: str
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "PretrainedSettings":
         section = config["pretrained"]
         return cls(checkpoint=section["checkpoint"], sha256=section["sha256"],
-                   reset=section["reset"], freeze=section["freeze"])
+                   reset=section["reset"], freeze=section["freeze"],
+                   trainable=section["trainable"])
+
+    def frozen_names(self, model: nn.Module) -> set[str]:
+        """The state_dict names that are never trained nor sent."""
+        frozen = select_names(model, self.freeze)
+        if self.trainable:
+            keep = select_names(model, self.trainable)
+            frozen |= {name for name in model.state_dict() if name not in keep}
+        return frozen
 
 
 def file_sha256(path: Path) -> str:
@@ -52,17 +63,21 @@ def file_sha256(path: Path) -> str:
 def _checkpoint_path(settings: PretrainedSettings) -> Path:
     path = Path(settings.checkpoint).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"config key 'pretrained.checkpoint': no checkpoint file at {path}")
+        raise FileNotFoundError(
+            f"config key 'pretrained.checkpoint': no checkpoint file at {path} (pre-train one "
+            f"with e.g. `fedmirasol train --public --out {path.parent}`)")
     return path
 
 
 def with_digest(config: Mapping[str, Any]) -> dict[str, Any]:
-    """`config` with `pretrained.sha256` filled in from the checkpoint file when it is empty."""
+    """`config` with `pretrained.sha256` filled in from the checkpoint file when it is empty,
+    and the checkpoint's path made absolute (other processes may run elsewhere)."""
     settings = PretrainedSettings.from_config(config)
     resolved = dict(config)
     if settings.checkpoint and not settings.sha256:
-        digest = file_sha256(_checkpoint_path(settings))
-        resolved["pretrained"] = dict(config["pretrained"], sha256=digest)
+        path = _checkpoint_path(settings).resolve()
+        resolved["pretrained"] = dict(config["pretrained"], checkpoint=str(path),
+                                      sha256=file_sha256(path))
     return resolved
 
 
@@ -88,7 +103,7 @@ def load_pretrained(model: nn.Module, config: Mapping[str, Any]) -> None:
     settings = PretrainedSettings.from_config(config)
     if settings.checkpoint:
         _load_checkpoint(model, settings)
-    _freeze(model, select_names(model, settings.freeze))
+    _freeze(model, settings.frozen_names(model))
 
 
 def _load_checkpoint(model: nn.Module, settings: PretrainedSettings) -> None:

@@ -89,6 +89,7 @@ DEFAULTS: Config = {
         "sha256": "",  # filled in from the file by the server; a client's file must match
         "reset": "",  # selectors put back to the fresh seeded init (e.g. "classifier.*")
         "freeze": "",  # selectors never trained and never sent (e.g. "video_encoder.*")
+        "trainable": "",  # if set: everything these selectors do not match is frozen
     },
     "faults": {
         # Fault injection for robustness experiments: comma-separated partition ids.
@@ -106,6 +107,7 @@ DEFAULTS: Config = {
     "output": {
         "runs-dir": "runs",
         "checkpoint-every": 1,
+        "plots": True,  # write plots/*.png at the end of a run (`fedmirasol report` can later)
         # A run directory to resume after its last checkpoint (a deployed ServerApp or
         # SuperLink that died: `flwr run . --run-config 'output.resume-from="DIR"'`).
         "resume-from": "",
@@ -383,8 +385,10 @@ def parameter_split(model: nn.Module, config: Mapping[str, Any]) -> ParameterSpl
     """The run's ParameterSplit of `model`: `local_spec` stays local, `pretrained.freeze` is
     neither shared nor local."""
     from fedmirasol.federated.parameters import ParameterSplit
+    from fedmirasol.federated.pretrained import PretrainedSettings
 
-    return ParameterSplit.from_model(model, local_spec(config), config["pretrained"]["freeze"])
+    frozen = PretrainedSettings.from_config(config).frozen_names(model)
+    return ParameterSplit.from_model(model, local_spec(config), frozen)
 
 
 def parse_ids(text: str) -> set[int]:
