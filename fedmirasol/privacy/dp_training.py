@@ -1,6 +1,9 @@
 """One round of local DP-SGD with Opacus, on a model that comes out as clean as it went in.
 
-Each round wraps the bare model in a fresh `GradSampleModule` and removes its hooks and
+Per-sample gradients come from PyTorch's expanded weights (`grad_sample_mode="ew"`, the
+fastest on Mirasol: `fedmirasol.privacy.expanded_weights`) or from Opacus' `GradSampleModule`
+(`hooks`, `functorch`); all three give the same per-sample gradients and feed the same
+`DPOptimizer`. Each round wraps the bare model afresh and removes its hooks and
 per-sample attributes afterwards, so the same model object (the client task reuses one per
 process) can be wrapped again next round without "Trying to add hooks twice", and its
 state_dict never carries a ``_module.`` prefix. Batches are Poisson-sampled by Opacus'
@@ -30,9 +33,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedmirasol.data.batch import collate, to_device
 from fedmirasol.privacy.calibration import SamplingPlan
+from fedmirasol.privacy.expanded_weights import ExpandedWeightsObjective
 from fedmirasol.privacy.objective import per_sample_loss
 
 ExtraLoss = Callable[[nn.Module], torch.Tensor]
+PerSampleLosses = Callable[[Any], torch.Tensor]
+
+# Ways to get per-sample gradients, fastest first (benchmarks/dp_overhead.py).
+MODES = ("ew", "hooks", "functorch")
 
 
 def _collate_or_empty(samples: list[Any]) -> Any:
@@ -81,7 +89,7 @@ def train_private(
     epochs: int,
     noise_multiplier: float,
     max_grad_norm: float,
-    grad_sample_mode: str = "hooks",
+    grad_sample_mode: str = "ew",
     max_physical_batch_size: int = 0,
     extra_loss: ExtraLoss | None = None,
     device: torch.device | str = "cpu",
@@ -93,14 +101,13 @@ def train_private(
     parameters of `model`. `generator` draws the Poisson batches and `noise_generator` the
     Gaussian noise (None: torch's global generator). Returns the mean per-sample loss and the
     step counts."""
-    if grad_sample_mode not in ("hooks", "functorch"):
+    if grad_sample_mode not in MODES:
         raise ValueError(f"grad-sample mode {grad_sample_mode!r} is not supported here")
     if epochs * int(1 / plan.sample_rate) != plan.steps:
         raise ValueError(f"plan of {plan.steps} steps does not match {epochs} epochs at "
                          f"sample rate {plan.sample_rate}")
     device = torch.device(device)
-    wrapped = GradSampleModule(model, batch_first=True, loss_reduction="sum",
-                               force_functorch=grad_sample_mode == "functorch")
+    losses_of, close = per_sample_losses(model, grad_sample_mode)
     try:
         dp_optimizer = DPOptimizer(
             optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
@@ -110,26 +117,37 @@ def train_private(
         )
         dp_optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
         loader = poisson_loader(dataset, plan.sample_rate, generator)
-        return _run_epochs(model, wrapped, dp_optimizer, loader, epochs=epochs,
+        return _run_epochs(model, losses_of, dp_optimizer, loader, epochs=epochs,
                            max_physical_batch_size=max_physical_batch_size,
                            extra_loss=extra_loss, device=device)
     finally:
-        wrapped._close()  # removes the hooks and every grad_sample attribute
+        close()  # removes the hooks and every grad_sample attribute
 
 
-def _run_epochs(model: nn.Module, wrapped: GradSampleModule, optimizer: DPOptimizer,
+def per_sample_losses(model: nn.Module, mode: str) -> tuple[PerSampleLosses, Callable[[], None]]:
+    """(batch -> ``B`` per-sample losses whose summed backward fills ``p.grad_sample``, a
+    function that removes the hooks and per-sample attributes again) for `mode`."""
+    if mode == "ew":
+        objective = ExpandedWeightsObjective(model)
+        return objective, objective.close
+    wrapped = GradSampleModule(model, batch_first=True, loss_reduction="sum",
+                               force_functorch=mode == "functorch")
+    return (lambda batch: per_sample_loss(model, batch, wrapped(batch))), wrapped._close
+
+
+def _run_epochs(model: nn.Module, losses_of: PerSampleLosses, optimizer: DPOptimizer,
                 loader: DataLoader, *, epochs: int, max_physical_batch_size: int,
                 extra_loss: ExtraLoss | None, device: torch.device) -> dict[str, float]:
-    wrapped.train()
+    model.train()
     loss_sum = extra_sum = 0.0
     steps = empty_steps = examples = 0
     for _ in range(epochs):
         if max_physical_batch_size > 0:
             with BatchMemoryManager(data_loader=loader, optimizer=optimizer,
                                     max_physical_batch_size=max_physical_batch_size) as batches:
-                counts = _steps(model, wrapped, optimizer, batches, extra_loss, device)
+                counts = _steps(model, losses_of, optimizer, batches, extra_loss, device)
         else:
-            counts = _steps(model, wrapped, optimizer, loader, extra_loss, device)
+            counts = _steps(model, losses_of, optimizer, loader, extra_loss, device)
         loss_sum += counts[0]
         extra_sum += counts[1]
         steps += counts[2]
@@ -140,7 +158,7 @@ def _run_epochs(model: nn.Module, wrapped: GradSampleModule, optimizer: DPOptimi
             "num_examples": float(examples)}
 
 
-def _steps(model: nn.Module, wrapped: GradSampleModule, optimizer: DPOptimizer, batches: Any,
+def _steps(model: nn.Module, losses_of: PerSampleLosses, optimizer: DPOptimizer, batches: Any,
            extra_loss: ExtraLoss | None, device: torch.device) -> tuple[float, float, int, int, int]:
     loss_sum = extra_sum = 0.0
     steps = empty_steps = examples = 0
@@ -149,7 +167,7 @@ def _steps(model: nn.Module, wrapped: GradSampleModule, optimizer: DPOptimizer, 
         size = _batch_size(batch)
         if size > 0:
             batch = to_device(batch, device)
-            losses = per_sample_loss(model, batch, wrapped(batch))
+            losses = losses_of(batch)
             losses.sum().backward()
             loss_sum += float(losses.detach().sum())
             examples += size
