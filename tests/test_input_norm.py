@@ -20,7 +20,7 @@ from fedmirasol.federated.client_task import init_model
 from fedmirasol.federated.parameters import ParameterSplit, from_record, model_state, to_record
 from fedmirasol.federated.run_config import load_config, to_json
 from fedmirasol.models import NAMED_CONFIGS, build_model, get_config
-from fedmirasol.models.input_norm import InputNorm
+from fedmirasol.models.input_norm import RATE, InputNorm
 from opacus_step import assert_per_sample_gradients_match, take_dp_step
 
 STEM_KEYS = {
@@ -67,18 +67,21 @@ def test_stem_adds_per_channel_parameters_and_starts_as_the_identity(name: str) 
 
 def test_input_norm_is_a_per_channel_affine_on_its_axis() -> None:
     norm = InputNorm(3, dim=2)
-    with torch.no_grad():
-        norm.weight.copy_(torch.tensor([2.0, 0.5, 1.0]))
-        norm.bias.copy_(torch.tensor([0.1, -1.0, 0.0]))
     x = torch.randn(2, 4, 3, 5, 5)
-    expected = x * norm.weight.view(1, 1, 3, 1, 1) + norm.bias.view(1, 1, 3, 1, 1)
+    torch.testing.assert_close(norm(x), x)  # the identity at the start
+    gain, shift = torch.tensor([2.0, 0.5, 1.0]), torch.tensor([0.1, -1.0, 0.0])
+    with torch.no_grad():  # parameters in RATE units: gain = exp(RATE w), shift = RATE b
+        norm.weight.copy_(gain.log() / RATE)
+        norm.bias.copy_(shift / RATE)
+    torch.testing.assert_close(norm.gain, gain)
+    expected = x * gain.view(1, 1, 3, 1, 1) + shift.view(1, 1, 3, 1, 1)
     torch.testing.assert_close(norm(x), expected)
     # Undoing a colour gain and an offset: the learned statistics of a domain.
+    cast, offset = torch.tensor([1.6, 0.4, 1.0]), 0.3
     with torch.no_grad():
-        norm.weight.copy_(1 / torch.tensor([1.6, 0.4, 1.0]))
-        norm.bias.copy_(-torch.tensor([0.3, 0.3, 0.3]) * norm.weight)
-    shifted = x * torch.tensor([1.6, 0.4, 1.0]).view(1, 1, 3, 1, 1) + 0.3
-    torch.testing.assert_close(norm(shifted), x)
+        norm.weight.copy_(-cast.log() / RATE)
+        norm.bias.copy_(-offset / cast / RATE)
+    torch.testing.assert_close(norm(x * cast.view(1, 1, 3, 1, 1) + offset), x)
     with pytest.raises(ValueError, match="3 channels on axis 2"):
         norm(torch.randn(2, 4, 4, 5, 5))
 
@@ -123,6 +126,6 @@ def test_dp_sgd_handles_the_stem_with_exact_per_sample_gradients() -> None:
     torch.manual_seed(0)
     model = build_model(config)
     with torch.no_grad():  # off the identity, so the gradients are not a special case
-        model.video_encoder.input_norm.weight.uniform_(0.5, 1.5)
-        model.audio_encoder.input_norm.bias.uniform_(-0.3, 0.3)
+        model.video_encoder.input_norm.weight.uniform_(-0.05, 0.05)
+        model.audio_encoder.input_norm.bias.uniform_(-0.03, 0.03)
     assert_per_sample_gradients_match(model, small_batch(config, size=2, seed=1))
