@@ -4,7 +4,8 @@
 - on: a per-channel affine on video pixels and log-mel bins, the identity at start;
 - FedBN keeps it on the client (never in what the server sends or the client replies) and it
   changes with local training; FedAvg shares it like any other parameter;
-- Opacus computes exact per-sample gradients for it (DP-SGD works with the stem on).
+- DP-SGD works with the stem on: Opacus (hooks, functorch fallback) and PyTorch's expanded
+  weights (`privacy.grad-sample-mode = "ew"`) give its exact per-sample gradients.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def test_stem_adds_per_channel_parameters_and_starts_as_the_identity(name: str) 
     added = set(stem.state_dict()) - set(plain.state_dict())
     assert added == STEM_KEYS
     n_mels = stem.config.n_mels
-    assert stem.video_encoder.input_norm.weight.shape == (3,)
+    assert stem.video_encoder.input_norm.gain.shape == (3,)
     assert stem.audio_encoder.input_norm.bias.shape == (n_mels,)
     # The stem model loads an old checkpoint (everything but the stem) and then computes the same.
     missing, unexpected = stem.load_state_dict(plain.state_dict(), strict=False)
@@ -70,8 +71,8 @@ def test_input_norm_is_a_per_channel_affine_on_its_axis() -> None:
     x = torch.randn(2, 4, 3, 5, 5)
     torch.testing.assert_close(norm(x), x)  # the identity at the start
     gain, shift = torch.tensor([2.0, 0.5, 1.0]), torch.tensor([0.1, -1.0, 0.0])
-    with torch.no_grad():  # parameters in RATE units: gain = exp(RATE w), shift = RATE b
-        norm.weight.copy_(gain.log() / RATE)
+    with torch.no_grad():  # parameters in RATE units: gain = RATE w, shift = RATE b
+        norm.weight.copy_(gain.view(3, 1, 1) / RATE)
         norm.bias.copy_(shift / RATE)
     torch.testing.assert_close(norm.gain, gain)
     expected = x * gain.view(1, 1, 3, 1, 1) + shift.view(1, 1, 3, 1, 1)
@@ -79,7 +80,7 @@ def test_input_norm_is_a_per_channel_affine_on_its_axis() -> None:
     # Undoing a colour gain and an offset: the learned statistics of a domain.
     cast, offset = torch.tensor([1.6, 0.4, 1.0]), 0.3
     with torch.no_grad():
-        norm.weight.copy_(-cast.log() / RATE)
+        norm.weight.copy_(1 / cast.view(3, 1, 1) / RATE)
         norm.bias.copy_(-offset / cast / RATE)
     torch.testing.assert_close(norm(x * cast.view(1, 1, 3, 1, 1) + offset), x)
     with pytest.raises(ValueError, match="3 channels on axis 2"):
@@ -126,6 +127,32 @@ def test_dp_sgd_handles_the_stem_with_exact_per_sample_gradients() -> None:
     torch.manual_seed(0)
     model = build_model(config)
     with torch.no_grad():  # off the identity, so the gradients are not a special case
-        model.video_encoder.input_norm.weight.uniform_(-0.05, 0.05)
+        model.video_encoder.input_norm.weight.uniform_(0.5 / RATE, 1.5 / RATE)
         model.audio_encoder.input_norm.bias.uniform_(-0.03, 0.03)
     assert_per_sample_gradients_match(model, small_batch(config, size=2, seed=1))
+
+
+def test_expanded_weights_give_the_stem_exact_per_sample_gradients() -> None:
+    from fedmirasol.privacy.expanded_weights import ExpandedWeightsObjective
+    from fedmirasol.privacy.objective import per_sample_loss
+
+    config = get_config("tiny", num_frames=8, input_norm=True)
+    torch.manual_seed(0)
+    model = build_model(config)
+    with torch.no_grad():
+        model.video_encoder.input_norm.weight.uniform_(0.5 / RATE, 1.5 / RATE)
+        model.audio_encoder.input_norm.bias.uniform_(-0.03, 0.03)
+    batch = small_batch(config, size=2, seed=2)
+    objective = ExpandedWeightsObjective(model)
+    objective(batch).sum().backward()
+    per_sample = {name: p.grad_sample.clone() for name, p in model.named_parameters()
+                  if name in STEM_KEYS}
+    objective.close()
+    for index in range(2):
+        model.zero_grad()
+        single = {key: value[index : index + 1] for key, value in batch.items()}
+        per_sample_loss(model, single, model(single)).sum().backward()
+        for name, parameter in model.named_parameters():
+            if name in STEM_KEYS:
+                torch.testing.assert_close(per_sample[name][index], parameter.grad,
+                                           rtol=1e-3, atol=1e-5, msg=name)
