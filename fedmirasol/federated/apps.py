@@ -35,8 +35,13 @@ def build_client_app() -> ClientApp:
 
 def build_server_app(config: Mapping[str, Any] | None = None, run_dir: Path | None = None,
                      checkpoint: rundir.Checkpoint | None = None,
-                     progress: Progress | None = None) -> ServerApp:
+                     progress: Progress | None = None, simulation_slots: int = 0
+                     ) -> ServerApp:
     """A ServerApp for `config` writing `run_dir` (resuming after `checkpoint` if given).
+
+    `simulation_slots` > 0: the app runs in Flower's simulation engine in this process
+    (`fedmirasol simulate`), which numbers its nodes' partitions itself and runs that many
+    virtual clients at once.
 
     Without `config` (under `flwr run`), the config comes from the Flower run config, a
     new run directory is created under `output.runs-dir` (or the run in
@@ -58,12 +63,14 @@ def build_server_app(config: Mapping[str, Any] | None = None, run_dir: Path | No
             rundir.write_config(directory, cfg)
             print(f"fedmirasol: run directory {directory.resolve()}", flush=True)
         run = FederatedRun(grid, cfg, directory,
-                           progress if config is not None else print_progress)
+                           progress if config is not None else print_progress,
+                           simulation_slots=simulation_slots)
         if resume_from is not None:
             run.resume(resume_from)
         run.run()
-        from fedmirasol.federated.plots import plot_run
+        if cfg["output"].get("plots", True):  # run directories from before the key: plot
+            from fedmirasol.federated.plots import plot_run
 
-        plot_run(directory)
+            plot_run(directory)
 
     return app

@@ -22,15 +22,22 @@ EvaluateFn = Callable[[Mapping[str, np.ndarray]], dict[str, float]]
 
 
 def make_evaluate_fn(config: Mapping[str, Any], device: str = "cpu") -> EvaluateFn:
-    """`fn(global_shared) -> {"test-loss", "test-accuracy", "num-examples"}`."""
-    model = init_model(config)
-    split = parameter_split(model, config)
-    initial_local = model_state(model, split.local)
-    test_loader = client_data.loader(client_data.test_dataset(config),
-                                     config["client"]["eval-batch-size"], shuffle=False)
-    target = resolve_device(device)
+    """`fn(global_shared) -> {"test-loss", "test-accuracy", "num-examples"}`.
+
+    The model and the test set are built on the first call: a run that never evaluates
+    centrally (`server.evaluate-every = 0`) never renders the test set."""
+    built: dict[str, Any] = {}
 
     def evaluate_global(global_shared: Mapping[str, np.ndarray]) -> dict[str, float]:
+        if not built:
+            model = init_model(config)
+            built.update(model=model, target=resolve_device(device),
+                         initial_local=model_state(model, parameter_split(model, config).local),
+                         test_loader=client_data.loader(client_data.test_dataset(config),
+                                                        config["client"]["eval-batch-size"],
+                                                        shuffle=False))
+        model, initial_local, target = built["model"], built["initial_local"], built["target"]
+        test_loader = built["test_loader"]
         load_state(model, global_shared)
         load_state(model, initial_local)
         model.to(target)

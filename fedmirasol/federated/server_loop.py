@@ -27,7 +27,13 @@ from fedmirasol.federated import client_data, run_dir as rundir
 from fedmirasol.federated.client_handlers import CONFIG_KEY, RUN_NAME_KEY, STATE_DIR_KEY
 from fedmirasol.federated.client_task import init_model, seed_for
 from fedmirasol.federated.metrics import client_metrics, mean, message_array_bytes, weighted_mean
-from fedmirasol.federated.node_directory import PartitionOrderedGrid, discover_partitions
+from fedmirasol.federated.node_directory import (
+    PartitionOrderedGrid,
+    ask_partitions,
+    claimed_partition_problems,
+    discover_partitions,
+    registered_partitions,
+)
 from fedmirasol.federated.parameters import (
     NumpyState,
     apply_delta,
@@ -108,11 +114,19 @@ def _aggregate(strategy: Strategy, server_round: int, accepted: list[Message],
 
 
 class FederatedRun:
-    """Drives one run (fresh or resumed) of a config over a Grid, writing `run_dir`."""
+    """Drives one run (fresh or resumed) of a config over a Grid, writing `run_dir`.
+
+    `simulation_slots` > 0: the Grid is Flower's simulation engine's (in this process), which
+    registers node i for partition i and runs that many virtual clients at once. The
+    partitions then come from the registration order instead of one query per node, and
+    every reply's own partition id checks them.
+    """
 
     def __init__(self, grid: Grid, config: Mapping[str, Any], run_dir: Path,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, simulation_slots: int = 0) -> None:
         self.config = config
+        self.simulation_slots = simulation_slots
+        self.partitions_registered = False
         self.run_dir = run_dir
         self.progress = progress or (lambda record: None)
         self.strategy = build_strategy(config)
@@ -147,9 +161,22 @@ class FederatedRun:
     def run(self) -> dict[str, Any]:
         cfg = self.config
         # First contact starts the clients (imports, actors): give it more than a round.
-        partitions, self.discovery_problems = discover_partitions(
-            self.grid, cfg["data"]["num-clients"], self._config_record(),
-            max(self.timeout, DISCOVERY_TIMEOUT_S))
+        timeout = max(self.timeout, DISCOVERY_TIMEOUT_S)
+        partitions = registered_partitions(self.grid, cfg["data"]["num-clients"], timeout) \
+            if self.simulation_slots else None
+        if partitions is None:
+            partitions, self.discovery_problems = discover_partitions(
+                self.grid, cfg["data"]["num-clients"], self._config_record(), timeout)
+        else:  # one query per virtual-client process starts them all, and checks the order
+            self.partitions, self.partitions_registered = partitions, True
+            first = sorted(partitions, key=partitions.__getitem__)[:self.simulation_slots]
+            answers, self.discovery_problems = ask_partitions(
+                self.grid, first, self._config_record(), timeout)
+            wrong = [f"node {node} holds partition {pid}, not {partitions[node]}"
+                     for node, pid in answers.items() if pid != partitions[node]]
+            if wrong:
+                raise RuntimeError("the simulation engine's node registration order does not "
+                                   "give the partitions: " + "; ".join(wrong))
         for problem in self.discovery_problems:
             log.warning("left out at discovery: %s", problem)
         self.partitions = partitions
@@ -189,6 +216,7 @@ class FederatedRun:
                 server_round, messages, population)
         else:
             replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+            self._check_registered(replies)
             others, exhausted, rejected = self.privacy.take_exhausted(replies, self.partitions)
             accepted, invalid = validate_train_replies(others, self.expected, self.partitions,
                                                         _destinations(messages))
@@ -222,6 +250,7 @@ class FederatedRun:
         eval_messages = list(self.strategy.configure_evaluate(
             server_round, to_record(self.global_shared), self._config_record(), self.ordered))
         eval_replies = list(self.grid.send_and_receive(eval_messages, timeout=self.timeout))
+        self._check_registered(eval_replies)
         eval_ok, eval_bad = validate_evaluate_replies(eval_replies, self.partitions,
                                                        _destinations(eval_messages))
         eval_bad += _missing(eval_messages, eval_replies, self.partitions, self.timeout)
@@ -247,6 +276,16 @@ class FederatedRun:
             record.update(centralized_accuracy=None, centralized_loss=None)
         record["duration_s"] = time.perf_counter() - started
         return record
+
+    def _check_registered(self, replies: list[Message]) -> None:
+        """Partitions taken from the simulation engine's registration order must be the ones
+        the nodes reply with; otherwise the engine changed and the run stops here."""
+        if not self.partitions_registered:
+            return
+        problems = claimed_partition_problems(replies, self.partitions)
+        if problems:
+            raise RuntimeError("the simulation engine's node registration order does not give "
+                               "the partitions: " + "; ".join(problems))
 
     def _train_grid(self) -> PartitionOrderedGrid:
         """The nodes that may be sampled for training: all but those out of DP budget."""
@@ -298,6 +337,7 @@ class FederatedRun:
         """
         secure = self.secagg.run(self.ordered, messages, self.timeout, server_round,
                                  self.partitions, screen=self.privacy.exhausted_problem)
+        self._check_registered(secure.replies)
         self.privacy.record_clients(server_round, secure.replies)
         accepted, exhausted, _ = self.privacy.take_exhausted(secure.replies, self.partitions)
         if secure.failure is not None:

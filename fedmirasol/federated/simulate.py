@@ -32,6 +32,25 @@ def backend_config(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def start_ray(init_args: Mapping[str, Any]) -> bool:
+    """Start Ray for the simulation engine (which then uses it as it is); True if started.
+
+    Flower would start it with a runtime environment that only sets PYTHONPATH, and Ray then
+    sets that environment up through its runtime-env agent before the first virtual client
+    starts (about a second here). The same PYTHONPATH in this process's environment reaches
+    the workers without it.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    entries = [*sys.path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in entries if p))
+    ray.init(**{"include_dashboard": False, "logging_level": logging.WARNING,
+                "log_to_driver": True, **init_args})
+    return True
+
+
 def simulate(config: Mapping[str, Any] | None = None, *, resume: str | Path | None = None,
              progress: Progress | None = print_progress, quiet_flower: bool = True) -> Path:
     """Run `config` (or resume the run directory `resume`) to the end; return the run dir."""
@@ -52,16 +71,25 @@ def simulate(config: Mapping[str, Any] | None = None, *, resume: str | Path | No
     if quiet_flower:
         logging.getLogger("flwr").setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
-    server_app = build_server_app(config, run_dir, checkpoint, progress)
+    backend = backend_config(config)
+    slots = int(backend["init_args"]["num_cpus"] // backend["client_resources"]["num_cpus"])
+    server_app = build_server_app(config, run_dir, checkpoint, progress, simulation_slots=slots)
+    started_ray = start_ray(backend["init_args"])
     try:
         run_simulation(
             server_app=server_app, client_app=build_client_app(),
-            num_supernodes=config["data"]["num-clients"], backend_config=backend_config(config),
+            num_supernodes=config["data"]["num-clients"], backend_config=backend,
         )
     except RuntimeError as error:
         if isinstance(error.__cause__, StopRun) or isinstance(error, StopRun):
             raise StopRun(str(error.__cause__ or error)) from error
         raise
+    finally:
+        if started_ray:  # Flower shuts Ray down at the end; not when it failed before
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
     if not (run_dir / rundir.REPORT_FILE).is_file():
         raise RuntimeError(f"the simulation ended without finishing {run_dir}; see the log "
                            "above; `fedmirasol simulate --resume` continues it")
