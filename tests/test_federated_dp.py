@@ -28,6 +28,7 @@ from fedmirasol.privacy import ledger
 from fedmirasol.privacy.calibration import SamplingPlan, planned_epsilon
 from fedmirasol.privacy.client_level import ClientLevelAccountant
 from fedmirasol.privacy.client_round import STATE_KEY
+from pretrained_fixtures import tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -146,8 +147,12 @@ def test_parameters_keep_clean_names(run) -> None:
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def test_dp_config_loads_with_epsilon_at_most_8() -> None:
-    config = load_config(ROOT / "simulations" / "dp.toml")
+def test_dp_config_loads_with_epsilon_at_most_8(tmp_path: Path) -> None:
+    dp_toml = ROOT / "simulations" / "dp.toml"
+    with pytest.raises(FileNotFoundError, match="fedmirasol train --public"):
+        load_config(dp_toml, ['pretrained.checkpoint="no-such-dir/best.pt"'])
+    config = load_config(dp_toml, [f'pretrained.checkpoint="{tiny_checkpoint(tmp_path)}"'])
+    assert config["pretrained"]["trainable"] == "classifier.*"
     privacy = config["privacy"]
     assert privacy["enabled"] and 0 < privacy["target-epsilon"] <= 8
     assert privacy["delta"] == 1e-5

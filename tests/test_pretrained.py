@@ -100,3 +100,20 @@ def test_trainable_freezes_everything_else(checkpoint: Path) -> None:
         "classifier.0.weight", "classifier.0.bias", "classifier.1.weight", "classifier.1.bias"}
     split = parameter_split(model, config)
     assert set(split.shared) == {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_a_site_brings_its_own_copy_of_the_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
+    from fedmirasol.deploy.site import apply_site
+
+    config = pretrained_config(checkpoint)  # the server's resolved config, digest included
+    copy = tmp_path / "site" / "public.pt"
+    copy.parent.mkdir()
+    copy.write_bytes(checkpoint.read_bytes())
+    site = apply_site(config, {"partition-id": 0, "pretrained.checkpoint": str(copy)})
+    assert site["pretrained"]["checkpoint"] == str(copy)
+    assert site["pretrained"]["sha256"] == config["pretrained"]["sha256"]
+    client_task.init_model(site)  # the same bytes: accepted
+    other = load_config(None, SMALL + ["seed=9"])
+    save_checkpoint(copy, client_task.init_model(other), model_config(other))
+    with pytest.raises(ValueError, match=f"{copy} is not the file the server started from"):
+        client_task.init_model(site)

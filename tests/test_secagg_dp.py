@@ -15,6 +15,7 @@ from fedmirasol.federated import run_dir as rundir
 from fedmirasol.federated.run_config import load_config
 from fedmirasol.federated.server_loop import FederatedRun
 from fedmirasol.privacy import client_level, ledger
+from pretrained_fixtures import tiny_checkpoint
 from secagg_app_fixtures import run, secagg_config, task_identity  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -85,8 +86,9 @@ def test_client_level_secure_noised_mean_equals_the_plain_one(
     assert records["secure"][0]["epsilon"] > 0 and records["secure"][0]["sampled-clients"] == 3
 
 
-def test_config_checks_dp_with_secagg() -> None:
-    cfg = load_config(Path(__file__).resolve().parents[1] / "simulations" / "secagg.toml")
+def test_config_checks_dp_with_secagg(tmp_path: Path) -> None:
+    cfg = load_config(Path(__file__).resolve().parents[1] / "simulations" / "secagg.toml",
+                      [f'pretrained.checkpoint="{tiny_checkpoint(tmp_path)}"'])
     assert cfg["privacy"]["enabled"] and cfg["secagg"]["enabled"]
     assert cfg["strategy"]["name"] == "fedbn"
     config(1, **{"secagg.enabled": True, "privacy.client-level": True})  # range: the clip norm

@@ -14,6 +14,8 @@
   ``data.val-fraction``); the run's ``data.source`` becomes ``"site"`` on this node.
 - ``client.*`` keys in `SITE_KEYS` (device, threads, batch sizes, local epochs) and
   ``privacy.budget-epsilon``: the site's hardware and privacy budget.
+- ``pretrained.checkpoint``: where this site keeps its copy of the run's pre-trained checkpoint
+  (it must be the server's file: its SHA-256 is checked against ``pretrained.sha256``).
 - ``model.<field>``: model settings suited to the site that keep every parameter's shape (for
   example ``model.num-frames``: longer clips on a silo's GPU, shorter on an edge device); a
   field that would change a shape is refused, since the federation averages one architecture.
@@ -31,7 +33,7 @@ from fedmirasol.federated.run_config import Config, flatten, model_config, unfla
 NODE_KEYS = ("partition-id", "num-partitions", "state-dir")
 SITE_KEYS = ("data.manifest", "client.device", "client.threads", "client.batch-size",
              "client.eval-batch-size", "client.local-epochs", "privacy.budget-epsilon",
-             "privacy.max-physical-batch-size")
+             "privacy.max-physical-batch-size", "pretrained.checkpoint")
 
 
 def site_overrides(node_config: Mapping[str, Any]) -> dict[str, Any]:
