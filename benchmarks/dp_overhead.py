@@ -1,26 +1,29 @@
 """DP-SGD against plain SGD on the same batches: step time and peak memory, as ratios.
 
-For each model config (tiny, small) and each mode, a fresh subprocess builds the model and a
-fixed batch of synthetic clips and times full optimizer steps on the CPU (median after a
-warm-up): `plain` (the same per-sample objective averaged, backward, SGD step), and Opacus
-DP-SGD (per-sample gradients, per-sample clipping, Gaussian noise, step) with per-sample
-gradients from `hooks`, `functorch`, or `ghost` clipping. Memory is the subprocess's peak RSS
-during the steps minus its RSS before the first step (activations, gradients, per-sample
-gradients), as chunk_scaling.py measures it.
+For each model config and batch size, every mode trains a copy of the same model on one fixed
+batch of synthetic clips with full optimizer steps on the CPU:
 
-Ghost clipping is also checked for correctness on Mirasol: its per-sample gradient norms
-are compared with the exact ones from hooks. With Opacus 1.6 it does not run on Mirasol at
-all (its embedding norm sampler `view`s the non-contiguous learned-token indices and
-raises); and reading its source, a ghost-clipped layer keeps only the norm of its last call
-(``param._norm_sample = ...``), which would be wrong for Mirasol's encoders and combiner,
-called once per chunk. Hence fedmirasol uses hooks (exact, tests/test_opacus_compat.py).
+- ``plain``: the per-sample objective averaged, backward, SGD step;
+- Opacus DP-SGD (per-sample gradients, per-sample clipping, Gaussian noise, step), with the
+  per-sample gradients from ``ew`` (PyTorch's expanded weights over the whole objective:
+  fedmirasol.privacy.expanded_weights, what training uses by default), ``hooks`` (Opacus'
+  GradSampleModule) or ``functorch``; or ``ghost``: ghost clipping (per-sample norms without
+  per-sample gradients, two backward passes), through fedmirasol.privacy.ghost_clipping,
+  which makes Opacus 1.6's ghost clipping run on Mirasol (see there for why it fails as is).
 
-Measured on this project's 2-core CPU machine, shared (load average ~6), batch 8, 1 thread:
-tiny (0.30M params) hooks 1.65x time, 1.08x memory; functorch 3.81x, 1.16x.
-small (2.1M params) hooks 2.01x time, 1.38x memory; functorch 2.61x, 1.52x.
+Time: one subprocess holds a copy of the model per mode and interleaves their steps, one step
+of every mode per round (the order rotating), so the load of a shared machine falls on all
+modes alike; the median step of each mode over the rounds, after a warm-up step, divided by
+plain's. Memory: a fresh subprocess per mode, its peak RSS during the steps minus its RSS
+before the first step (activations, gradients, per-sample gradients), as chunk_scaling.py
+measures it. Ghost clipping's per-sample norms are also checked against the exact ones.
 
-    python benchmarks/dp_overhead.py                    # tiny and small, batch 8
-    python benchmarks/dp_overhead.py --configs tiny --batch-size 4 --steps 3
+Measured figures (machine, load, batch sizes, threads) are in README.md, "Differential
+privacy".
+
+    python benchmarks/dp_overhead.py                              # tiny and small, batch 8 and 32
+    python benchmarks/dp_overhead.py --configs tiny --batch-sizes 4 --steps 3
+    python benchmarks/dp_overhead.py --modes plain ew --threads 2
 """
 
 from __future__ import annotations
@@ -33,12 +36,17 @@ import subprocess
 import sys
 import time
 
-MODES = ("plain", "hooks", "functorch", "ghost")
+MODES = ("plain", "ew", "hooks", "functorch", "ghost")
 
 
 def rss_mib() -> float:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def load_average() -> str:
+    with open("/proc/loadavg") as handle:
+        return handle.read().split()[0]
 
 
 def _setup(config_name: str, batch_size: int, threads: int):
@@ -58,13 +66,13 @@ def _setup(config_name: str, batch_size: int, threads: int):
 
 
 def _step_function(mode: str, model, batch, batch_size: int):
-    """A closure doing one full training step in `mode`."""
+    """A closure doing one full training step of `model` in `mode`, as training does it."""
     import torch
-    from opacus import GradSampleModule
-    from opacus.grad_sample import GradSampleModuleFastGradientClipping
     from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
     from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 
+    from fedmirasol.privacy.dp_training import per_sample_losses
+    from fedmirasol.privacy.ghost_clipping import MirasolGhostClipping
     from fedmirasol.privacy.objective import per_sample_loss
 
     sgd = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -77,48 +85,63 @@ def _step_function(mode: str, model, batch, batch_size: int):
             sgd.step()
         return step
     if mode == "ghost":
-        wrapped = GradSampleModuleFastGradientClipping(model, loss_reduction="mean",
-                                                       max_grad_norm=1.0, use_ghost_clipping=True)
-        optimizer = DPOptimizerFastGradientClipping(sgd, **dp_args)
+        wrapped = MirasolGhostClipping(model, loss_reduction="sum", max_grad_norm=1.0,
+                                       use_ghost_clipping=True)
+        ghost_optimizer = DPOptimizerFastGradientClipping(sgd, **dp_args)
 
         def step() -> None:
-            optimizer.zero_grad(set_to_none=True)
+            ghost_optimizer.zero_grad(set_to_none=True)
             losses = per_sample_loss(model, batch, wrapped(batch))
-            DPTensorFastGradientClipping(wrapped, optimizer, losses, "mean").backward()
-            optimizer.step()
+            DPTensorFastGradientClipping(wrapped, ghost_optimizer, losses, "sum").backward()
+            ghost_optimizer.step()
         return step
-    wrapped = GradSampleModule(model, loss_reduction="mean", force_functorch=mode == "functorch")
+    losses_of, _ = per_sample_losses(model, mode)  # what train_private uses
     optimizer = DPOptimizer(sgd, **dp_args)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        per_sample_loss(model, batch, wrapped(batch)).mean().backward()
+        losses_of(batch).sum().backward()
         optimizer.step()
     return step
 
 
-def measure(mode: str, config_name: str, batch_size: int, steps: int, threads: int) -> dict:
+def measure_times(modes: list[str], config_name: str, batch_size: int, steps: int,
+                  threads: int) -> dict:
+    """Median seconds per step of every mode, their steps interleaved."""
+    import copy
+
+    model, batch = _setup(config_name, batch_size, threads)
+    functions = {}
+    for mode in modes:
+        functions[mode] = _step_function(mode, copy.deepcopy(model), batch, batch_size)
+        functions[mode]()  # warm-up (allocations, functorch tracing)
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    for round_index in range(steps):
+        shift = round_index % len(modes)
+        for mode in modes[shift:] + modes[:shift]:
+            started = time.perf_counter()
+            functions[mode]()
+            times[mode].append(time.perf_counter() - started)
+    return {"seconds": {mode: statistics.median(values) for mode, values in times.items()},
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def measure_memory(mode: str, config_name: str, batch_size: int, threads: int) -> dict:
     model, batch = _setup(config_name, batch_size, threads)
     step = _step_function(mode, model, batch, batch_size)
     before = rss_mib()
-    step()  # warm-up (allocations, functorch tracing)
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
+    for _ in range(3):
         step()
-        times.append(time.perf_counter() - started)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"mode": mode, "config": config_name, "seconds": statistics.median(times),
-            "peak_mib": max(peak - before, 0.0),
-            "parameters": sum(p.numel() for p in model.parameters())}
+    return {"peak_mib": max(peak - before, 0.0)}
 
 
 def ghost_norm_error(config_name: str, batch_size: int, threads: int) -> float:
     """Max relative error of ghost clipping's per-sample gradient norms against hooks'."""
     import torch
     from opacus import GradSampleModule
-    from opacus.grad_sample import GradSampleModuleFastGradientClipping
 
+    from fedmirasol.privacy.ghost_clipping import MirasolGhostClipping
     from fedmirasol.privacy.objective import per_sample_loss
 
     model, batch = _setup(config_name, batch_size, threads)
@@ -128,63 +151,82 @@ def ghost_norm_error(config_name: str, batch_size: int, threads: int) -> float:
                          for p in model.parameters()]).norm(dim=0)
     exact._close()
     model.zero_grad(set_to_none=True)
-    ghost = GradSampleModuleFastGradientClipping(model, loss_reduction="sum", max_grad_norm=1.0,
-                                                 use_ghost_clipping=True)
+    ghost = MirasolGhostClipping(model, loss_reduction="sum", max_grad_norm=1.0,
+                                 use_ghost_clipping=True)
     per_sample_loss(model, batch, ghost(batch)).sum().backward()
     ghost_norms = ghost.get_norm_sample()
     return float(((ghost_norms - norms).abs() / norms).max())
 
 
-def run_point(args: argparse.Namespace, mode: str, config_name: str) -> dict:
-    command = [sys.executable, __file__, "--point", mode, "--configs", config_name,
-               "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-               "--threads", str(args.threads)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+def run_point(args: argparse.Namespace, point: str, config_name: str, batch_size: int,
+              modes: list[str]) -> dict:
+    command = [sys.executable, __file__, "--point", point, "--configs", config_name,
+               "--batch-sizes", str(batch_size), "--steps", str(args.steps),
+               "--threads", str(args.threads), "--modes", *modes]
+    completed = subprocess.run(command, capture_output=True, text=True)
+    lines = completed.stdout.strip().splitlines()
+    if completed.returncode != 0 or not lines:
+        return {"failed": (completed.stderr.strip().splitlines() or ["no output"])[-1][:120]}
+    return json.loads(lines[-1])
+
+
+def _point(args: argparse.Namespace) -> dict:
+    config_name, batch_size = args.configs[0], args.batch_sizes[0]
+    try:
+        if args.point == "ghost-check":
+            return {"error": ghost_norm_error(config_name, batch_size, args.threads)}
+        if args.point == "time":
+            return measure_times(args.modes, config_name, batch_size, args.steps, args.threads)
+        return measure_memory(args.point, config_name, batch_size, args.threads)
+    except Exception as error:  # reported in the table: a mode that cannot run Mirasol
+        return {"failed": f"{type(error).__name__}: {str(error)[:110]}"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[8, 32])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--point", choices=MODES + ("ghost-check",), help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=7, help="timed steps per mode")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--point", choices=MODES + ("time", "ghost-check"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.point:
-        try:
-            if args.point == "ghost-check":
-                result = {"error": ghost_norm_error(args.configs[0], args.batch_size,
-                                                    args.threads)}
-            else:
-                result = measure(args.point, args.configs[0], args.batch_size, args.steps,
-                                 args.threads)
-        except Exception as error:  # reported in the table: a mode that cannot run Mirasol
-            result = {"failed": f"{type(error).__name__}: {str(error)[:90]}"}
-        print(json.dumps(result))
+        print(json.dumps(_point(args)))
         return
-    with open("/proc/loadavg") as handle:
-        print(f"batch {args.batch_size}, {args.steps} timed steps, {args.threads} thread(s), "
-              f"load average {handle.read().split()[0]}")
-    print(f"{'config':>6} {'mode':>10} {'params':>9} {'s/step':>8} {'peak MiB':>9} "
-          f"{'time x':>7} {'memory x':>9}")
+    modes = ["plain"] + [mode for mode in args.modes if mode != "plain"]
+    print(f"{args.steps} interleaved timed steps per mode, {args.threads} torch thread(s), "
+          f"load average {load_average()} at the start", flush=True)
+    print(f"{'config':>6} {'batch':>5} {'mode':>9} {'params':>9} {'s/step':>8} "
+          f"{'peak MiB':>9} {'time x':>7} {'memory x':>9}", flush=True)
     for config_name in args.configs:
-        results = {mode: run_point(args, mode, config_name) for mode in args.modes}
-        base = results.get("plain")
-        for mode, r in results.items():
-            if "failed" in r:
-                print(f"{config_name:>6} {mode:>10} fails on Mirasol: {r['failed']}")
+        for batch_size in args.batch_sizes:
+            timing = run_point(args, "time", config_name, batch_size, modes)
+            if "failed" in timing:
+                print(f"{config_name:>6} {batch_size:>5} timing failed: {timing['failed']}")
                 continue
-            time_ratio = r["seconds"] / base["seconds"] if base else float("nan")
-            memory_ratio = r["peak_mib"] / max(base["peak_mib"], 1e-9) if base else float("nan")
-            print(f"{config_name:>6} {mode:>10} {r['parameters']:>9,} {r['seconds']:>8.3f} "
-                  f"{r['peak_mib']:>9.1f} {time_ratio:>7.2f} {memory_ratio:>9.2f}", flush=True)
-        if "ghost" in args.modes:
-            check = run_point(args, "ghost-check", config_name)
-            outcome = (f"fails: {check['failed']}" if "failed" in check
-                       else f"max relative error {check['error']:.1%}")
-            print(f"{config_name:>6} ghost per-sample norms vs hooks: {outcome}", flush=True)
+            seconds = timing["seconds"]
+            memory = {mode: run_point(args, mode, config_name, batch_size, [mode])
+                      for mode in modes}
+            base_memory = memory["plain"].get("peak_mib", float("nan"))
+            for mode in modes:
+                if "failed" in memory[mode]:
+                    print(f"{config_name:>6} {batch_size:>5} {mode:>9} fails: "
+                          f"{memory[mode]['failed']}")
+                    continue
+                peak = memory[mode]["peak_mib"]
+                print(f"{config_name:>6} {batch_size:>5} {mode:>9} {timing['parameters']:>9,} "
+                      f"{seconds[mode]:>8.3f} {peak:>9.1f} "
+                      f"{seconds[mode] / seconds['plain']:>7.2f} "
+                      f"{peak / max(base_memory, 1e-9):>9.2f}", flush=True)
+            if "ghost" in modes:
+                check = run_point(args, "ghost-check", config_name, batch_size, ["ghost"])
+                outcome = (f"fails: {check['failed']}" if "failed" in check
+                           else f"max relative error {check['error']:.1e}")
+                print(f"{config_name:>6} {batch_size:>5} ghost per-sample norms vs hooks: "
+                      f"{outcome}", flush=True)
+    print(f"load average {load_average()} at the end")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 Per-sample gradients come from PyTorch's expanded weights (`grad_sample_mode="ew"`, the
 fastest on Mirasol: `fedmirasol.privacy.expanded_weights`) or from Opacus' `GradSampleModule`
 (`hooks`, `functorch`); all three give the same per-sample gradients and feed the same
-`DPOptimizer`. Each round wraps the bare model afresh and removes its hooks and
-per-sample attributes afterwards, so the same model object (the client task reuses one per
-process) can be wrapped again next round without "Trying to add hooks twice", and its
-state_dict never carries a ``_module.`` prefix. Batches are Poisson-sampled by Opacus'
+`DPOptimizer`, so the mode changes neither the released gradient nor the accounting. Each
+round wraps the bare model afresh (``ew``: a functional call per batch, no wrapper) and
+removes its hooks and per-sample attributes afterwards, so the same model object (the client
+task reuses one per process) can be wrapped again next round without "Trying to add hooks
+twice", and its state_dict never carries a ``_module.`` prefix. Batches are Poisson-sampled by Opacus'
 `UniformWithReplacementSampler` (what the accountants assume; the sampler of its
 `DPDataLoader`, whose empty-batch collation fails on dict samples when the first batch is
 empty, so empty batches are collated here); `BatchMemoryManager` splits large ones.

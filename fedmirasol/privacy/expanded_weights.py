@@ -15,20 +15,71 @@ text decoder runs inside the loss (`per_sample_loss` calls ``model.text_decoder`
 whole objective, forward and loss, is therefore run under expanded weights, so every
 parameter the loss reaches gets its per-sample gradient. The result feeds the same
 `DPOptimizer` (clip, noise, accountant) as the other modes.
+
+Memory: PyTorch's expanded-weights functions keep their saved inputs as plain attributes of
+the autograd context (``ctx.args``), which live until the whole graph is freed, after the
+backward pass; so every layer's input stays alive while the per-sample gradients pile up
+(small config, batch 8: 1.34x the memory of plain SGD). During our call the Linear,
+LayerNorm and Embedding functions are replaced by subclasses that run the same forward and
+backward and then drop those attributes, as autograd frees a node's saved tensors once it
+has run. The graph can therefore be backpropagated once only (training never retains it).
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils._expanded_weights import expanded_weights_impl
+from torch.nn.utils._expanded_weights.embedding_expanded_weights import EmbeddingPerSampleGrad
+from torch.nn.utils._expanded_weights.layer_norm_expanded_weights import LayerNormPerSampleGrad
+from torch.nn.utils._expanded_weights.linear_expanded_weights import LinearPerSampleGrad
 from torch.nn.utils._per_sample_grad import call_for_per_sample_grads
 
 from fedmirasol.privacy.objective import per_sample_loss
 
 # Attributes the per-sample machinery (expanded weights, DPOptimizer) leaves on parameters.
 _PER_SAMPLE_ATTRIBUTES = ("grad_sample", "summed_grad")
+
+
+def _releasing(function: type[torch.autograd.Function], *saved: str) -> type:
+    """`function` whose backward drops the context attributes `saved` once it has run."""
+
+    class Releasing(function):  # type: ignore[misc, valid-type]
+        @staticmethod
+        def backward(ctx: Any, *grads: Any) -> Any:
+            try:
+                return function.backward(ctx, *grads)
+            finally:
+                for name in saved:
+                    if hasattr(ctx, name):
+                        delattr(ctx, name)
+
+    Releasing.__name__ = f"Releasing{function.__name__}"
+    return Releasing
+
+
+_RELEASING = {
+    F.linear: _releasing(LinearPerSampleGrad, "args", "kwargs"),
+    F.layer_norm: _releasing(LayerNormPerSampleGrad, "args", "mean", "rstd"),
+    F.embedding: _releasing(EmbeddingPerSampleGrad, "input"),
+}
+
+
+@contextmanager
+def _releasing_saved_inputs() -> Iterator[None]:
+    """Expanded weights dispatch to the releasing functions inside the block (the graph
+    nodes built in it keep them for their backward)."""
+    handled = expanded_weights_impl.HANDLED_FUNCTIONS
+    originals = {function: handled[function] for function in _RELEASING}
+    handled.update(_RELEASING)
+    try:
+        yield
+    finally:
+        handled.update(originals)
 
 
 class _Objective(nn.Module):
@@ -54,7 +105,8 @@ class ExpandedWeightsObjective:
         size = int(batch["label"].shape[0])
         forward = call_for_per_sample_grads(self._objective, batch_size=size,
                                             loss_reduction="sum")
-        return forward(batch)
+        with _releasing_saved_inputs():
+            return forward(batch)
 
     def close(self) -> None:
         """Remove the per-sample attributes from the model's parameters."""
