@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedmirasol.federated.partitioning import client_specs, quantity_sizes
+from fedmirasol.federated.partitioning import (
+    build_partitioner,
+    client_specs,
+    partition_indices,
+    quantity_sizes,
+)
 from fedmirasol.federated.run_config import DEFAULTS
 
 NUM_CLASSES = 8
@@ -33,6 +38,19 @@ def test_iid_gives_equal_sizes_and_all_labels() -> None:
     assert max(sizes) - min(sizes) <= 1
     assert covers_pool_once(specs)
     assert all(len(labels) == NUM_CLASSES for labels in label_sets(specs))
+
+
+@pytest.mark.parametrize("total,clients", [(800, 8), (103, 10), (50, 7), (9, 9)])
+def test_iid_shards_are_flower_datasets_iid_partitions(total: int, clients: int) -> None:
+    from datasets import Dataset
+
+    section = data(partitioner="iid", num_clients=clients)
+    partitioner = build_partitioner(section, total, seed=0)
+    partitioner.dataset = Dataset.from_dict({"index": np.arange(total), "label": LABELS[:total]})
+    ours = partition_indices(LABELS[:total], section, seed=0)
+    assert len(ours) == clients
+    for pid, part in enumerate(ours):
+        assert part.tolist() == list(partitioner.load_partition(pid)["index"])
 
 
 def test_dirichlet_skews_labels_and_more_so_for_small_alpha() -> None:

@@ -14,11 +14,18 @@ from pathlib import Path
 from flwr.app import RecordDict
 
 from fedmirasol.federated.parameters import NumpyState, from_record, to_record
-from fedmirasol.privacy.client_round import STATE_KEY as PRIVACY_STATE_KEY
 
 LOCAL_PARAMS_KEY = "local-params"
-# Records that never go back to an earlier round on resume: the DP accountant.
-NEVER_BACK = (PRIVACY_STATE_KEY,)
+
+
+def never_back() -> tuple[str, ...]:
+    """Records that never go back to an earlier round on resume: the DP accountant.
+
+    (Imported when needed: the privacy package loads Opacus, which a client without DP
+    never needs.)"""
+    from fedmirasol.privacy.client_round import STATE_KEY as PRIVACY_STATE_KEY
+
+    return (PRIVACY_STATE_KEY,)
 
 
 def load_local_params(state: RecordDict) -> NumpyState | None:
@@ -61,7 +68,7 @@ def restore_from_disk(state: RecordDict, directory: str | Path, partition_id: in
                       up_to_round: int) -> bool:
     """Fill an empty state with the latest mirror from a round <= `up_to_round`.
 
-    Records in `NEVER_BACK` come from the newest mirror of any round instead: a round that
+    Records in `never_back()` come from the newest mirror of any round instead: a round that
     ran after the checkpoint (and is repeated now) has released its update already, so its
     privacy spend stays counted. True when something was restored (a resumed run); False for
     a fresh client.
@@ -76,7 +83,7 @@ def restore_from_disk(state: RecordDict, directory: str | Path, partition_id: in
     payload = _read_mirror(earlier[-1][1]) if earlier else {}
     if candidates and candidates[-1][0] > up_to_round:
         newest = _read_mirror(candidates[-1][1])
-        payload.update({key: newest[key] for key in NEVER_BACK if key in newest})
+        payload.update({key: newest[key] for key in never_back() if key in newest})
     if not payload:
         return False
     for key, values in payload.items():

@@ -39,7 +39,6 @@ from fedmirasol.personalization import (
     train_round,
 )
 from fedmirasol.privacy.client_level import clip_update
-from fedmirasol.privacy.client_round import PrivateRound
 from fedmirasol.privacy.settings import PrivacySettings
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate, train_epochs
@@ -134,6 +133,8 @@ def train(config: Mapping[str, Any], partition_id: int, server_round: int,
     privacy = PrivacySettings.from_config(config)
     private = None
     if privacy.enabled:
+        from fedmirasol.privacy.client_round import PrivateRound  # Opacus: only under DP
+
         private = PrivateRound.begin(state, privacy, num_examples=len(data.train),
                                      batch_size=client["batch-size"],
                                      epochs=client["local-epochs"], num_rounds=config["num-rounds"])
