@@ -201,3 +201,21 @@ def test_settings_name_the_bad_key():
     assert math.isinf(PrivacySettings().budget)
     assert PrivacySettings(target_epsilon=8.0).budget == 8.0
     assert PrivacySettings.from_config({}).enabled is False
+
+
+def test_a_changed_fixed_noise_multiplier_applies_and_the_history_composes():
+    """A resumed run with another privacy.noise-multiplier uses it; the epsilon covers both."""
+    state, model = RecordDict(), tiny_model()
+    run_round(state, settings(noise_multiplier=1.1), model, seed=1)
+    private = run_round(state, settings(noise_multiplier=2.0), model, seed=2)
+    assert private.metrics()["dp-noise-multiplier"] == 2.0
+    plan = SamplingPlan.for_round(12, 4, 1)
+    accountant = dp_accounting.rdp.RdpAccountant()
+    for sigma in (1.1, 2.0):
+        event = dp_accounting.PoissonSampledDpEvent(plan.sample_rate,
+                                                    dp_accounting.GaussianDpEvent(sigma))
+        accountant.compose(event, plan.steps)
+    expected = accountant.get_epsilon(DELTA)
+    assert private.metrics()["dp-epsilon"] == pytest.approx(expected, rel=0.01)
+    assert private.metrics()["dp-epsilon"] > run_round(RecordDict(), settings(noise_multiplier=2.0),
+                                                       model, seed=3).metrics()["dp-epsilon"]

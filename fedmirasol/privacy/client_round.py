@@ -11,7 +11,9 @@
 The accountant is restored from ``context.state`` every round (or started when there is none)
 and saved back after training, so the epsilon a client reports covers every step it took.
 In target mode the noise multiplier is calibrated once, before the first round, for the whole
-planned run (every round, every local epoch) and kept in the state with the accountant.
+planned run (every round, every local epoch) and kept in the state with the accountant; with a
+fixed `privacy.noise-multiplier` every round uses the config's value (a resumed run may change
+it, and the accountant composes the rounds' different sigmas).
 """
 
 from __future__ import annotations
@@ -76,11 +78,12 @@ class PrivateRound:
             raise ValueError("privacy.enabled is false: this client runs no DP round")
         accountant, sigma = _load(state, settings)
         plan = SamplingPlan.for_round(num_examples, batch_size, epochs, settings.sample_rate)
-        if sigma is None:
-            sigma = (calibrate_noise_multiplier(settings.target_epsilon, settings.delta,
-                                                plan.sample_rate, plan.steps * num_rounds,
-                                                settings.accountant)
-                     if settings.calibrated else settings.noise_multiplier)
+        if not settings.calibrated:  # the config's sigma, also when a resumed run changed it
+            sigma = settings.noise_multiplier
+        elif sigma is None:  # target mode: calibrated once, kept for the whole run
+            sigma = calibrate_noise_multiplier(settings.target_epsilon, settings.delta,
+                                               plan.sample_rate, plan.steps * num_rounds,
+                                               settings.accountant)
         budget = check_budget(accountant, noise_multiplier=sigma, sample_rate=plan.sample_rate,
                               steps=plan.steps, delta=settings.delta, budget=settings.budget)
         return cls(settings, accountant, plan, epochs, sigma, budget)
