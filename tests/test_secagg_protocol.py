@@ -239,3 +239,43 @@ def test_shares_that_do_not_combine_fail_the_round_not_the_run() -> None:
     result = aggregator().run(grid, train_messages(), 10, 1)
     assert result.mean is None
     assert result.failure.startswith("secure aggregation failed: the shares revealed for client")
+
+
+def tamper_shares(grid, holders: list[int]) -> None:  # noqa: ANN001
+    """`holders` reveal well-formed but wrong shares: a bit of the first chunk flipped, after
+    the 4-byte index, so they still combine (padding intact) into a wrong secret."""
+    original = grid.send_and_receive
+
+    def send(messages, timeout=None):  # noqa: ANN001, ANN202
+        replies = list(original(messages, timeout=timeout))
+        for reply in replies:
+            if reply.metadata.message_type == protocol.UNMASK \
+                    and reply.metadata.src_node_id in holders:
+                record = reply.content.config_records[protocol.RECORD]
+                record["shares"] = [s[:4] + bytes([s[4] ^ 1]) + s[5:] for s in record["shares"]]
+        return replies
+
+    grid.send_and_receive = send
+
+
+@pytest.mark.parametrize("dropped", [[], [NODES[4]]], ids=["survivor-seeds", "dropout-key"])
+def test_a_wrong_share_is_caught_by_the_commitment_and_left_out(dropped: list[int]) -> None:
+    clients = Clients()
+    clients.grid.drop(dropped, protocol.MASK)
+    tamper_shares(clients.grid, [NODES[1]])
+    result = aggregator().run(clients.grid, train_messages(), 10, 1)
+    assert result.failure is None
+    survivors = [p for p, n in enumerate(NODES) if n not in dropped]
+    assert max_error(result.mean, clients.mean(survivors)) < 1.0 / 2 ** 15  # the right sum
+    wrong = [r for r in result.rejections if r.node_id == NODES[1]]
+    assert wrong and all("does not fit its commitment" in r.reason for r in wrong)
+    if dropped:
+        assert any("client %d's mask key" % NODES[4] in r.reason for r in wrong)
+
+
+def test_too_few_fitting_shares_fail_the_round_by_name() -> None:
+    clients = Clients()
+    tamper_shares(clients.grid, NODES[:3])  # 2 honest shares < threshold 3
+    result = aggregator().run(clients.grid, train_messages(), 10, 1)
+    assert result.mean is None
+    assert "do not rebuild the self-mask seed it committed to" in result.failure

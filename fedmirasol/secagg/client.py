@@ -60,16 +60,19 @@ def _state(context: Context, record: ConfigRecord) -> ConfigRecord:
 
 
 def handle_keys(message: Message, context: Context) -> Message:
-    """Stage 1: fresh key pairs and self-mask seed; reply with the public keys."""
+    """Stage 1: fresh key pairs and self-mask seed; reply with the public keys and a
+    commitment to the seed (its SHA-256), so a wrongly rebuilt seed is caught."""
     record = _stage_record(message)
     mask_private, mask_public = keys.new_key_pair()
     enc_private, enc_public = keys.new_key_pair()
+    seed = keys.new_seed()
     context.state[STATE] = ConfigRecord({"round": record["round"], "sk-mask": mask_private,
-                                         "sk-enc": enc_private, "seed": keys.new_seed()})
+                                         "sk-enc": enc_private, "seed": seed})
     if UPDATE in context.state:
         del context.state[UPDATE]
-    return _reply(message, **{RECORD: ConfigRecord({"pk-mask": mask_public,
-                                                     "pk-enc": enc_public})})
+    return _reply(message, **{RECORD: ConfigRecord({
+        "pk-mask": mask_public, "pk-enc": enc_public,
+        "seed-commitment": keys.seed_commitment(seed)})})
 
 
 def handle_shares(message: Message, context: Context) -> Message:

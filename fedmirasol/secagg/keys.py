@@ -4,13 +4,21 @@ Every client makes two ECDH key pairs per round (SECP384R1, `flwr.supercore.prim
 one whose agreed secrets seed the pairwise masks, one whose agreed secrets encrypt the Shamir
 shares in transit through the server (Fernet). The self-mask seed and the mask private key are
 split with Shamir's scheme (`flwr.common.secure_aggregation.crypto.shamir`).
+
+A rebuilt secret is checked before it is used: a dropout's mask private key against the public
+key it published, a survivor's self-mask seed against the SHA-256 commitment it published with
+its keys. A share that does not fit is left out (other subsets of the revealed shares are
+tried), so a wrong share can neither corrupt the sum silently nor, with enough honest shares,
+fail the round.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import itertools
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares, create_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
@@ -60,6 +68,39 @@ def split_secret(secret: bytes, threshold: int, holders: Sequence[int]) -> dict[
 
 def rebuild_secret(shares: Sequence[bytes]) -> bytes:
     return combine_shares(list(shares))
+
+
+def seed_commitment(seed: bytes) -> bytes:
+    """SHA-256 of a self-mask seed: published with the keys, checked after reconstruction."""
+    return hashlib.sha256(seed).digest()
+
+
+def public_key_of(private: bytes) -> bytes:
+    """The serialized public key of a serialized private key."""
+    return public_key_to_bytes(bytes_to_private_key(private).public_key())
+
+
+def rebuild_verified(shares: Sequence[tuple[int, bytes]], threshold: int,
+                     fits: Callable[[bytes], bool], max_subsets: int = 2000
+                     ) -> tuple[bytes | None, list[int]]:
+    """A secret rebuilt from `threshold` of the (holder, share) pairs that `fits` accepts, and
+    the holders whose shares disagree with it; (None, []) when no subset tried rebuilds one."""
+
+    def attempt(subset: Sequence[tuple[int, bytes]]) -> bytes | None:
+        try:
+            secret = rebuild_secret([share for _, share in subset])
+            return secret if fits(secret) else None
+        except (ValueError, TypeError, IndexError):  # a malformed share does not combine
+            return None
+
+    for subset in itertools.islice(itertools.combinations(shares, threshold), max_subsets):
+        secret = attempt(subset)
+        if secret is not None:
+            trusted = list(subset[:-1])
+            bad = [holder for holder, share in shares if (holder, share) not in subset
+                   and attempt(trusted + [(holder, share)]) != secret]
+            return secret, bad
+    return None, []
 
 
 def seal_shares(private: bytes, public: bytes, src: int, dst: int, seed_share: bytes,

@@ -128,12 +128,13 @@ class SecureAggregator:
         # 1. Public keys.
         base = {node: RecordDict({RECORD: ConfigRecord({"round": round_id})}) for node in train}
         replies = self._exchange(grid, protocol.KEYS, base, timeout, result, group,
-                                 ("pk-mask", "pk-enc"))
+                                 ("pk-mask", "pk-enc", "seed-commitment"))
         nodes = sorted(replies)
         self._require(len(nodes) >= 2, f"only {len(nodes)} of {sampled} clients sent keys "
                       "(secure aggregation needs at least 2)")
         pk_mask = [self._record(replies[n])["pk-mask"] for n in nodes]
         pk_enc = [self._record(replies[n])["pk-enc"] for n in nodes]
+        commitments = {n: self._record(replies[n])["seed-commitment"] for n in nodes}
         groups = {n: keys.neighbours(n, nodes, self.settings.num_neighbours) + [n] for n in nodes}
         threshold = self.settings.threshold(len(groups[nodes[0]]))
 
@@ -207,22 +208,21 @@ class SecureAggregator:
             n: RecordDict({RECORD: ConfigRecord({"round": round_id, "active": active,
                                                  "dropped": dropped})}) for n in active},
             timeout, result, group, ("nodes", "shares"))
-        revealed: dict[int, list[bytes]] = defaultdict(list)
-        for reply in replies.values():
+        revealed: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
+        for holder, reply in sorted(replies.items()):
             record = self._record(reply)
             for node, share in zip(record["nodes"], record["shares"]):
-                revealed[int(node)].append(share)
+                revealed[int(node)].append((holder, share))
         masks = dict(zip(nodes, pk_mask))
         for node in active + dropped:
             self._require(len(revealed[node]) >= threshold,
                           f"only {len(revealed[node])} of {threshold} shares needed to unmask "
                           f"client {node} arrived ({len(active) - len(replies)} survivor(s) "
                           "vanished while unmasking)")
-            try:
-                secret = keys.rebuild_secret(revealed[node][:threshold])
-            except (ValueError, TypeError) as error:  # a malformed share cannot be combined
-                raise RoundFailed(f"the shares revealed for client {node} do not combine into "
-                                  f"its secret ({type(error).__name__}: {error})") from None
+            secret = self._rebuild(node, revealed[node], threshold, result,
+                                   fits=(lambda s, n=node: keys.seed_commitment(s) == commitments[n])
+                                   if node in active else
+                                   (lambda s, n=node: keys.public_key_of(s) == masks[n]))
             if node in active:
                 apply_mask(total, secret, -1)
             else:  # remove the pairwise masks the survivors added towards this dropout
@@ -239,6 +239,23 @@ class SecureAggregator:
             raise RoundFailed(str(error)) from None
         result.weight_sum = weight_sum
         result.mean = vector.unflatten(quantizer.decode(total[:self.size], weight_sum), self.spec)
+
+    def _rebuild(self, node: int, shares: Sequence[tuple[int, bytes]], threshold: int,
+                 result: SecureRound, fits: Callable[[bytes], bool]) -> bytes:
+        """`node`'s secret from shares that rebuild what it committed to; holders whose
+        shares do not fit are recorded (their shares are not used)."""
+        what = "self-mask seed" if node in result.survivors else "mask key"
+        secret, bad = keys.rebuild_verified(shares, threshold, fits)
+        if secret is None:
+            raise RoundFailed(f"the shares revealed for client {node} do not rebuild the "
+                              f"{what} it committed to (no {threshold} of the {len(shares)} "
+                              "revealed shares fit)")
+        for holder in bad:
+            self._reject(result, holder, protocol.UNMASK,
+                         f"revealed a share of client {node}'s {what} that does not fit its "
+                         "commitment; the share was not used (this client's update stays in "
+                         "the sum)")
+        return secret
 
     # -- checks -------------------------------------------------------------------------
     @staticmethod
