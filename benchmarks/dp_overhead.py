@@ -14,7 +14,9 @@ batch of synthetic clips with full optimizer steps on the CPU:
 Time: one subprocess holds a copy of the model per mode and interleaves their steps, one step
 of every mode per round (the order rotating), so the load of a shared machine falls on all
 modes alike; the median step of each mode over the rounds, after a warm-up step, divided by
-plain's. Memory: a fresh subprocess per mode, its peak RSS during the steps minus its RSS
+plain's, both in wall-clock time (``time x``) and in the process's CPU time (``cpu x``: with
+one torch thread, the step's own work, without the waits for a core that a loaded machine
+adds). Memory: a fresh subprocess per mode, its peak RSS during the steps minus its RSS
 before the first step (activations, gradients, per-sample gradients), as chunk_scaling.py
 measures it. Ghost clipping's per-sample norms are also checked against the exact ones.
 
@@ -115,14 +117,17 @@ def measure_times(modes: list[str], config_name: str, batch_size: int, steps: in
     for mode in modes:
         functions[mode] = _step_function(mode, copy.deepcopy(model), batch, batch_size)
         functions[mode]()  # warm-up (allocations, functorch tracing)
-    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    wall: dict[str, list[float]] = {mode: [] for mode in modes}
+    cpu: dict[str, list[float]] = {mode: [] for mode in modes}
     for round_index in range(steps):
         shift = round_index % len(modes)
         for mode in modes[shift:] + modes[:shift]:
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             functions[mode]()
-            times[mode].append(time.perf_counter() - started)
-    return {"seconds": {mode: statistics.median(values) for mode, values in times.items()},
+            wall[mode].append(time.perf_counter() - started)
+            cpu[mode].append(time.process_time() - started_cpu)
+    return {"seconds": {mode: statistics.median(values) for mode, values in wall.items()},
+            "cpu_seconds": {mode: statistics.median(values) for mode, values in cpu.items()},
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
@@ -187,7 +192,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["tiny", "small"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[8, 32])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--steps", type=int, default=7, help="timed steps per mode")
+    parser.add_argument("--steps", type=int, default=9, help="timed steps per mode")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--point", choices=MODES + ("time", "ghost-check"),
                         help=argparse.SUPPRESS)
@@ -199,14 +204,14 @@ def main() -> None:
     print(f"{args.steps} interleaved timed steps per mode, {args.threads} torch thread(s), "
           f"load average {load_average()} at the start", flush=True)
     print(f"{'config':>6} {'batch':>5} {'mode':>9} {'params':>9} {'s/step':>8} "
-          f"{'peak MiB':>9} {'time x':>7} {'memory x':>9}", flush=True)
+          f"{'cpu s':>7} {'peak MiB':>9} {'time x':>7} {'cpu x':>6} {'memory x':>9}", flush=True)
     for config_name in args.configs:
         for batch_size in args.batch_sizes:
             timing = run_point(args, "time", config_name, batch_size, modes)
             if "failed" in timing:
                 print(f"{config_name:>6} {batch_size:>5} timing failed: {timing['failed']}")
                 continue
-            seconds = timing["seconds"]
+            seconds, cpu = timing["seconds"], timing["cpu_seconds"]
             memory = {mode: run_point(args, mode, config_name, batch_size, [mode])
                       for mode in modes}
             base_memory = memory["plain"].get("peak_mib", float("nan"))
@@ -217,8 +222,8 @@ def main() -> None:
                     continue
                 peak = memory[mode]["peak_mib"]
                 print(f"{config_name:>6} {batch_size:>5} {mode:>9} {timing['parameters']:>9,} "
-                      f"{seconds[mode]:>8.3f} {peak:>9.1f} "
-                      f"{seconds[mode] / seconds['plain']:>7.2f} "
+                      f"{seconds[mode]:>8.3f} {cpu[mode]:>7.3f} {peak:>9.1f} "
+                      f"{seconds[mode] / seconds['plain']:>7.2f} {cpu[mode] / cpu['plain']:>6.2f} "
                       f"{peak / max(base_memory, 1e-9):>9.2f}", flush=True)
             if "ghost" in modes:
                 check = run_point(args, "ghost-check", config_name, batch_size, ["ghost"])
