@@ -66,6 +66,13 @@ def test_stem_adds_per_channel_parameters_and_starts_as_the_identity(name: str) 
         torch.testing.assert_close(stem(batch).logits, plain(batch).logits)
 
 
+def test_frozen_late_fusion_encoders_keep_the_stem_trainable() -> None:
+    model = build_model(get_config("latefusion-tiny", input_norm=True, freeze_encoders=True))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert STEM_KEYS <= trainable
+    assert not any(name.startswith(("video_encoder.", "audio_encoder.")) for name in trainable - STEM_KEYS)
+
+
 def test_input_norm_is_a_per_channel_affine_on_its_axis() -> None:
     norm = InputNorm(3, dim=2)
     x = torch.randn(2, 4, 3, 5, 5)

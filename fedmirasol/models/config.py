@@ -82,7 +82,7 @@ class MirasolConfig:
     alpha: float = 1.0  # modality weight: fixed, or the initial value when learned
     alpha_modality: str = "audio"  # the pooled feature alpha scales: "audio" or "video"
     learn_alpha: bool = False
-    freeze_encoders: bool = False  # train only the fusion head (and alpha, absent tokens)
+    freeze_encoders: bool = False  # train only the fusion head (and alpha, absent tokens, input stem)
     head_dropout: float = 0.5
 
     def __post_init__(self) -> None:

@@ -85,6 +85,8 @@ class LateFusion(nn.Module):
         if config.freeze_encoders:
             for encoder in (self.video_encoder, self.audio_encoder):
                 encoder.requires_grad_(False)
+                if encoder.input_norm is not None:  # the input stem adapts to the client's
+                    encoder.input_norm.requires_grad_(True)  # domain: it stays trainable
 
     def forward(self, batch: dict[str, torch.Tensor]) -> MirasolOutput:
         video, audio = batch["video"], batch["audio"]
