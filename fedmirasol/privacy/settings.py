@@ -15,9 +15,9 @@ from fedmirasol.federated.run_config import CHOICES, check_value
 from fedmirasol.federated.run_config import DEFAULTS as RUN_DEFAULTS
 
 ACCOUNTANTS = CHOICES["privacy.accountant"]
-# Opacus' ghost clipping is left out: with Opacus 1.6 it fails on Mirasol's learned-token
-# embeddings and keeps one norm per layer call, not per sample over the chunks (see
-# benchmarks/dp_overhead.py). Hooks are exact and the fastest that runs.
+# "ew" (expanded weights, fedmirasol.privacy.expanded_weights) is the fastest exact mode on
+# Mirasol; ghost clipping runs (fedmirasol.privacy.ghost_clipping) but needs two backward
+# passes, so it is benchmarked (benchmarks/dp_overhead.py), not offered for training.
 GRAD_SAMPLE_MODES = CHOICES["privacy.grad-sample-mode"]
 
 # The keys of the [privacy] table and their defaults (dashes, like every run-config key):
@@ -41,7 +41,7 @@ class PrivacySettings:
     target_epsilon: float = 0.0
     budget_epsilon: float = 0.0
     sample_rate: float = 0.0
-    grad_sample_mode: str = "hooks"
+    grad_sample_mode: str = "ew"
     max_physical_batch_size: int = 0
     client_level: bool = False
     client_clip_norm: float = 1.0
