@@ -117,3 +117,15 @@ def test_a_site_brings_its_own_copy_of_the_checkpoint(checkpoint: Path, tmp_path
     save_checkpoint(copy, client_task.init_model(other), model_config(other))
     with pytest.raises(ValueError, match=f"{copy} is not the file the server started from"):
         client_task.init_model(site)
+
+
+def test_parts_the_checkpoint_lacks_may_start_fresh(checkpoint: Path) -> None:
+    """A checkpoint without the input-norm stem fits a model with one when the stem is reset."""
+    with pytest.raises(ValueError, match=r"does not fit .*missing \['audio_encoder.input_norm"):
+        client_task.init_model(pretrained_config(checkpoint, "model.input-norm=true"))
+    config = pretrained_config(checkpoint, "model.input-norm=true", 'pretrained.reset="*input_norm*"')
+    model = client_task.init_model(config)
+    saved = torch.load(checkpoint, weights_only=True)["state_dict"]
+    stem = [name for name in model.state_dict() if "input_norm" in name]
+    assert stem and all(name not in saved for name in stem)
+    assert torch.equal(model.state_dict()["classifier.1.weight"], saved["classifier.1.weight"])

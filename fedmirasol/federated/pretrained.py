@@ -7,7 +7,8 @@ records the file's SHA-256 in the resolved config (`pretrained.sha256`) and a pr
 file differs refuses to start, naming it.
 
 `pretrained.reset` selectors put parts back to the run's seeded fresh initialization (e.g. a
-classification head whose classes mean something else in the private task);
+classification head whose classes mean something else in the private task, or a module the
+pre-trained model lacks, such as the `model.input-norm` stem);
 `pretrained.freeze` selectors are never trained and never sent: they stay as loaded, on every
 client and on the server; `pretrained.trainable` freezes everything it does not match (e.g.
 only the classification head is fine-tuned, which is what DP-SGD on little data can afford). Selectors are those of `split.local` (fedmirasol.federated.parameters).
@@ -114,7 +115,8 @@ def _load_checkpoint(model: nn.Module, settings: PretrainedSettings) -> None:
     state, saved_config = read_state_dict(path)
     state = {canonical_name(name): value for name, value in state.items()}
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    reset = select_names(model, settings.reset)
+    missing = sorted(set(own) - set(state) - reset)  # reset parts need not be in the file
     unexpected = sorted(set(state) - set(own))
     mismatched = [name for name in own if name in state
                   and tuple(state[name].shape) != tuple(own[name].shape)]
@@ -126,9 +128,8 @@ def _load_checkpoint(model: nn.Module, settings: PretrainedSettings) -> None:
             f"pretrained checkpoint {path} does not fit the run's model: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}, other shapes {mismatched[:3]}"
             + (f"; model fields that differ: {differs}" if differs else ""))
-    fresh = {name: own[name].clone() for name in select_names(model, settings.reset)}
-    model.load_state_dict(state)
-    model.load_state_dict(fresh, strict=False)
+    fresh = {name: own[name].clone() for name in reset}
+    model.load_state_dict({**state, **fresh})
 
 
 def _model_fields(model: nn.Module) -> dict[str, Any]:
