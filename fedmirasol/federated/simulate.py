@@ -38,7 +38,9 @@ def start_ray(init_args: Mapping[str, Any]) -> bool:
     Flower would start it with a runtime environment that only sets PYTHONPATH, and Ray then
     sets that environment up through its runtime-env agent before the first virtual client
     starts (about a second here). The same PYTHONPATH in this process's environment reaches
-    the workers without it.
+    the workers without it. Ray also starts its workers, the virtual clients that do the
+    training, at niceness 15: on a machine shared with other jobs they then get a fraction of
+    the CPU the server (and any other process) gets; here they run at the caller's priority.
     """
     import ray
 
@@ -47,7 +49,7 @@ def start_ray(init_args: Mapping[str, Any]) -> bool:
     entries = [*sys.path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in entries if p))
     ray.init(**{"include_dashboard": False, "logging_level": logging.WARNING,
-                "log_to_driver": True, **init_args})
+                "log_to_driver": True, "_system_config": {"worker_niceness": 0}, **init_args})
     return True
 
 
