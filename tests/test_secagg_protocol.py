@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from typing import Callable, Collection
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -202,41 +204,47 @@ def test_clients_refuse_to_unmask_both_ways() -> None:
                                      for r in result.rejections)
 
 
-def test_a_malformed_stage_reply_is_named_not_fatal() -> None:
-    clients = Clients()
-    grid = clients.grid
+def alter_replies(grid, stage: str, edit: Callable[[Message], None],  # noqa: ANN001
+                  nodes: Collection[int] | None = None) -> None:
+    """Replies of `stage` (from `nodes`, or from all) go through `edit` before the server
+    reads them: a client that misbehaves in that stage."""
     original = grid.send_and_receive
 
-    def strip(messages, timeout=None):  # noqa: ANN001, ANN202 - one client answers without keys
+    def send(messages, timeout=None):  # noqa: ANN001, ANN202
         replies = list(original(messages, timeout=timeout))
         for reply in replies:
-            if reply.metadata.message_type == protocol.KEYS \
-                    and reply.metadata.src_node_id == NODES[2]:
-                del reply.content.config_records[protocol.RECORD]
+            if reply.metadata.message_type == stage \
+                    and (nodes is None or reply.metadata.src_node_id in nodes):
+                edit(reply)
         return replies
 
-    grid.send_and_receive = strip
-    result = aggregator().run(grid, train_messages(), 10, 1)
+    grid.send_and_receive = send
+
+
+def replace_shares(change: Callable[[bytes], bytes]) -> Callable[[Message], None]:
+    """An edit for `alter_replies` that replaces every revealed share by `change(share)`."""
+
+    def edit(reply: Message) -> None:
+        record = reply.content.config_records[protocol.RECORD]
+        record["shares"] = [change(share) for share in record["shares"]]
+
+    return edit
+
+
+def test_a_malformed_stage_reply_is_named_not_fatal() -> None:
+    clients = Clients()  # one client answers the key stage without its keys
+    alter_replies(clients.grid, protocol.KEYS,
+                  lambda reply: reply.content.config_records.pop(protocol.RECORD), [NODES[2]])
+    result = aggregator().run(clients.grid, train_messages(), 10, 1)
     assert result.failure is None and sorted(result.survivors) == NODES[:2] + NODES[3:]
     assert [(r.node_id, r.reason) for r in result.rejections] == [
         (NODES[2], "secagg_keys: reply has no 'secagg' record")]
 
 
 def test_shares_that_do_not_combine_fail_the_round_not_the_run() -> None:
-    clients = Clients()
-    grid = clients.grid
-    original = grid.send_and_receive
-
-    def corrupt(messages, timeout=None):  # noqa: ANN001, ANN202 - every share revealed is garbage
-        replies = list(original(messages, timeout=timeout))
-        for reply in replies:
-            if reply.metadata.message_type == protocol.UNMASK:
-                record = reply.content.config_records[protocol.RECORD]
-                record["shares"] = [b"garbage" for _ in record["shares"]]
-        return replies
-
-    grid.send_and_receive = corrupt
-    result = aggregator().run(grid, train_messages(), 10, 1)
+    clients = Clients()  # every share revealed is garbage
+    alter_replies(clients.grid, protocol.UNMASK, replace_shares(lambda share: b"garbage"))
+    result = aggregator().run(clients.grid, train_messages(), 10, 1)
     assert result.mean is None
     assert result.failure.startswith("secure aggregation failed: the shares revealed for client")
 
@@ -244,18 +252,9 @@ def test_shares_that_do_not_combine_fail_the_round_not_the_run() -> None:
 def tamper_shares(grid, holders: list[int]) -> None:  # noqa: ANN001
     """`holders` reveal well-formed but wrong shares: a bit of the first chunk flipped, after
     the 4-byte index, so they still combine (padding intact) into a wrong secret."""
-    original = grid.send_and_receive
-
-    def send(messages, timeout=None):  # noqa: ANN001, ANN202
-        replies = list(original(messages, timeout=timeout))
-        for reply in replies:
-            if reply.metadata.message_type == protocol.UNMASK \
-                    and reply.metadata.src_node_id in holders:
-                record = reply.content.config_records[protocol.RECORD]
-                record["shares"] = [s[:4] + bytes([s[4] ^ 1]) + s[5:] for s in record["shares"]]
-        return replies
-
-    grid.send_and_receive = send
+    alter_replies(grid, protocol.UNMASK,
+                  replace_shares(lambda share: share[:4] + bytes([share[4] ^ 1]) + share[5:]),
+                  holders)
 
 
 @pytest.mark.parametrize("dropped", [[], [NODES[4]]], ids=["survivor-seeds", "dropout-key"])
