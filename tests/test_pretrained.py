@@ -129,3 +129,9 @@ def test_parts_the_checkpoint_lacks_may_start_fresh(checkpoint: Path) -> None:
     stem = [name for name in model.state_dict() if "input_norm" in name]
     assert stem and all(name not in saved for name in stem)
     assert torch.equal(model.state_dict()["classifier.1.weight"], saved["classifier.1.weight"])
+
+
+def test_a_selector_that_matches_nothing_names_its_key(checkpoint: Path) -> None:
+    config = pretrained_config(checkpoint, 'pretrained.trainable="head.*"')
+    with pytest.raises(ValueError, match="'pretrained.trainable': selector 'head.\\*' matches no"):
+        client_task.init_model(config)

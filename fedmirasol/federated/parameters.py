@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Collection, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -64,23 +64,24 @@ class ParameterSplit:
 
     @classmethod
     def from_model(cls, model: nn.Module, selectors: str | Iterable[str] = "",
-                   frozen: str | Iterable[str] = "") -> "ParameterSplit":
+                   frozen: Collection[str] = ()) -> "ParameterSplit":
         """Split `model`'s state by `selectors`; non-float buffers always stay local.
 
-        Entries matched by `frozen` (never trained, identical everywhere) are in neither part.
+        The entries named in `frozen` (never trained, identical everywhere) are in neither part.
         """
         model = _unwrap(model)
         state = model.state_dict()
-        excluded = select_names(model, frozen)
+        excluded = set(frozen)
         local = select_names(model, selectors) - excluded
         local |= {name for name, value in state.items() if not value.is_floating_point()}
         shared = tuple(name for name in state if name not in local and name not in excluded)
         return cls(shared=shared, local=tuple(name for name in state if name in local))
 
 
-def select_names(model: nn.Module, selectors: str | Iterable[str]) -> set[str]:
+def select_names(model: nn.Module, selectors: str | Iterable[str],
+                 key: str = "split.local") -> set[str]:
     """The state_dict names that comma-separated `selectors` match; a selector that matches
-    nothing raises, naming it."""
+    nothing raises, naming it and the config `key` it came from."""
     if isinstance(selectors, str):
         selectors = [part.strip() for part in selectors.split(",")]
     model = _unwrap(model)
@@ -89,7 +90,8 @@ def select_names(model: nn.Module, selectors: str | Iterable[str]) -> set[str]:
     for selector in filter(None, selectors):
         matched = _select(model, state, selector)
         if not matched:
-            raise ValueError(f"split selector {selector!r} matches no parameter of the model")
+            raise ValueError(f"config key {key!r}: selector {selector!r} matches no parameter "
+                             f"of the model")
         names |= matched
     return names
 

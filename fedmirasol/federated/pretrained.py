@@ -11,7 +11,8 @@ classification head whose classes mean something else in the private task, or a 
 pre-trained model lacks, such as the `model.input-norm` stem);
 `pretrained.freeze` selectors are never trained and never sent: they stay as loaded, on every
 client and on the server; `pretrained.trainable` freezes everything it does not match (e.g.
-only the classification head is fine-tuned, which is what DP-SGD on little data can afford). Selectors are those of `split.local` (fedmirasol.federated.parameters).
+only the classification head is fine-tuned, which is what DP-SGD on little data can afford).
+Selectors are those of `split.local` (fedmirasol.federated.parameters).
 """
 
 from __future__ import annotations
@@ -46,19 +47,16 @@ class PretrainedSettings:
 
     def frozen_names(self, model: nn.Module) -> set[str]:
         """The state_dict names that are never trained nor sent."""
-        frozen = select_names(model, self.freeze)
+        frozen = select_names(model, self.freeze, "pretrained.freeze")
         if self.trainable:
-            keep = select_names(model, self.trainable)
+            keep = select_names(model, self.trainable, "pretrained.trainable")
             frozen |= {name for name in model.state_dict() if name not in keep}
         return frozen
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _checkpoint_path(settings: PretrainedSettings) -> Path:
@@ -115,7 +113,7 @@ def _load_checkpoint(model: nn.Module, settings: PretrainedSettings) -> None:
     state, saved_config = read_state_dict(path)
     state = {canonical_name(name): value for name, value in state.items()}
     own = model.state_dict()
-    reset = select_names(model, settings.reset)
+    reset = select_names(model, settings.reset, "pretrained.reset")
     missing = sorted(set(own) - set(state) - reset)  # reset parts need not be in the file
     unexpected = sorted(set(state) - set(own))
     mismatched = [name for name in own if name in state
