@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Collection
 
 import pytest
+from flwr.app import Message
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmirasol.federated import run_dir as rundir
@@ -47,3 +48,20 @@ def run(cfg, run_dir: Path, grid: LocalGrid | None = None) -> FederatedRun:
     federated = FederatedRun(grid, cfg, run_dir)
     federated.run()
     return federated
+
+
+def alter_replies(grid, stage: str, edit: Callable[[Message], None],  # noqa: ANN001
+                  nodes: Collection[int] | None = None) -> None:
+    """Replies of `stage` (from `nodes`, or from all) go through `edit` before the server
+    reads them: a client that misbehaves in that stage."""
+    original = grid.send_and_receive
+
+    def send(messages, timeout=None):  # noqa: ANN001, ANN202
+        replies = list(original(messages, timeout=timeout))
+        for reply in replies:
+            if reply.metadata.message_type == stage \
+                    and (nodes is None or reply.metadata.src_node_id in nodes):
+                edit(reply)
+        return replies
+
+    grid.send_and_receive = send

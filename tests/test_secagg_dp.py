@@ -16,7 +16,15 @@ from fedmirasol.federated.run_config import load_config
 from fedmirasol.federated.server_loop import FederatedRun
 from fedmirasol.privacy import client_level, ledger
 from pretrained_fixtures import tiny_checkpoint
-from secagg_app_fixtures import run, secagg_config, task_identity  # noqa: F401
+from fedmirasol.secagg import protocol
+from secagg_app_fixtures import (  # noqa: F401
+    NODES,
+    alter_replies,
+    local_grid,
+    run,
+    secagg_config,
+    task_identity,
+)
 
 pytestmark = pytest.mark.slow
 BUDGET, CLIP, Z = 7.0, 0.05, 1.0
@@ -58,6 +66,21 @@ def test_an_exhausted_client_is_left_out_and_the_round_completes(sample_level: P
     assert rounds[2]["sampled"] == [0, 1, 2] and rounds[2]["participants"] == [0, 1]
     assert rounds[2]["budget_exhausted"] == [2] and not rounds[2]["rejected"]
     assert rounds[2]["aggregate_kept_previous"] is None
+
+
+def test_a_masked_update_without_dp_figures_stays_out_of_the_sum(tmp_path: Path) -> None:
+    """Under DP-SGD nothing is aggregated whose spend the ledger cannot record, secagg or not."""
+    grid = local_grid()
+    alter_replies(grid, protocol.MASK,
+                  lambda reply: reply.content.metric_records["metrics"].pop("dp-epsilon"),
+                  [NODES[1]])
+    run(config(1, **{"strategy.name": "fedavg", "privacy.enabled": True,
+                     "secagg.enabled": True}), tmp_path, grid)
+    (round_1,) = [r for r in rundir.read_metrics(tmp_path) if r["round"] == 1]
+    assert round_1["participants"] == [0, 2] and round_1["aggregate_kept_previous"] is None
+    assert [(r["partition-id"], r["reason"]) for r in round_1["rejected"]] == [
+        (1, "secagg_mask: the reply carries no DP figures ('dp-epsilon') while privacy.enabled")]
+    assert {r["partition-id"] for r in ledger.read(tmp_path) if r["kind"] == "client"} == {0, 2}
 
 
 def test_client_level_secure_noised_mean_equals_the_plain_one(

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Collection
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -24,6 +24,7 @@ from fedmirasol.secagg.local_grid import LocalGrid
 from fedmirasol.secagg.quantization import CapacityExceeded, OutOfRange, Quantizer
 from fedmirasol.secagg.server import SecureAggregator
 from fedmirasol.secagg.settings import SecAggSettings
+from secagg_app_fixtures import alter_replies
 
 SPEC = [("a", (30, 20)), ("b", (50,))]
 NODES = [101, 102, 103, 104, 105]
@@ -204,23 +205,6 @@ def test_clients_refuse_to_unmask_both_ways() -> None:
                                      for r in result.rejections)
 
 
-def alter_replies(grid, stage: str, edit: Callable[[Message], None],  # noqa: ANN001
-                  nodes: Collection[int] | None = None) -> None:
-    """Replies of `stage` (from `nodes`, or from all) go through `edit` before the server
-    reads them: a client that misbehaves in that stage."""
-    original = grid.send_and_receive
-
-    def send(messages, timeout=None):  # noqa: ANN001, ANN202
-        replies = list(original(messages, timeout=timeout))
-        for reply in replies:
-            if reply.metadata.message_type == stage \
-                    and (nodes is None or reply.metadata.src_node_id in nodes):
-                edit(reply)
-        return replies
-
-    grid.send_and_receive = send
-
-
 def replace_shares(change: Callable[[bytes], bytes]) -> Callable[[Message], None]:
     """An edit for `alter_replies` that replaces every revealed share by `change(share)`."""
 
@@ -278,3 +262,34 @@ def test_too_few_fitting_shares_fail_the_round_by_name() -> None:
     result = aggregator().run(clients.grid, train_messages(), 10, 1)
     assert result.mean is None
     assert "do not rebuild the self-mask seed it committed to" in result.failure
+
+
+@pytest.mark.parametrize("stage,edit,reason", [
+    (protocol.SHARES, lambda reply: reply.content.config_records[protocol.RECORD].__setitem__(
+        "dst", 5), "secagg_shares: reply's 'dst' is not a list of integers"),
+    (protocol.UNMASK, lambda reply: reply.content.config_records[protocol.RECORD].__setitem__(
+        "nodes", ["x"]), "secagg_unmask: reply's 'nodes' is not a list of integers"),
+    (protocol.UNMASK, lambda reply: reply.content.config_records[protocol.RECORD].__setitem__(
+        "shares", []), "secagg_unmask: reply's lists differ in length"),
+], ids=["shares-dst", "unmask-nodes", "unmask-lengths"])
+def test_a_reply_of_the_wrong_kind_is_named_and_the_sum_stays_right(stage, edit, reason) -> None:
+    clients = Clients()
+    alter_replies(clients.grid, stage, edit, [NODES[1]])
+    result = aggregator().run(clients.grid, train_messages(), 10, 1)
+    assert result.failure is None
+    assert [(r.node_id, r.reason) for r in result.rejections] == [(NODES[1], reason)]
+    survivors = list(range(5)) if stage == protocol.UNMASK else [0, 2, 3, 4]
+    assert max_error(result.mean, clients.mean(survivors)) < 1.0 / 2 ** 15
+
+
+def test_a_holder_naming_a_client_twice_is_named_once() -> None:
+    def repeat(reply: Message) -> None:
+        record = reply.content.config_records[protocol.RECORD]
+        record["nodes"], record["shares"] = record["nodes"] * 2, record["shares"] * 2
+
+    clients = Clients()
+    alter_replies(clients.grid, protocol.UNMASK, repeat, [NODES[1]])
+    result = aggregator().run(clients.grid, train_messages(), 10, 1)
+    assert result.failure is None
+    assert [r.node_id for r in result.rejections] == [NODES[1]]
+    assert max_error(result.mean, clients.mean(list(range(5)))) < 1.0 / 2 ** 15

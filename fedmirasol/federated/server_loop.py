@@ -336,7 +336,8 @@ class FederatedRun:
         secure sum of the clipped updates.
         """
         secure = self.secagg.run(self.ordered, messages, self.timeout, server_round,
-                                 self.partitions, screen=self.privacy.exhausted_problem)
+                                 self.partitions,
+                                 screen=self.privacy.secure_screen(server_round))
         self._check_registered(secure.replies)
         self.privacy.record_clients(server_round, secure.replies)
         accepted, exhausted, _ = self.privacy.take_exhausted(secure.replies, self.partitions)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 from flwr.app import Message
@@ -168,6 +168,22 @@ class ServerPrivacy:
                 rejected.append(Rejection(reply.metadata.src_node_id,
                                           reply_partition(reply, partitions), problem))
         return accepted, rejected
+
+    def secure_screen(self, server_round: int) -> Callable[[Message], str | None]:
+        """Why a masked reply must stay out of a secure sum (None: it may go in): a malformed
+        "budget exhausted" reply, or, under DP-SGD, DP figures the ledger cannot record (as
+        `check_reported` in the plain path). Under client-level DP the masked update's norm
+        cannot be inspected: only that every value lies within the quantization range."""
+
+        def screen(reply: Message) -> str | None:
+            if self.claims_exhausted(reply):
+                return self.exhausted_problem(reply)
+            if not self.settings.enabled:
+                return None
+            metrics = dict(_metrics(reply)) if "metrics" in reply.content.metric_records else {}
+            return self._ledger_record(server_round, metrics)[1]
+
+        return screen
 
     def check_clipped(self, replies: list[Message], partitions: Mapping[int, int]
                       ) -> tuple[list[Message], list[Rejection]]:

@@ -30,6 +30,17 @@ NumpyState = dict[str, np.ndarray]
 Screen = Callable[[Message], str | None]  # why a masked reply must stay out of the sum
 
 
+# The kinds of value a stage reply's fields must hold (a client's reply is untrusted input).
+BYTES, NUMBER, INTS, BYTES_LIST = "bytes", "a number", "a list of integers", "a list of bytes"
+_KINDS: dict[str, Callable[[object], bool]] = {
+    BYTES: lambda v: isinstance(v, bytes),
+    NUMBER: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    INTS: lambda v: isinstance(v, list) and all(
+        isinstance(x, int) and not isinstance(x, bool) for x in v),
+    BYTES_LIST: lambda v: isinstance(v, list) and all(isinstance(x, bytes) for x in v),
+}
+
+
 class RoundFailed(RuntimeError):
     """Secure aggregation cannot complete this round (the reason is the message)."""
 
@@ -61,9 +72,9 @@ class SecureAggregator:
     # -- plumbing -----------------------------------------------------------------------
     def _exchange(self, grid: Grid, stage: str, contents: Mapping[int, RecordDict],
                   timeout: float, result: SecureRound, group: str,
-                  fields: Sequence[str] = ()) -> dict[int, Message]:
+                  fields: Mapping[str, str] | None = None) -> dict[int, Message]:
         """Send one stage's messages; the good replies by node, the rest into rejections
-        (`fields`: keys a reply's stage record must carry)."""
+        (`fields`: keys a reply's stage record must carry, and their kinds)."""
         started = time.perf_counter()
         messages = [Message(content=content, dst_node_id=node, message_type=stage,
                             group_id=group) for node, content in contents.items()]
@@ -92,15 +103,22 @@ class SecureAggregator:
         return message.content.config_records[RECORD]
 
     @staticmethod
-    def _lacks(reply: Message, fields: Sequence[str]) -> str | None:
-        """Why a reply cannot be used: its stage record or one of `fields` is missing."""
+    def _lacks(reply: Message, fields: Mapping[str, str] | None) -> str | None:
+        """Why a reply cannot be used: its stage record or one of `fields` is missing or not of
+        its kind (`_KINDS`), or its list fields differ in length (they pair up)."""
         if not fields:
             return None
         record = reply.content.config_records.get(RECORD)
         if record is None:
             return f"reply has no {RECORD!r} record"
         missing = [key for key in fields if key not in record]
-        return f"reply's {RECORD!r} record lacks {missing}" if missing else None
+        if missing:
+            return f"reply's {RECORD!r} record lacks {missing}"
+        for key, kind in fields.items():
+            if not _KINDS[kind](record[key]):
+                return f"reply's {key!r} is not {kind}"
+        lengths = {len(record[key]) for key, kind in fields.items() if kind.startswith("a list")}
+        return "reply's lists differ in length" if len(lengths) > 1 else None
 
     # -- the round ----------------------------------------------------------------------
     def run(self, grid: Grid, train_messages: Sequence[Message], timeout: float,
@@ -128,7 +146,7 @@ class SecureAggregator:
         # 1. Public keys.
         base = {node: RecordDict({RECORD: ConfigRecord({"round": round_id})}) for node in train}
         replies = self._exchange(grid, protocol.KEYS, base, timeout, result, group,
-                                 ("pk-mask", "pk-enc", "seed-commitment"))
+                                 {"pk-mask": BYTES, "pk-enc": BYTES, "seed-commitment": BYTES})
         nodes = sorted(replies)
         self._require(len(nodes) >= 2, f"only {len(nodes)} of {sampled} clients sent keys "
                       "(secure aggregation needs at least 2)")
@@ -143,7 +161,7 @@ class SecureAggregator:
                   "num-neighbours": self.settings.num_neighbours, "threshold": threshold}
         replies = self._exchange(grid, protocol.SHARES, {
             n: RecordDict({RECORD: ConfigRecord(record)}) for n in nodes}, timeout, result, group,
-            ("dst", "ciphertexts"))
+            {"dst": INTS, "ciphertexts": BYTES_LIST})
         inbox: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         for src, reply in sorted(replies.items()):
             shares = self._record(reply)
@@ -164,7 +182,7 @@ class SecureAggregator:
         if bound is None:
             replies = self._exchange(grid, protocol.TRAIN, {
                 n: self._with(train[n], {"round": round_id, **forwarded(n)}) for n in shared},
-                timeout, result, group, ("bound",))
+                timeout, result, group, {"bound": NUMBER})
             for node, reply in list(replies.items()):
                 claimed = self._record(reply)["bound"]
                 if not isinstance(claimed, (int, float)) or not 0 < claimed < float("inf"):
@@ -207,12 +225,16 @@ class SecureAggregator:
         replies = self._exchange(grid, protocol.UNMASK, {
             n: RecordDict({RECORD: ConfigRecord({"round": round_id, "active": active,
                                                  "dropped": dropped})}) for n in active},
-            timeout, result, group, ("nodes", "shares"))
+            timeout, result, group, {"nodes": INTS, "shares": BYTES_LIST})
         revealed: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         for holder, reply in sorted(replies.items()):
             record = self._record(reply)
+            if len(set(record["nodes"])) < len(record["nodes"]):  # one share per client held
+                self._reject(result, holder, protocol.UNMASK,
+                             "revealed two shares for one client; none of its shares was used")
+                continue
             for node, share in zip(record["nodes"], record["shares"]):
-                revealed[int(node)].append((holder, share))
+                revealed[node].append((holder, share))
         masks = dict(zip(nodes, pk_mask))
         for node in active + dropped:
             self._require(len(revealed[node]) >= threshold,
