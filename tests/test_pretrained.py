@@ -135,3 +135,10 @@ def test_a_selector_that_matches_nothing_names_its_key(checkpoint: Path) -> None
     config = pretrained_config(checkpoint, 'pretrained.trainable="head.*"')
     with pytest.raises(ValueError, match="'pretrained.trainable': selector 'head.\\*' matches no"):
         client_task.init_model(config)
+
+
+def test_a_part_both_reset_and_frozen_is_refused(checkpoint: Path) -> None:
+    config = pretrained_config(checkpoint, 'pretrained.reset="classifier.*"',
+                               'pretrained.trainable="combiner.*"')
+    with pytest.raises(ValueError, match="reset and frozen, they would stay at random init"):
+        client_task.init_model(config)

@@ -12,6 +12,7 @@ import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmirasol.federated import run_dir as rundir
+from fedmirasol.federated import server_loop
 from fedmirasol.federated.run_config import load_config
 from fedmirasol.federated.server_loop import FederatedRun
 from fedmirasol.privacy import client_level, ledger
@@ -81,6 +82,21 @@ def test_a_masked_update_without_dp_figures_stays_out_of_the_sum(tmp_path: Path)
     assert [(r["partition-id"], r["reason"]) for r in round_1["rejected"]] == [
         (1, "secagg_mask: the reply carries no DP figures ('dp-epsilon') while privacy.enabled")]
     assert {r["partition-id"] for r in ledger.read(tmp_path) if r["kind"] == "client"} == {0, 2}
+
+
+def test_client_level_draws_its_clients_from_a_secret_seed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sampling amplifies client-level privacy only if the draw cannot be recomputed from the
+    run's seed (which every client receives)."""
+    draws: list[int] = []
+    monkeypatch.setattr(server_loop.secrets, "randbits",
+                        lambda bits: draws.append(bits) or 12345)
+    level = {"strategy.name": "fedavg", "strategy.fraction-train": 0.67,
+             "privacy.client-level": True, "privacy.client-clip-norm": CLIP}
+    run(config(2, **level), tmp_path / "level")
+    assert draws == [64, 64]  # one secret draw per round
+    run(config(2, **{"strategy.name": "fedavg"}), tmp_path / "plain")
+    assert draws == [64, 64]  # without client-level DP the draw stays seeded (reproducible)
 
 
 def test_client_level_secure_noised_mean_equals_the_plain_one(

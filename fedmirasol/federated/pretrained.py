@@ -100,9 +100,14 @@ def load_pretrained(model: nn.Module, config: Mapping[str, Any]) -> None:
     do not match the run's model.
     """
     settings = PretrainedSettings.from_config(config)
+    frozen = settings.frozen_names(model)
+    both = sorted(frozen & select_names(model, settings.reset, "pretrained.reset"))
+    if both:
+        raise ValueError(f"pretrained.reset and pretrained.freeze/trainable both select "
+                         f"{both[:3]}: reset and frozen, they would stay at random init")
     if settings.checkpoint:
         _load_checkpoint(model, settings)
-    _freeze(model, settings.frozen_names(model))
+    _freeze(model, frozen)
 
 
 def _load_checkpoint(model: nn.Module, settings: PretrainedSettings) -> None:

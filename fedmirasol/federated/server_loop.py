@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -204,8 +205,12 @@ class FederatedRun:
         seed = self.config["seed"]
         record: dict[str, Any] = {"round": server_round}
 
-        # Training: Flower's strategy samples (seeded per round) and builds the messages.
-        random.seed(seed_for(seed, server_round, 1))
+        # Training: Flower's strategy samples (seeded per round) and builds the messages. Under
+        # client-level DP the draw comes from a secret seed instead: its accounting counts on
+        # sampling, which amplifies privacy only if nobody can tell who was drawn, and the
+        # run's seed travels to every client.
+        random.seed(secrets.randbits(64) if self.privacy.client_level is not None
+                    else seed_for(seed, server_round, 1))
         train_grid = self._train_grid()
         population = len(list(train_grid.get_node_ids()))  # clients the draw is made from
         messages = list(self.strategy.configure_train(
