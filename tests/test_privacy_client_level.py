@@ -68,3 +68,29 @@ def test_a_smaller_draw_is_accounted_at_least_at_its_real_rate():
     assert shrunk.epsilon() == as_five.epsilon() > full.epsilon()
     with pytest.raises(ValueError):
         shrunk.record_round(1.0, 8, population=7)
+
+
+def test_an_update_within_the_rounding_slack_is_clipped_to_the_bound(tmp_path,
+                                                                     monkeypatch) -> None:
+    from flwr.app import Message, MessageType, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedmirasol.federated.parameters import from_record, to_record
+    from fedmirasol.federated.run_config import load_config
+    from fedmirasol.privacy.client_level import get_norm
+    from fedmirasol.privacy.server_side import CLIP_SLACK, ServerPrivacy
+
+    for field in ("_run_id", "_task_id", "_node_id"):  # restored after the test
+        monkeypatch.setattr(TaskIdentity, field, 1)
+    config = load_config(None, ["privacy.client-level=true", "privacy.client-clip-norm=1.0"])
+    privacy = ServerPrivacy(config, tmp_path, ["w"])
+    replies = []
+    for scale in (1 + CLIP_SLACK / 2, 1 + 2 * CLIP_SLACK, 0.5):
+        update = {"w": np.full(4, scale / 2, np.float32)}  # L2 norm = scale
+        replies.append(Message(RecordDict({"arrays": to_record(update)}), dst_node_id=1,
+                               message_type=MessageType.TRAIN))
+    accepted, rejected = privacy.check_clipped(replies, {})
+    norms = [get_norm(list(from_record(r.content.array_records["arrays"]).values()))
+             for r in accepted]
+    assert len(rejected) == 1 and "exceeds privacy.client-clip-norm" in rejected[0].reason
+    assert norms[0] <= 1.0 + 1e-7 and norms[1] == pytest.approx(0.5)

@@ -24,10 +24,10 @@ import numpy as np
 from flwr.app import Message
 from flwr.supercore.differential_privacy import get_norm
 
-from fedmirasol.federated.parameters import NumpyState, from_record
+from fedmirasol.federated.parameters import NumpyState, from_record, to_record
 from fedmirasol.federated.reply_validation import Rejection, check_metrics, reply_partition
 from fedmirasol.privacy import ledger
-from fedmirasol.privacy.client_level import ClientLevelAccountant, noise_aggregate
+from fedmirasol.privacy.client_level import ClientLevelAccountant, clip_update, noise_aggregate
 from fedmirasol.privacy.client_round import EXHAUSTED, budget_exhausted
 from fedmirasol.privacy.settings import PrivacySettings
 
@@ -187,14 +187,20 @@ class ServerPrivacy:
 
     def check_clipped(self, replies: list[Message], partitions: Mapping[int, int]
                       ) -> tuple[list[Message], list[Rejection]]:
-        """Under client-level DP, reject updates whose L2 norm exceeds the clip bound."""
+        """Under client-level DP, reject updates whose L2 norm exceeds the clip bound; one
+        within float32 rounding slack above it is clipped to it, so the sum's sensitivity is
+        exactly the clip norm the noise and the accountant assume."""
         if self.client_level is None:
             return replies, []
         bound = self.settings.client_clip_norm * (1 + CLIP_SLACK)
         accepted, rejected = [], []
         for reply in replies:
-            norm = get_norm(list(from_record(reply.content.array_records["arrays"]).values()))
+            update = from_record(reply.content.array_records["arrays"])
+            norm = get_norm(list(update.values()))
             if norm <= bound:
+                if norm > self.settings.client_clip_norm:  # within the float32 slack: clip it
+                    clipped, _ = clip_update(update, self.settings.client_clip_norm)
+                    reply.content.array_records["arrays"] = to_record(clipped)
                 accepted.append(reply)
             else:
                 rejected.append(Rejection(
