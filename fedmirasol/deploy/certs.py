@@ -12,12 +12,17 @@ Layout written by `make_credentials(out)`::
 
 Flower's SuperNode authentication takes NIST elliptic-curve keys (P-384 here). These are test
 credentials: a production site uses its own PKI and generates its node key on the device.
+
+Existing files are never overwritten unless `force=True` (a new CA invalidates every
+certificate it signed and a new node key un-registers the site), and private keys are created
+with mode 0600 (`os.open(..., 0o600)`), so they are never readable by others, not even briefly.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -51,10 +56,35 @@ def _san(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def _write(path: Path, data: bytes, private: bool = False) -> Path:
-    path.write_bytes(data)
-    if private:
-        path.chmod(0o600)
+class CredentialsExistError(FileExistsError):
+    """Some of the files `make_credentials` would write exist already (and `force` is off)."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = list(paths)
+        names = ", ".join(str(p) for p in self.paths)
+        super().__init__(f"refusing to overwrite existing credentials: {names} (a new CA or "
+                         "node key breaks the sites already set up with the old ones; "
+                         "use --force to replace them)")
+
+
+def _write(path: Path, data: bytes, private: bool = False, force: bool = False) -> Path:
+    """Write `data` to a new file at `path`: mode 0600 from its creation for a private key,
+    0644 (less the umask) otherwise. An existing file is an error unless `force`, which removes
+    it first (so a replaced key never inherits the old file's mode and is never truncated in
+    place while another process reads it)."""
+    if force:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+    # O_EXCL: fails on an existing path, a symlink included (never followed).
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                     0o600 if private else 0o644)
+    except FileExistsError:  # created since make_credentials checked
+        raise CredentialsExistError([path]) from None
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
     return path
 
 
@@ -106,7 +136,12 @@ def make_server_cert(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateK
     return cert, key
 
 
-def write_node_key(private_path: Path) -> tuple[Path, Path]:
+def node_key_paths(private_path: Path) -> tuple[Path, Path]:
+    """(private key, public key) paths of a SuperNode key pair."""
+    return private_path, private_path.with_name(private_path.name + ".pub")
+
+
+def write_node_key(private_path: Path, force: bool = False) -> tuple[Path, Path]:
     """A SuperNode key pair in OpenSSH format: (`private_path`, `private_path`.pub)."""
     key = ec.generate_private_key(CURVE())
     private = key.private_bytes(serialization.Encoding.PEM,
@@ -114,26 +149,44 @@ def write_node_key(private_path: Path) -> tuple[Path, Path]:
                                 serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                            serialization.PublicFormat.OpenSSH)
-    public_path = private_path.with_name(private_path.name + ".pub")
-    return _write(private_path, private, private=True), _write(public_path, public + b"\n")
+    private_path, public_path = node_key_paths(private_path)
+    return (_write(private_path, private, private=True, force=force),
+            _write(public_path, public + b"\n", force=force))
+
+
+def credential_paths(out: str | Path, nodes: int = 3) -> list[Path]:
+    """Every file `make_credentials(out, nodes)` writes."""
+    out = Path(out)
+    paths = [out / name for name in ("ca.crt", "ca.key", "server.crt", "server.key")]
+    for i in range(nodes):
+        paths.extend(node_key_paths(out / f"node-{i}"))
+    return paths
 
 
 def make_credentials(out: str | Path, nodes: int = 3, hosts: Sequence[str] = (),
-                     days: int = 365) -> Credentials:
-    """Write a CA, a SuperLink certificate and `nodes` SuperNode key pairs to `out`."""
+                     days: int = 365, force: bool = False) -> Credentials:
+    """Write a CA, a SuperLink certificate and `nodes` SuperNode key pairs to `out`.
+
+    Raises `CredentialsExistError` naming every file that exists already, before writing
+    anything, unless `force` (which replaces them)."""
     if nodes < 0:
         raise ValueError(f"--nodes must be >= 0, got {nodes}")
     out = Path(out)
+    if not force:
+        existing = [p for p in credential_paths(out, nodes) if os.path.lexists(p)]
+        if existing:
+            raise CredentialsExistError(existing)
     out.mkdir(parents=True, exist_ok=True)
     all_hosts = list(dict.fromkeys([*DEFAULT_HOSTS, *hosts]))
     ca_cert, ca_key = make_ca(days)
     server_cert, server_key = make_server_cert(ca_cert, ca_key, all_hosts, days)
     pem = serialization.Encoding.PEM
     creds = Credentials(
-        ca_cert=_write(out / "ca.crt", ca_cert.public_bytes(pem)),
-        server_cert=_write(out / "server.crt", server_cert.public_bytes(pem)),
-        server_key=_write(out / "server.key", _pem_key(server_key), private=True),
+        ca_cert=_write(out / "ca.crt", ca_cert.public_bytes(pem), force=force),
+        server_cert=_write(out / "server.crt", server_cert.public_bytes(pem), force=force),
+        server_key=_write(out / "server.key", _pem_key(server_key), private=True, force=force),
     )
-    _write(out / "ca.key", _pem_key(ca_key), private=True)
-    creds.node_keys.extend(write_node_key(out / f"node-{i}") for i in range(nodes))
+    _write(out / "ca.key", _pem_key(ca_key), private=True, force=force)
+    creds.node_keys.extend(write_node_key(out / f"node-{i}", force=force)
+                           for i in range(nodes))
     return creds
