@@ -5,14 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from fedmirasol.federated import run_dir as rundir
 from fedmirasol.federated.metrics import mean
 from fedmirasol.privacy import ledger
 from fedmirasol.privacy.report import run_summary, worst_client_line
 
 
-def build_report(run_dir: str | Path) -> dict[str, Any]:
-    """Summary of a run directory's metrics (final and best accuracies, totals)."""
+def build_report(run_dir: str | Path, shared: Mapping[str, np.ndarray] | None = None
+                 ) -> dict[str, Any]:
+    """Summary of a run directory's metrics (final and best accuracies, totals).
+
+    `shared`: the global shared state (name -> array) whose size is reported; by default the
+    latest checkpoint's."""
     config = rundir.read_config(run_dir)
     rounds = [r for r in rundir.read_metrics(run_dir) if r["round"] > 0]
     if not rounds:
@@ -43,6 +49,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
                                   if "val_accuracy" in row},
         **_personalization_summary(config, rounds),
         **_privacy_summary(run_dir),
+        **shared_counts(shared if shared is not None else _checkpointed_shared(run_dir)),
         "total_bytes_down": sum(r["bytes_down"] for r in rounds),
         "total_bytes_up": sum(r["bytes_up"] for r in rounds),
         "total_rejected_updates": sum(len(r["rejected"]) for r in rounds),
@@ -50,6 +57,22 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "mean_round_seconds": mean(r["duration_s"] for r in rounds),
         "rejections": [{"round": r["round"], **x} for r in rounds for x in r["rejected"]],
     }
+
+
+def shared_counts(shared: Mapping[str, np.ndarray] | None) -> dict[str, int]:
+    """How much of the model is shared with the server: `shared_parameters`, the number of
+    scalar values (weights and the float buffers such as BatchNorm statistics that travel with
+    them), and `shared_tensors`, the number of state_dict entries they are in. Empty if
+    unknown."""
+    if shared is None:
+        return {}
+    return {"shared_parameters": int(sum(np.asarray(value).size for value in shared.values())),
+            "shared_tensors": len(shared)}
+
+
+def _checkpointed_shared(run_dir: str | Path) -> Mapping[str, np.ndarray] | None:
+    checkpoint = rundir.latest_checkpoint(run_dir)
+    return None if checkpoint is None else checkpoint.global_shared
 
 
 def _last_quarter(rounds: list[dict]) -> list[dict]:

@@ -9,7 +9,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from fedmirasol.federated.plots import (  # noqa: E402
+    MAX_CLIENT_LINES, legend_outside, plot_clients, round_axis)
 
 PLOT_FILE = "privacy-epsilon.png"
 
@@ -29,23 +31,24 @@ def plot_epsilon(records: list[dict[str, Any]], path: str | Path) -> Path:
             level.append((record["round"], record["epsilon"]))
     if not clients and not level:
         raise ValueError("the privacy ledger holds no records to plot")
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for pid in sorted(clients):
-        points = sorted(clients[pid])
-        axis.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=f"client {pid}")
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    # Up to MAX_CLIENT_LINES clients one line each; more: the median and interquartile band,
+    # with the clients that spent the most named.
+    plot_clients(axis, {pid: clients[pid] for pid in sorted(clients)}, higher_is_worse=True,
+                 value="epsilon")
     if level:
         points = sorted(level)
         axis.plot([p[0] for p in points], [p[1] for p in points], "k--", label="client-level")
     for budget in sorted(budgets):
         axis.axhline(budget, color="red", linestyle=":", label=f"budget {budget:g}")
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_xlabel("round")
+    round_axis(axis)
     axis.set_ylabel("cumulative epsilon")
-    axis.set_title("Privacy spent per client")
-    axis.legend(fontsize="small", ncol=2)
+    axis.set_title("Privacy spent per client" + (
+        "" if len(clients) <= MAX_CLIENT_LINES else f" (median and spread of {len(clients)})"))
+    legend_outside(axis, fontsize="small")
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, bbox_inches="tight")  # keeps the legend outside the axes
     plt.close(figure)
     return path
