@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--baseline-epochs", type=int, metavar="N",
                         help="epochs of the centralized baseline (default: num-rounds x "
                         "local-epochs, the passes each client's data gets)")
+    parser.add_argument("--no-pretrain", action="store_true",
+                        help="start from scratch: clear the config's pretrained.* keys (no "
+                        "pre-trained checkpoint is trained or loaded; the whole model trains)")
     parser.set_defaults(func=run)
 
 
@@ -37,13 +40,18 @@ def run(args: argparse.Namespace) -> int:
     from fedmirasol.federated.run_config import load_config
     from fedmirasol.federated.simulate import simulate
 
-    if args.resume and (args.config or args.overrides):
-        raise ValueError("--resume continues a run with its own config; drop --config/--set")
+    if args.resume and (args.config or args.overrides or args.no_pretrain):
+        raise ValueError("--resume continues a run with its own config; drop "
+                         "--config/--set/--no-pretrain")
     started = time.perf_counter()
     if args.resume:
         run_dir = simulate(resume=args.resume)
     else:
-        run_dir = simulate(load_config(args.config, args.overrides))
+        from fedmirasol.federated.public_pretraining import prepare
+
+        # a `public:` pretrained.checkpoint recipe is trained once and cached, then reused
+        overrides = prepare(args.config, args.overrides, pretrain=not args.no_pretrain)
+        run_dir = simulate(load_config(args.config, overrides))
     elapsed = time.perf_counter() - started
     report = rundir.read_report(run_dir)
     report["wall_clock_seconds"] = elapsed

@@ -1,7 +1,8 @@
 """Starting a federation from a pre-trained checkpoint (public pre-training, private fine-tuning).
 
 `pretrained.checkpoint` names a checkpoint of `fedmirasol train` (``best.pt``/``final.pt``) or a
-run's ``final_model.pt``. Every process (server and clients) loads the same file into the
+run's ``final_model.pt``, or a public pre-training recipe (``"public: --epochs 6 ..."``) that
+`fedmirasol simulate` trains once and caches (fedmirasol.federated.public_pretraining). Every process (server and clients) loads the same file into the
 run's model, so the initial model is identical everywhere without sending it; the server
 records the file's SHA-256 in the resolved config (`pretrained.sha256`) and a process whose
 file differs refuses to start, naming it.
@@ -59,22 +60,50 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+# The README's public pre-training recipe (dp.toml and secagg.toml name it as a `public:` one).
+PUBLIC_TRAIN_FLAGS = "--threads 1 --epochs 6 --val-clips 400"
+
+
 def _checkpoint_path(settings: PretrainedSettings) -> Path:
     path = Path(settings.checkpoint).expanduser()
     if not path.is_file():
+        out = path.parent if path.name in ("best.pt", "final.pt") else path.with_suffix("")
+        use = "" if path.name in ("best.pt", "final.pt") else f", then point it at {out}/best.pt"
         raise FileNotFoundError(
-            f"config key 'pretrained.checkpoint': no checkpoint file at {path} (pre-train one "
-            f"with e.g. `fedmirasol train --public --out {path.parent}`)")
+            f"config key 'pretrained.checkpoint': no checkpoint file at {path}. Pre-train one "
+            f"(about 6 minutes on 2 CPU cores) with `fedmirasol train --public "
+            f"{PUBLIC_TRAIN_FLAGS} --out {out}`{use}; or set pretrained.checkpoint = "
+            f"\"public: {PUBLIC_TRAIN_FLAGS}\" and `fedmirasol simulate` trains and caches it on "
+            f"first use; or pass --no-pretrain to `fedmirasol simulate` to start from scratch "
+            f"(under DP-SGD that stays near chance)")
+    return path
+
+
+def _recipe_checkpoint(config: Mapping[str, Any], checkpoint: str) -> Path:
+    from fedmirasol.federated import public_pretraining as public
+
+    recipe = public.Recipe.parse(checkpoint, config["model"]["name"])
+    path = public.cached_checkpoint(recipe)
+    if path is None:
+        raise FileNotFoundError(f"config key 'pretrained.checkpoint' = {checkpoint!r}: "
+                                + public.not_trained_message(recipe))
     return path
 
 
 def with_digest(config: Mapping[str, Any]) -> dict[str, Any]:
     """`config` with `pretrained.sha256` filled in from the checkpoint file when it is empty,
-    and the checkpoint's path made absolute (other processes may run elsewhere)."""
+    and the checkpoint's path made absolute (other processes may run elsewhere). A `public:`
+    recipe becomes its cached file (checked against the digest recorded when it was trained);
+    one not trained yet raises, saying how to train it."""
     settings = PretrainedSettings.from_config(config)
     resolved = dict(config)
     if settings.checkpoint and not settings.sha256:
-        path = _checkpoint_path(settings).resolve()
+        from fedmirasol.federated.public_pretraining import is_recipe
+
+        if is_recipe(settings.checkpoint):
+            path = _recipe_checkpoint(config, settings.checkpoint)
+        else:
+            path = _checkpoint_path(settings).resolve()
         resolved["pretrained"] = dict(config["pretrained"], checkpoint=str(path),
                                       sha256=file_sha256(path))
     return resolved
