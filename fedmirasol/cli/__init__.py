@@ -1,4 +1,13 @@
-"""The `fedmirasol` command: one subcommand module per job, registered below."""
+"""The `fedmirasol` command: one subcommand module per job, registered below.
+
+Registering a subcommand imports nothing heavy (no torch, flwr or ray): each module imports
+what its job needs inside its `func`, so `fedmirasol --help` starts in a fraction of a second
+and still works when torch is broken.
+
+Errors: a `ConfigError` (a bad config key or value, flag, or input file; fedmirasol.errors),
+a FileNotFoundError (a path the user gave is missing) and a FileExistsError (it would be
+overwritten) print one line and exit 2; anything else is a bug and shows its traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,8 @@ import argparse
 import importlib
 import sys
 from typing import Sequence
+
+from fedmirasol.errors import ConfigError, did_you_mean
 
 # Each module defines `register(subparsers)`, adding its subcommand(s) with a `func` default
 # that takes the parsed arguments and returns an exit code.
@@ -19,6 +30,9 @@ COMMAND_MODULES = (
     "fedmirasol.cli.certs_cmd",
 )
 
+# FileNotFoundError / FileExistsError: a path the user gave is missing, or would be overwritten.
+USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -31,11 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def model_config_name(name: str, flag: str) -> str:
+    """`name` if it is a named model config, else a ConfigError naming `flag` (did you mean)."""
+    from fedmirasol.models.config import NAMED_CONFIGS
+
+    if name not in NAMED_CONFIGS:
+        hint = did_you_mean(name, NAMED_CONFIGS)
+        raise ConfigError(f"{flag}: unknown model config {name!r}{hint}; known: "
+                          f"{', '.join(NAMED_CONFIGS)}")
+    return name
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (KeyError, ValueError, FileNotFoundError) as error:
+    except USER_ERRORS as error:
         print(f"fedmirasol {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedmirasol.data.media.adapters import read_class_folders, read_vggsound
-from fedmirasol.data.media.manifest import ClipRecord, read_manifest
+from fedmirasol.cli import model_config_name
+from fedmirasol.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedmirasol.data.media.manifest import ClipRecord
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,13 +75,23 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
 
 
 def _records(args: argparse.Namespace) -> list[ClipRecord]:
-    if args.format == "folders":
-        return read_class_folders(args.manifest)
-    if args.format == "vggsound":
-        if args.video_dir is None:
-            raise ValueError("--format vggsound needs --video-dir")
-        return read_vggsound(args.manifest, args.video_dir, split=args.split)
-    return read_manifest(args.manifest)
+    """The clips MANIFEST lists; what is wrong with its content is the user's to fix (the
+    readers' ValueErrors name the file and line), so it is a ConfigError."""
+    from fedmirasol.data.media.adapters import read_class_folders, read_vggsound
+    from fedmirasol.data.media.manifest import read_manifest
+
+    if args.format == "vggsound" and args.video_dir is None:
+        raise ConfigError("--format vggsound needs --video-dir")
+    try:
+        if args.format == "folders":
+            return read_class_folders(args.manifest)
+        if args.format == "vggsound":
+            return read_vggsound(args.manifest, args.video_dir, split=args.split)
+        return read_manifest(args.manifest)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -85,11 +99,11 @@ def _synth(args: argparse.Namespace) -> int:
     from fedmirasol.models.config import get_config
 
     if args.clips < 1:
-        raise ValueError(f"--clips must be positive, got {args.clips}")
+        raise ConfigError(f"--clips must be positive, got {args.clips}")
     manifest = write_synthetic_media(
         args.out,
         args.clips,
-        get_config(args.config),
+        get_config(model_config_name(args.config, "--config")),
         seed=args.seed,
         sites=args.sites,
         domain_shift=args.domain_shift,

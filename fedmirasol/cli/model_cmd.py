@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from fedmirasol.models import NAMED_CONFIGS, build_model, get_config
-from fedmirasol.models.summary import describe, parameter_table
+from fedmirasol.cli import model_config_name
+from fedmirasol.models.config import NAMED_CONFIGS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    config = get_config(args.config)
+    from fedmirasol.models import build_model, get_config
+    from fedmirasol.models.summary import describe, parameter_table
+
+    config = get_config(model_config_name(args.config, "CONFIG"))
     table = parameter_table(build_model(config, device="meta"))
     if args.json:
         print(json.dumps({"config": config.name, "parameters": table}, indent=2))

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from fedmirasol.errors import ConfigError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -23,6 +25,10 @@ def run(args: argparse.Namespace) -> int:
     from fedmirasol.federated.report import build_report, summary_table
 
     rundir.read_config(args.run_dir)  # a clear error when this is not a run directory
+    if not any(record.get("round", 0) > 0 for record in rundir.read_metrics(args.run_dir)):
+        raise ConfigError(f"{args.run_dir} has no completed rounds in {rundir.METRICS_FILE}: "
+                          f"the run stopped before round 1 ended, so there is nothing to "
+                          f"report (its config.json says what it was run with)")
     report = rundir.read_report(args.run_dir) | build_report(args.run_dir)
     rundir.write_report(args.run_dir, report)
     paths = plot_run(args.run_dir)

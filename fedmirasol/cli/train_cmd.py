@@ -7,16 +7,17 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
-from fedmirasol.models import get_config
+from fedmirasol.cli import model_config_name
+from fedmirasol.errors import ConfigError
 from fedmirasol.models.config import MODALITY_NAMES
-from fedmirasol.models.summary import describe
-from fedmirasol.training.centralized import MODALITIES, TrainSettings, train_centralized
+
+# TrainSettings' fields the flags set; a flag left out keeps TrainSettings' default (the
+# defaults are not read here: that would import torch to build the parser).
+SETTINGS_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate",
+                  "train_clips": "train_clips", "val_clips": "val_clips", "seed": "seed"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    defaults = TrainSettings()
     parser = subparsers.add_parser(
         "train",
         help="train centrally on synthetic data (the reference for federated runs)",
@@ -38,19 +39,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--freeze-encoders", action="store_true", default=None,
         help="train only the fusion head (TimeSformer and AST frozen)",
     )
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.learning_rate)
-    parser.add_argument("--train-clips", type=int, default=defaults.train_clips)
-    parser.add_argument("--val-clips", type=int, default=defaults.val_clips)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--epochs", type=int, help="default 8")
+    parser.add_argument("--batch-size", type=int, help="default 32")
+    parser.add_argument("--lr", type=float, help="default 0.002 (AdamW, one-cycle schedule)")
+    parser.add_argument("--train-clips", type=int, help="default 4000")
+    parser.add_argument("--val-clips", type=int, help="default 500")
+    parser.add_argument("--seed", type=int, help="default 0")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (bf16 autocast on GPUs)")
     parser.add_argument(
         "--threads", type=int,
         help="torch CPU threads (default: torch's choice; 1 is much faster on a loaded machine)",
     )
     parser.add_argument(
-        "--drop-modality", choices=MODALITIES,
+        "--drop-modality", choices=MODALITY_NAMES,
         help="remove one modality from training and validation (the ablation)",
     )
     parser.add_argument(
@@ -63,18 +64,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from fedmirasol.models import get_config
+    from fedmirasol.models.summary import describe
+    from fedmirasol.training.centralized import TrainSettings, train_centralized
+    from fedmirasol.training.device import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except (ValueError, RuntimeError) as error:  # torch.device() of a bad name: RuntimeError
+        raise ConfigError(f"--device {args.device}: {error}") from error
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     options = ("combiner", "fusion", "alpha", "alpha_modality", "learn_alpha", "freeze_encoders")
     overrides = {k: getattr(args, k) for k in options if getattr(args, k) is not None}
-    model_config = get_config(args.config, **overrides)
-    settings = TrainSettings(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-        train_clips=args.train_clips, val_clips=args.val_clips, seed=args.seed,
-        device=args.device, drop_modality=args.drop_modality, public=args.public,
-    )
+    try:
+        model_config = get_config(model_config_name(args.config, "--config"), **overrides)
+    except ValueError as error:  # the config's own checks of the flags above
+        raise ConfigError(f"--config {args.config}: {error}") from error
+    chosen = {field: getattr(args, flag) for flag, field in SETTINGS_FLAGS.items()
+              if getattr(args, flag) is not None}
+    for flag in ("epochs", "batch_size", "train_clips", "val_clips"):
+        if flag in chosen and chosen[flag] < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1, got {chosen[flag]}")
+    settings = TrainSettings(device=args.device, drop_modality=args.drop_modality,
+                             public=args.public, **chosen)
     suffix = f"-no-{args.drop_modality}" if args.drop_modality else ""
     suffix += "-public" if args.public else ""
     out = args.out or Path("runs") / f"train-{args.config}{suffix}-{time.strftime('%Y%m%d-%H%M%S')}"

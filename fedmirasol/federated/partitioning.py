@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from fedmirasol.errors import ConfigError
+
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
 
@@ -35,8 +37,9 @@ def quantity_sizes(total: int, num_partitions: int, alpha: float, min_size: int,
                    seed: int) -> list[int]:
     """Client sizes drawn from Dirichlet(alpha) over clients, each at least `min_size`."""
     if total < num_partitions * min_size:
-        raise ValueError(f"{total} clips cannot give {num_partitions} clients "
-                         f"at least {min_size} clips each")
+        raise ConfigError(f"data.num-clients = {num_partitions} with data.min-partition-size = "
+                          f"{min_size} needs at least {num_partitions * min_size} clips; the "
+                          f"pool has {total}")
     rng = np.random.default_rng([seed, 0x51E])
     shares = rng.dirichlet(np.full(num_partitions, alpha))
     spare = total - num_partitions * min_size
@@ -73,7 +76,7 @@ def build_partitioner(data: Mapping[str, Any], num_labels: int, seed: int) -> Pa
         sizes = quantity_sizes(num_labels, n, data["quantity-alpha"],
                                data["min-partition-size"], seed)
         return SizePartitioner(partition_sizes=sizes)
-    raise ValueError(f"unknown data.partitioner {scheme!r}")
+    raise ConfigError(f"unknown data.partitioner {scheme!r}")
 
 
 def partition_indices(labels: np.ndarray, data: Mapping[str, Any], seed: int) -> list[np.ndarray]:
@@ -90,17 +93,60 @@ def partition_indices(labels: np.ndarray, data: Mapping[str, Any], seed: int) ->
     return parts
 
 
+def _pool_name(data: Mapping[str, Any]) -> str:
+    if data.get("source") == "manifest":
+        return f"manifest {data.get('manifest')}"
+    return "the synthetic pool (data.num-clients x data.clips-per-client)"
+
+
+def _partitioner_keys(data: Mapping[str, Any]) -> str:
+    """The keys that shape the chosen partitioner, `key = value`, for error messages."""
+    keys = {"dirichlet": ("alpha", "min-partition-size"), "quantity": ("quantity-alpha",
+            "min-partition-size"), "pathological": ("classes-per-client",)}
+    return ", ".join(f"data.{key} = {data[key]!r}"
+                     for key in ("partitioner", *keys.get(data["partitioner"], ())))
+
+
+def check_pool_size(num_clips: int, data: Mapping[str, Any]) -> None:
+    """Enough clips for every client to get its fewest (2: train + validation; Dirichlet and
+    quantity skew: data.min-partition-size), or a ConfigError naming the keys and sizes."""
+    n = data["num-clients"]
+    per = 2
+    if data["partitioner"] in ("dirichlet", "quantity"):
+        per = max(2, data["min-partition-size"])
+    if num_clips >= n * per:
+        return
+    fewest = (f"data.min-partition-size = {data['min-partition-size']} per client"
+              if per == data.get("min-partition-size") else
+              "2 per client: one to train, one to validate")
+    raise ConfigError(f"data.num-clients = {n} needs at least {n * per} clips ({fewest}); "
+                      f"{_pool_name(data)} has {num_clips}: lower data.num-clients"
+                      + (" or list more clips in the manifest" if data.get("source") == "manifest"
+                         else " or raise data.clips-per-client"))
+
+
 def client_specs(labels: np.ndarray, data: Mapping[str, Any], seed: int) -> list[ClientSpec]:
     """Every client's local train/validation split, domain and missing modalities."""
+    check_pool_size(len(labels), data)
     order = np.arange(len(labels))
     if data["partitioner"] == "quantity":  # sizes come in contiguous ranges: shuffle first
         order = np.random.default_rng([seed, 0x0DE]).permutation(len(labels))
-    parts = [order[part] for part in partition_indices(labels[order], data, seed)]
+    try:
+        parts = [order[part] for part in partition_indices(labels[order], data, seed)]
+    except ConfigError:
+        raise
+    except ValueError as error:  # flwr-datasets' message, which names no config key
+        raise ConfigError(f"{_partitioner_keys(data)} cannot split the {len(labels)} clips of "
+                          f"{_pool_name(data)} among data.num-clients = {data['num-clients']} "
+                          f"clients: {error}") from error
     specs = []
     for pid, indices in enumerate(parts):
         if len(indices) < 2:
-            raise ValueError(f"client {pid} got {len(indices)} clips; it needs at least 2 "
-                             "(raise data.clips-per-client or data.min-partition-size)")
+            raise ConfigError(f"client {pid} got {len(indices)} clips from "
+                              f"{_partitioner_keys(data)} over the {len(labels)} clips of "
+                              f"{_pool_name(data)}; it needs at least 2 (train and validation): "
+                              f"raise data.clips-per-client or data.min-partition-size, or "
+                              f"lower data.num-clients")
         rng = np.random.default_rng([seed, pid, 0xC11E])
         indices = rng.permutation(indices)
         num_val = min(max(1, round(len(indices) * data["val-fraction"])), len(indices) - 1)

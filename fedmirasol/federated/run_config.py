@@ -7,13 +7,15 @@ names work in `--set`, in `flwr run --run-config` and in `[tool.flwr.app.config]
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
-from fedmirasol.models.config import MirasolConfig
+from fedmirasol.errors import ConfigError, UnknownKeyError, did_you_mean
+from fedmirasol.models.config import NAMED_CONFIGS, MirasolConfig
 
 if TYPE_CHECKING:
     from torch import nn
@@ -210,10 +212,10 @@ def unflatten(flat: Mapping[str, Any]) -> Config:
 def parse_assignment(text: str) -> tuple[str, Any]:
     """Parse one `key=value`; the value is read as a TOML value, else kept as a string."""
     if "=" not in text:
-        raise ValueError(f"override {text!r} is not of the form key=value")
+        raise ConfigError(f"override {text!r} is not of the form key=value")
     key, raw = (part.strip() for part in text.split("=", 1))
     if not key:
-        raise ValueError(f"override {text!r} has an empty key")
+        raise ConfigError(f"override {text!r} has an empty key")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -225,18 +227,18 @@ def check_value(key: str, value: Any, default: Any) -> Any:
     """Coerce `value` to the type of `default`, or raise naming `key`."""
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise ValueError(f"config key {key!r} must be true or false, got {value!r}")
+            raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
         return value
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"config key {key!r} must be an integer, got {value!r}")
+            raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
         return value
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"config key {key!r} must be a number, got {value!r}")
+            raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
         return float(value)
     if isinstance(default, str) and not isinstance(value, str):
-        raise ValueError(f"config key {key!r} must be a string, got {value!r}")
+        raise ConfigError(f"config key {key!r} must be a string, got {value!r}")
     return value
 
 
@@ -244,8 +246,41 @@ def _check_model_key(key: str, value: Any) -> Any:
     field = key.split(".", 1)[1]
     if field not in _MODEL_FIELDS:
         known = ", ".join(sorted(_MODEL_FIELDS))
-        raise KeyError(f"unknown config key {key!r}; model fields are: {known}")
+        hint = did_you_mean(key, (f"model.{name}" for name in _MODEL_FIELDS), "model.")
+        raise UnknownKeyError(f"unknown config key {key!r}{hint}; model fields are: {known}")
     return value
+
+
+def unknown_key_error(key: str, flat_defaults: Mapping[str, Any]) -> UnknownKeyError:
+    """The error for a key that is not in the config, with the closest known names."""
+    sections = sorted({k.split(".", 1)[0] for k in flat_defaults if "." in k})
+    if "." not in key:
+        if key in sections:  # `--set strategy=fedprox`: a section given a value
+            example = next(k for k in flat_defaults if k.startswith(f"{key}."))
+            return UnknownKeyError(f"config key {key!r} is a section, not a value; set one of "
+                                   f"its keys, e.g. {example!r}")
+        top = [k for k in flat_defaults if "." not in k]
+        return UnknownKeyError(f"unknown config key {key!r}{did_you_mean(key, top + sections)}")
+    section = key.split(".", 1)[0]
+    if section not in sections:
+        hint = did_you_mean(section, sections)
+        return UnknownKeyError(f"unknown config section {section!r} in key {key!r}{hint}; "
+                               f"sections are: {', '.join(sections)}")
+    keys = [k for k in flat_defaults if k.startswith(f"{section}.")]
+    return UnknownKeyError(f"unknown config key {key!r}{did_you_mean(key, keys, f'{section}.')}")
+
+
+@contextlib.contextmanager
+def _as_config_error() -> Iterator[None]:
+    """A ValueError from a settings check (privacy, personalization, secagg, pretrained, the
+    model's own checks) is about the config the user wrote: re-raise it as a ConfigError.
+    Anything else (a KeyError, a TypeError, ...) is a bug there and propagates unchanged."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
 
 
 def validate(config: Mapping[str, Any]) -> Config:
@@ -259,31 +294,73 @@ def validate(config: Mapping[str, Any]) -> Config:
         if key.startswith("model.") and key != "model.name":
             resolved[key] = _check_model_key(key, value)
         elif key not in flat_defaults:
-            raise KeyError(f"unknown config key {key!r}")
+            raise unknown_key_error(key, flat_defaults)
         else:
             resolved[key] = check_value(key, value, flat_defaults[key])
-    for key, choices in CHOICES.items():
+    choices_of = dict(CHOICES, **{"model.name": tuple(NAMED_CONFIGS)})
+    for key, choices in choices_of.items():
         if resolved[key] not in choices:
-            raise ValueError(f"config key {key!r} must be one of {choices}, got {resolved[key]!r}")
+            hint = did_you_mean(str(resolved[key]), choices)
+            raise ConfigError(f"config key {key!r} must be one of {choices}, got "
+                              f"{resolved[key]!r}{hint}")
     _check_ranges(resolved)
+    check_federation_size(resolved)
     if resolved["pretrained.reset"] and not resolved["pretrained.checkpoint"]:
-        raise ValueError("config key 'pretrained.reset' needs pretrained.checkpoint (there is "
-                         "nothing to reset without one)")
+        raise ConfigError("config key 'pretrained.reset' needs pretrained.checkpoint (there is "
+                          "nothing to reset without one)")
     nested = unflatten(resolved)
-    from fedmirasol.federated.pretrained import with_digest
+    with _as_config_error():
+        from fedmirasol.federated.pretrained import with_digest
 
-    nested = with_digest(nested)  # raises, naming the key, if the checkpoint file is missing
-    model_config(nested)  # raises, naming the field, if the model overrides are invalid
-    from fedmirasol.privacy.settings import PrivacySettings
+        nested = with_digest(nested)  # raises, naming the key, if the checkpoint file is missing
+        model_config(nested)  # raises, naming the field, if the model overrides are invalid
+        from fedmirasol.privacy.settings import PrivacySettings
 
-    PrivacySettings.from_config(nested)  # raises, naming the key, if a DP setting is invalid
-    from fedmirasol.personalization.settings import PersonalizationSettings
+        PrivacySettings.from_config(nested)  # raises, naming the key, if a DP setting is invalid
+        from fedmirasol.personalization.settings import PersonalizationSettings
 
-    PersonalizationSettings.from_config(nested)  # method-specific checks, DP combinations
-    from fedmirasol.secagg.settings import SecAggSettings
+        PersonalizationSettings.from_config(nested)  # method-specific checks, DP combinations
+        from fedmirasol.secagg.settings import SecAggSettings
 
-    SecAggSettings.from_config(nested)  # raises, naming the key, if a secagg setting is invalid
+        SecAggSettings.from_config(nested)  # raises, naming the key, if a secagg setting is bad
     return nested
+
+
+def check_federation_size(flat: Mapping[str, Any]) -> None:
+    """A federation of `data.num-clients` clients must be able to fill every round the
+    strategy asks for: Flower's sampler otherwise waits for nodes that never come (in a
+    simulation every client is a node, so this is known before anything starts)."""
+    n = flat["data.num-clients"]
+    wanted = {"strategy.min-available-nodes": flat["strategy.min-available-nodes"]}
+    if flat["strategy.fraction-train"] > 0:
+        wanted["strategy.min-train-nodes"] = flat["strategy.min-train-nodes"]
+    if flat["strategy.fraction-evaluate"] > 0:
+        wanted["strategy.min-evaluate-nodes"] = flat["strategy.min-evaluate-nodes"]
+    too_many = {key: value for key, value in wanted.items() if value > n}
+    if too_many:
+        asked = ", ".join(f"{key} = {value}" for key, value in too_many.items())
+        raise ConfigError(f"data.num-clients = {n} is too small for the strategy: {asked} "
+                          f"(each round would wait for more clients than there are); raise "
+                          f"data.num-clients to at least {max(too_many.values())} or lower "
+                          f"{' / '.join(too_many)}")
+    name, f = flat["strategy.name"], flat["strategy.num-malicious"]
+    if f < 0:
+        raise ConfigError(f"config key 'strategy.num-malicious' must be >= 0, got {f!r}")
+    # Updates a round aggregates: Flower samples max(int(n * fraction), min-train-nodes).
+    sampled = max(int(n * flat["strategy.fraction-train"]), flat["strategy.min-train-nodes"])
+    if name == "bulyan":
+        need, why = 4 * f + 3, "Flower's Bulyan needs 4 x strategy.num-malicious + 3 updates"
+    elif name in ("krum", "multikrum") and f > 0:
+        need, why = 2 * f + 3, (f"{name} tolerates strategy.num-malicious faulty updates only "
+                                f"among at least 2 x num-malicious + 3")
+    else:
+        return
+    if sampled < need:
+        raise ConfigError(f"strategy.name = {name!r} with strategy.num-malicious = {f}: {why} "
+                          f"= {need} per round, but data.num-clients = {n} with "
+                          f"strategy.fraction-train = {flat['strategy.fraction-train']} and "
+                          f"strategy.min-train-nodes = {flat['strategy.min-train-nodes']} "
+                          f"samples {sampled}")
 
 
 def _check_ranges(flat: Mapping[str, Any]) -> None:
@@ -292,38 +369,41 @@ def _check_ranges(flat: Mapping[str, Any]) -> None:
                 "client.eval-batch-size", "output.checkpoint-every")
     for key in positive:
         if flat[key] < 1:
-            raise ValueError(f"config key {key!r} must be at least 1, got {flat[key]!r}")
+            raise ConfigError(f"config key {key!r} must be at least 1, got {flat[key]!r}")
     if flat["simulation.max-parallel-clients"] < 0:
-        raise ValueError("config key 'simulation.max-parallel-clients' must be >= 0")
+        raise ConfigError("config key 'simulation.max-parallel-clients' must be >= 0")
     fractions = ("strategy.fraction-train", "strategy.fraction-evaluate", "data.val-fraction",
                  "data.drop-audio-prob", "data.drop-video-prob", "strategy.trim-beta")
     for key in fractions:
         if not 0.0 <= flat[key] <= 1.0:
-            raise ValueError(f"config key {key!r} must be within [0, 1], got {flat[key]!r}")
+            raise ConfigError(f"config key {key!r} must be within [0, 1], got {flat[key]!r}")
     if flat["data.drop-audio-prob"] + flat["data.drop-video-prob"] > 1.0:
-        raise ValueError("data.drop-audio-prob + data.drop-video-prob must not exceed 1 "
-                         "(a client keeps at least one modality)")
+        raise ConfigError("data.drop-audio-prob + data.drop-video-prob must not exceed 1 "
+                          "(a client keeps at least one modality)")
     for key in ("data.alpha", "data.quantity-alpha", "client.lr"):
         if flat[key] <= 0:
-            raise ValueError(f"config key {key!r} must be positive, got {flat[key]!r}")
+            raise ConfigError(f"config key {key!r} must be positive, got {flat[key]!r}")
+    if not 0.0 <= flat["strategy.trim-beta"] < 0.5:  # Flower's FedTrimmedAvg refuses 0.5 and up
+        raise ConfigError(f"config key 'strategy.trim-beta' must be within [0, 0.5), got "
+                          f"{flat['strategy.trim-beta']!r}")
     if flat["strategy.proximal-mu"] < 0:
-        raise ValueError("config key 'strategy.proximal-mu' must be >= 0")
+        raise ConfigError("config key 'strategy.proximal-mu' must be >= 0")
     if flat["data.source"] == "manifest" and not flat["data.manifest"]:
-        raise ValueError("config key 'data.manifest' must name a manifest when "
-                         "data.source = 'manifest'")
+        raise ConfigError("config key 'data.manifest' must name a manifest when "
+                          "data.source = 'manifest'")
     if flat["secagg.enabled"] and flat["strategy.name"] not in SECAGG_STRATEGIES:
-        raise ValueError(f"config key 'secagg.enabled' needs strategy.name in "
-                         f"{SECAGG_STRATEGIES} (the server sees only the mean), got "
-                         f"{flat['strategy.name']!r}")
+        raise ConfigError(f"config key 'secagg.enabled' needs strategy.name in "
+                          f"{SECAGG_STRATEGIES} (the server sees only the mean), got "
+                          f"{flat['strategy.name']!r}")
     if flat["privacy.client-level"] and flat["strategy.name"] not in CLIENT_LEVEL_STRATEGIES:
-        raise ValueError(f"config key 'privacy.client-level' needs strategy.name in "
-                         f"{CLIENT_LEVEL_STRATEGIES}, got {flat['strategy.name']!r}")
+        raise ConfigError(f"config key 'privacy.client-level' needs strategy.name in "
+                          f"{CLIENT_LEVEL_STRATEGIES}, got {flat['strategy.name']!r}")
     if flat["secagg.enabled"] and flat["privacy.client-level"] \
             and 0 < flat["secagg.range"] < flat["privacy.client-clip-norm"]:
         # A clipped update may hold a value up to the clip norm; quantization never clamps.
-        raise ValueError(f"config key 'secagg.range' ({flat['secagg.range']!r}) must be 0 (the "
-                         f"clip norm) or at least privacy.client-clip-norm "
-                         f"({flat['privacy.client-clip-norm']!r}) under client-level DP")
+        raise ConfigError(f"config key 'secagg.range' ({flat['secagg.range']!r}) must be 0 (the "
+                          f"clip norm) or at least privacy.client-clip-norm "
+                          f"({flat['privacy.client-clip-norm']!r}) under client-level DP")
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
@@ -337,7 +417,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
             try:
                 merged.update(flatten(tomllib.load(handle)))
             except tomllib.TOMLDecodeError as error:
-                raise ValueError(f"{path}: {error}") from error
+                raise ConfigError(f"{path}: {error}") from error
     for text in overrides:
         key, value = parse_assignment(text)
         merged[key] = value
@@ -364,12 +444,15 @@ def model_config(config: Mapping[str, Any]) -> MirasolConfig:
     model = dict(config["model"])
     name = model.pop("name")
     overrides = {key.replace("-", "_"): value for key, value in model.items()}
+    if name not in NAMED_CONFIGS:
+        raise ConfigError(f"config key 'model.name' must be one of {tuple(NAMED_CONFIGS)}, got "
+                          f"{name!r}{did_you_mean(str(name), NAMED_CONFIGS)}")
     base = get_config(name)
     merged = base.to_dict() | overrides
     try:
         return MirasolConfig.from_dict(merged)
     except (TypeError, ValueError, KeyError) as error:
-        raise ValueError(f"invalid model config in run config: {error}") from error
+        raise ConfigError(f"invalid model config in run config: {error}") from error
 
 
 def local_spec(config: Mapping[str, Any]) -> str:
@@ -399,7 +482,7 @@ def parse_ids(text: str) -> set[int]:
     ids: set[int] = set()
     for item in filter(None, (part.strip() for part in text.split(","))):
         if not item.lstrip("-").isdigit():
-            raise ValueError(f"{item!r} is not a client (partition) id")
+            raise ConfigError(f"{item!r} is not a client (partition) id")
         ids.add(int(item))
     return ids
 

@@ -1,26 +1,56 @@
-"""The Mirasol model, the late-fusion baseline, their components and named configurations."""
+"""The Mirasol model, the late-fusion baseline, their components and named configurations.
+
+The configs (`fedmirasol.models.config`) import no torch; the model classes are loaded on first
+use (PEP 562 module `__getattr__`), so reading a config or building the command line parser
+does not pay torch's start-up (seconds).
+"""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from fedmirasol.models.config import NAMED_CONFIGS, MirasolConfig, get_config
-from fedmirasol.models.late_fusion import LateFusion
-from fedmirasol.models.loss import mirasol_loss
-from fedmirasol.models.mirasol import Mirasol, MirasolOutput
-from fedmirasol.models.tokenizer import ByteTokenizer
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from fedmirasol.models.late_fusion import LateFusion
+    from fedmirasol.models.loss import mirasol_loss
+    from fedmirasol.models.mirasol import Mirasol, MirasolOutput
+    from fedmirasol.models.tokenizer import ByteTokenizer
+
+# name -> module that defines it, imported when the name is first looked up
+_LAZY = {
+    "LateFusion": "fedmirasol.models.late_fusion",
+    "mirasol_loss": "fedmirasol.models.loss",
+    "Mirasol": "fedmirasol.models.mirasol",
+    "MirasolOutput": "fedmirasol.models.mirasol",
+    "ByteTokenizer": "fedmirasol.models.tokenizer",
+}
 
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"mirasol": Mirasol, "latefusion": LateFusion}
+def __getattr__(name: str) -> Any:
+    if name == "MODEL_CLASSES":
+        value: Any = {"mirasol": __getattr__("Mirasol"), "latefusion": __getattr__("LateFusion")}
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def build_model(config: MirasolConfig | str, device: torch.device | str | None = None) -> nn.Module:
     """Build the model a config (or config name) describes: `Mirasol`, or `LateFusion` when
     `config.architecture == "latefusion"`; `device="meta"` allocates nothing."""
+    import torch
+
     if isinstance(config, str):
         config = get_config(config)
-    model_class = MODEL_CLASSES[config.architecture]
+    classes = globals().get("MODEL_CLASSES") or __getattr__("MODEL_CLASSES")
+    model_class = classes[config.architecture]
     if device is None:
         return model_class(config)
     with torch.device(device):
