@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ContextManager, Mapping
 
 from flwr.app import Context
 from flwr.clientapp import ClientApp
@@ -58,16 +59,19 @@ def build_server_app(config: Mapping[str, Any] | None = None, run_dir: Path | No
 
             directory = Path(cfg["output"]["resume-from"])
             cfg, resume_from = open_for_resume(directory)
+        guard: ContextManager[Any] = nullcontext()
         if directory is None:
             directory = rundir.create(cfg["output"]["runs-dir"], cfg["name"])
             rundir.write_config(directory, cfg)
             print(f"fedmirasol: run directory {directory.resolve()}", flush=True)
-        run = FederatedRun(grid, cfg, directory,
-                           progress if config is not None else print_progress,
-                           simulation_slots=simulation_slots)
-        if resume_from is not None:
-            run.resume(resume_from)
-        run.run()
+            guard = rundir.removed_if_failed_early(directory)  # made here: removed here
+        with guard:
+            run = FederatedRun(grid, cfg, directory,
+                               progress if config is not None else print_progress,
+                               simulation_slots=simulation_slots)
+            if resume_from is not None:
+                run.resume(resume_from)
+            run.run()
         if cfg["output"].get("plots", True):  # run directories from before the key: plot
             from fedmirasol.federated.plots import plot_run
 

@@ -22,6 +22,8 @@ from typing import Any, Iterable
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedmirasol.errors import ConfigError
+
 
 class PartitionOrderedGrid:
     """Delegates to a Grid; `get_node_ids` lists nodes sorted by partition id."""
@@ -38,16 +40,62 @@ class PartitionOrderedGrid:
         return getattr(self._grid, name)
 
 
+# Flower's simulation engine registers all its nodes at once, right after the ServerApp starts:
+# once some are there and their count has not changed for this long, that is the federation.
+SIMULATION_SETTLE_S = 2.0
+SIMULATION_FIRST_NODE_S = 60.0  # the engine registers its nodes before it starts Ray
+
+
+def is_simulation_grid(grid: Grid) -> bool:
+    """Whether `grid` is Flower's simulation engine's (in-memory) Grid, whose nodes are all
+    registered at the start (`flwr run` on a local simulation SuperLink, `run_simulation`)."""
+    from flwr.superlink.grid import InMemoryGrid
+
+    return isinstance(grid, InMemoryGrid)
+
+
+class NodeCountMismatch(ConfigError):
+    """The federation's node count differs from `data.num-clients` (a config error)."""
+
+
+def node_count_message(connected: int, expected: int, simulation: bool,
+                       waited: float | None = None) -> str:
+    """What to change when `connected` nodes are there and data.num-clients is `expected`."""
+    if simulation:
+        return (f"the simulation federation has {connected} SuperNode(s) but data.num-clients "
+                f"is {expected}; make them equal: run `flwr run . --federation-config "
+                f"\"num-supernodes={expected}\"` (Flower's default is 2), or set "
+                f"data.num-clients={connected} (`--run-config \"data.num-clients={connected}\"`)")
+    within = f" within {waited:.0f} s" if waited is not None else ""
+    return (f"{connected} node(s) connected{within} but data.num-clients is {expected}; "
+            f"start {expected} SuperNodes (in a local simulation: `flwr run . "
+            f"--federation-config \"num-supernodes={expected}\"`), or set data.num-clients to "
+            f"the federation's node count")
+
+
 def _wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
+    """The node ids once `expected` nodes are connected.
+
+    Flower's simulation engine registers its nodes all at once: a count that differs and stays
+    the same for SIMULATION_SETTLE_S is the federation's size, and a NodeCountMismatch within
+    seconds. Deployed SuperNodes connect when their sites start them: wait up to `timeout`.
+    """
+    simulation = is_simulation_grid(grid)
+    started = time.monotonic()
+    deadline = started + (min(timeout, SIMULATION_FIRST_NODE_S) if simulation else timeout)
+    count, since = -1, started
     while len(node_ids := list(grid.get_node_ids())) < expected:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {len(node_ids)} of {expected} nodes (data.num-clients) "
-                               f"connected within {timeout:.0f} s")
+        now = time.monotonic()
+        if len(node_ids) != count:
+            count, since = len(node_ids), now
+        if simulation and count > 0 and now - since >= SIMULATION_SETTLE_S:
+            raise NodeCountMismatch(node_count_message(count, expected, True))
+        if now > deadline:
+            raise NodeCountMismatch(node_count_message(len(node_ids), expected, simulation,
+                                                       waited=now - started))
         time.sleep(0.05)
     if len(node_ids) > expected:
-        raise ValueError(f"{len(node_ids)} nodes are connected but data.num-clients is "
-                         f"{expected}; make them equal")
+        raise NodeCountMismatch(node_count_message(len(node_ids), expected, simulation))
     return node_ids
 
 

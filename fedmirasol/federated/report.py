@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -141,7 +143,60 @@ def summary_table(run_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
-def print_progress(record: Mapping[str, Any]) -> None:
+class ConsoleProgress:
+    """A run's progress on stdout: one summary line per round and, while the round's clients
+    train and evaluate, how many of the sampled clients have replied and the seconds since
+    the messages went out (a server-loop `Progress` callback that takes per-reply events).
+
+    On a terminal that is a rich progress bar, gone when the round's line is printed; on
+    other output (a file, a pipe, `flwr run`'s log stream) a plain line at most every
+    `plain_every_s` seconds, so a slow round still shows it is alive.
+    """
+
+    per_reply = True  # the server loop sends "sent"/"reply" events besides round records
+
+    def __init__(self, plain_every_s: float = 30.0) -> None:
+        self.plain_every_s = plain_every_s
+        self._bar: Any = None  # rich.progress.Progress while a phase runs on a terminal
+        self._task: Any = None
+        self._last_line = 0.0
+
+    def __call__(self, record: Mapping[str, Any]) -> None:
+        event = record.get("event")
+        if event is None:
+            self._close()
+            _print_round(record)
+        elif sys.stdout.isatty():
+            self._show_bar(event, record)
+        elif event == "sent":
+            self._last_line = time.monotonic()
+        elif time.monotonic() - self._last_line >= self.plain_every_s:
+            self._last_line = time.monotonic()
+            print(f"round {record['round']:>3}  {record['phase']}: {record['done']}/"
+                  f"{record['sampled']} clients replied, {record['elapsed_s']:.0f}s", flush=True)
+
+    def _show_bar(self, event: str, record: Mapping[str, Any]) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+            TimeElapsedColumn
+
+        if event == "sent":
+            self._close()
+            self._bar = Progress(TextColumn("round {task.fields[round]:>3}  {task.description}"),
+                                 BarColumn(), MofNCompleteColumn(), TextColumn("clients"),
+                                 TimeElapsedColumn(), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(record["phase"], total=record["sampled"],
+                                            round=record["round"])
+        elif self._bar is not None:
+            self._bar.update(self._task, completed=record["done"])
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = self._task = None
+
+
+def _print_round(record: Mapping[str, Any]) -> None:
     """One line per round on stdout."""
     def fmt(key: str, spec: str = ".3f") -> str:
         return _fmt(record.get(key), spec)
@@ -157,3 +212,7 @@ def print_progress(record: Mapping[str, Any]) -> None:
           f"{record['duration_s']:.1f}s"
           + (f"  out of DP budget {record['budget_exhausted']}"
              if record.get("budget_exhausted") else ""), flush=True)
+
+
+# The default progress of `fedmirasol simulate` and `flwr run`.
+print_progress = ConsoleProgress()

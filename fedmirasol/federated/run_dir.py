@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -43,6 +45,29 @@ def create(runs_dir: str | Path, name: str) -> Path:
         path = base.with_name(f"{base.name}-{n}")
     path.mkdir(parents=True)
     return path
+
+
+def completed_a_round(run_dir: str | Path) -> bool:
+    """Whether `run_dir`'s metrics hold a completed round (round 1 or later)."""
+    try:
+        return any(record["round"] >= 1 for record in read_metrics(run_dir))
+    except (OSError, ValueError, KeyError):  # a line cut short: something was written
+        return True
+
+
+@contextmanager
+def removed_if_failed_early(run_dir: Path) -> Iterator[Path]:
+    """Remove the new run directory `run_dir` when the block fails (or is interrupted) before
+    the run completes its first round: nothing in it could be reported or resumed. A run that
+    got further keeps its directory (`fedmirasol simulate --resume` continues it)."""
+    try:
+        yield run_dir
+    except BaseException:
+        if run_dir.is_dir() and not completed_a_round(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            print(f"fedmirasol: removed {run_dir}: the run failed before its first round",
+                  flush=True)
+        raise
 
 
 def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:

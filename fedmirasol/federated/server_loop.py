@@ -24,6 +24,7 @@ from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedmirasol.errors import ConfigError
 from fedmirasol.federated import client_data, run_dir as rundir
 from fedmirasol.federated.client_handlers import CONFIG_KEY, RUN_NAME_KEY, STATE_DIR_KEY
 from fedmirasol.federated.client_task import init_model, seed_for
@@ -61,7 +62,46 @@ from fedmirasol.secagg.server import build_aggregator, mean_reply
 
 log = logging.getLogger("fedmirasol.server")
 DISCOVERY_TIMEOUT_S = 300.0
+# A progress callback gets the record of round 0 (the initial model) and of each round, as
+# metrics.jsonl holds them. One whose `per_reply` attribute is true also gets events while a
+# round runs, told apart by their "event" key: "sent" when the train or evaluate messages have
+# gone out, then "reply" as each reply arrives, with "round", "phase" ("train"/"evaluate"),
+# "done" (replies so far), "sampled" (messages sent), "elapsed_s" (since they were sent) and,
+# for a reply, "node", "partition" (None for an error the SuperLink sent) and "error".
 Progress = Callable[[Mapping[str, Any]], None]
+
+
+def _pulls_replies(grid: Grid) -> bool:
+    """Whether `grid` is one of Flower's own Grids (simulation engine, SuperLink), whose
+    replies can be pulled one by one as they arrive, with send_and_receive not replaced."""
+    from flwr.superlink.grid import HttpGrid, InMemoryGrid
+
+    return isinstance(grid, (InMemoryGrid, HttpGrid)) and "send_and_receive" not in vars(grid)
+
+
+def send_and_receive(grid: Grid, messages: list[Message], timeout: float,
+                     on_reply: Callable[[Message], None] | None = None) -> list[Message]:
+    """Flower's `Grid.send_and_receive` (push, then pull until every message has its reply
+    or `timeout` has passed), telling `on_reply` of each reply as it arrives. Other Grids
+    (test grids that answer in send_and_receive) reply all at once, then `on_reply` is told."""
+    if on_reply is None or not _pulls_replies(grid):
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        for reply in replies if on_reply is not None else ():
+            on_reply(reply)
+        return replies
+    pending = set(grid.push_messages(messages))
+    interval = float(getattr(grid, "pull_interval", 1.0))  # the SuperLink's Grid: 1 s
+    end = time.time() + timeout
+    replies: list[Message] = []
+    while pending and time.time() < end:
+        arrived = list(grid.pull_messages(pending))
+        for reply in arrived:
+            pending.discard(reply.metadata.reply_to_message_id)
+            replies.append(reply)
+            on_reply(reply)
+        if pending:
+            time.sleep(interval)
+    return replies
 
 
 def _sampled_partitions(messages: list[Message], partitions: Mapping[int, int]) -> list[int]:
@@ -130,6 +170,7 @@ class FederatedRun:
         self.partitions_registered = False
         self.run_dir = run_dir
         self.progress = progress or (lambda record: None)
+        self.per_reply = bool(getattr(progress, "per_reply", False))
         self.strategy = build_strategy(config)
         self.grid = grid
         self.timeout = float(config["strategy"]["round-timeout"])
@@ -198,6 +239,9 @@ class FederatedRun:
                 rundir.save_checkpoint(self.run_dir, rundir.Checkpoint(
                     server_round, self.global_shared, strategy_state(self.strategy), partitions))
             self.progress(record)
+        if self.stopped_early and self.start_round == 1 \
+                and not any(r["round"] >= 1 for r in rundir.read_metrics(self.run_dir)):
+            raise ConfigError(self.stopped_early)  # nothing ran: no report to write
         return self.finish()
 
     def run_round(self, server_round: int) -> dict[str, Any]:
@@ -220,7 +264,8 @@ class FederatedRun:
             accepted, exhausted, rejected, bytes_up, kept_reason = self._secure_train(
                 server_round, messages, population)
         else:
-            replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+            replies = send_and_receive(self.grid, messages, self.timeout,
+                                       self._watch(server_round, "train", messages))
             self._check_registered(replies)
             others, exhausted, rejected = self.privacy.take_exhausted(replies, self.partitions)
             accepted, invalid = validate_train_replies(others, self.expected, self.partitions,
@@ -254,7 +299,8 @@ class FederatedRun:
         random.seed(seed_for(seed, server_round, 2))
         eval_messages = list(self.strategy.configure_evaluate(
             server_round, to_record(self.global_shared), self._config_record(), self.ordered))
-        eval_replies = list(self.grid.send_and_receive(eval_messages, timeout=self.timeout))
+        eval_replies = send_and_receive(self.grid, eval_messages, self.timeout,
+                                        self._watch(server_round, "evaluate", eval_messages))
         self._check_registered(eval_replies)
         eval_ok, eval_bad = validate_evaluate_replies(eval_replies, self.partitions,
                                                        _destinations(eval_messages))
@@ -282,6 +328,26 @@ class FederatedRun:
         record["duration_s"] = time.perf_counter() - started
         return record
 
+    def _watch(self, server_round: int, phase: str, messages: list[Message]
+               ) -> Callable[[Message], None] | None:
+        """Tell a per-reply progress callback that `messages` went out; the function that
+        tells it of each reply (None when the callback only wants round records)."""
+        if not self.per_reply:
+            return None
+        sent, done = time.perf_counter(), 0
+        event = {"round": server_round, "phase": phase, "sampled": len(messages)}
+        self.progress({"event": "sent", **event, "done": 0, "elapsed_s": 0.0})
+
+        def on_reply(reply: Message) -> None:
+            nonlocal done
+            done += 1
+            node = reply.metadata.src_node_id
+            self.progress({"event": "reply", **event, "done": done,
+                           "elapsed_s": time.perf_counter() - sent, "node": node,
+                           "partition": self.partitions.get(node), "error": reply.has_error()})
+
+        return on_reply
+
     def _check_registered(self, replies: list[Message]) -> None:
         """Partitions taken from the simulation engine's registration order must be the ones
         the nodes reply with; otherwise the engine changed and the run stops here."""
@@ -299,15 +365,26 @@ class FederatedRun:
         return PartitionOrderedGrid(self.grid, self.privacy.eligible(self.partitions))
 
     def _too_few_within_budget(self, server_round: int) -> bool:
-        """True (and logged) when fewer nodes are within their DP budget than a round needs
-        (Flower's sampler would wait for them forever): the run ends here."""
+        """True (and logged) when fewer nodes can train than a round needs (Flower's sampler
+        would wait for them forever): the run ends here. Under DP those are the nodes within
+        their privacy budget; without DP, the federation itself is too small."""
         s = self.config["strategy"]
         needed = max(s["min-train-nodes"], s["min-available-nodes"])
         eligible = len(self.privacy.eligible(self.partitions))
         if eligible >= needed:
             return False
-        self.stopped_early = (f"stopped before round {server_round}: {eligible} client(s) "
-                              f"within their privacy budget, the strategy needs {needed}")
+        keys = "strategy.min-train-nodes/min-available-nodes"
+        if self.privacy.exhausted:
+            self.stopped_early = (f"stopped before round {server_round}: {eligible} client(s) "
+                                  f"within their privacy budget, the strategy needs {needed} "
+                                  f"({keys})")
+        else:  # some nodes left out at discovery (a config check refuses a smaller federation)
+            total = self.config["data"]["num-clients"]
+            self.stopped_early = (
+                f"stopped before round {server_round}: {eligible} of data.num-clients = "
+                f"{total} client(s) take part, the strategy needs {needed} ({keys})"
+                + (f"; left out: {'; '.join(self.discovery_problems)}"
+                   if self.discovery_problems else ""))
         log.warning("%s", self.stopped_early)
         print(f"fedmirasol: {self.stopped_early}", flush=True)
         return True

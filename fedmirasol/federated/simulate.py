@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -53,11 +54,42 @@ def start_ray(init_args: Mapping[str, Any]) -> bool:
     return True
 
 
-def simulate(config: Mapping[str, Any] | None = None, *, resume: str | Path | None = None,
-             progress: Progress | None = print_progress, quiet_flower: bool = True) -> Path:
-    """Run `config` (or resume the run directory `resume`) to the end; return the run dir."""
+class _DropRunSimulationDeprecation(logging.Filter):
+    """Drops Flower's "`run_simulation` is deprecated" warning (and nothing else).
+
+    Flower 1.42 deprecates `flwr.simulation.run_simulation` in favour of `flwr run`, but
+    offers no other way to run a simulation in this process: `flwr run` goes through a
+    SuperLink and runs the ServerApp in a subprocess, so a Python caller could not pass the
+    app objects, a run directory or a progress callback. `fedmirasol simulate` therefore still
+    calls it (it exists, unchanged, in 1.42) and the warning, which asks the user to change
+    something they cannot, is dropped; `flwr run .` is the supported path beside it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = " ".join(str(arg) for arg in record.args) if isinstance(record.args, tuple) \
+            else str(record.msg)
+        return "`run_simulation` function is deprecated" not in text
+
+
+def _run_simulation(**kwargs: Any) -> None:
+    """Flower's run_simulation, without its deprecation warning (see the filter above)."""
     from flwr.simulation import run_simulation
 
+    flower = logging.getLogger("flwr")
+    quiet = _DropRunSimulationDeprecation()
+    flower.addFilter(quiet)
+    try:
+        run_simulation(**kwargs)
+    finally:
+        flower.removeFilter(quiet)
+
+
+def simulate(config: Mapping[str, Any] | None = None, *, resume: str | Path | None = None,
+             progress: Progress | None = print_progress, quiet_flower: bool = True) -> Path:
+    """Run `config` (or resume the run directory `resume`) to the end; return the run dir.
+
+    A new run directory that fails before its first round is removed again (it would hold
+    nothing to report or resume)."""
     checkpoint = None
     if resume is not None:
         from fedmirasol.deploy.resume import open_for_resume
@@ -70,6 +102,14 @@ def simulate(config: Mapping[str, Any] | None = None, *, resume: str | Path | No
         run_dir = rundir.create(config["output"]["runs-dir"], config["name"])
         rundir.write_config(run_dir, config)
     print(f"fedmirasol: run directory {run_dir.resolve()}", flush=True)
+    with rundir.removed_if_failed_early(run_dir) if resume is None else nullcontext():
+        _simulate(config, run_dir, checkpoint, progress, quiet_flower)
+    sys.stdout.flush()
+    return run_dir
+
+
+def _simulate(config: Mapping[str, Any], run_dir: Path, checkpoint: rundir.Checkpoint | None,
+              progress: Progress | None, quiet_flower: bool) -> None:
     if quiet_flower:
         logging.getLogger("flwr").setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
@@ -78,7 +118,7 @@ def simulate(config: Mapping[str, Any] | None = None, *, resume: str | Path | No
     server_app = build_server_app(config, run_dir, checkpoint, progress, simulation_slots=slots)
     started_ray = start_ray(backend["init_args"])
     try:
-        run_simulation(
+        _run_simulation(
             server_app=server_app, client_app=build_client_app(),
             num_supernodes=config["data"]["num-clients"], backend_config=backend,
         )
@@ -95,5 +135,3 @@ def simulate(config: Mapping[str, Any] | None = None, *, resume: str | Path | No
     if not (run_dir / rundir.REPORT_FILE).is_file():
         raise RuntimeError(f"the simulation ended without finishing {run_dir}; see the log "
                            "above; `fedmirasol simulate --resume` continues it")
-    sys.stdout.flush()
-    return run_dir
