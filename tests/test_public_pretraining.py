@@ -142,3 +142,14 @@ def test_the_demos_name_the_readme_recipe() -> None:
         assert 'checkpoint = "public: --threads 1 --epochs 6 --val-clips 400"' in text
         recipe = public.Recipe.parse("public: --threads 1 --epochs 6 --val-clips 400", "tiny")
         assert (recipe.epochs, recipe.val_clips, recipe.threads) == (6, 400, 1)
+
+
+def test_simulate_command_has_no_pretrain(capsys: pytest.CaptureFixture[str]) -> None:
+    from fedmirasol.cli import main
+
+    dp_toml = str(ROOT / "simulations" / "dp.toml")
+    code = main(["simulate", "--config", dp_toml, "--no-pretrain",
+                 "--set", 'pretrained.checkpoint="x.pt"'])  # refused before any simulation
+    assert code == 2 and "--no-pretrain starts from scratch" in capsys.readouterr().err
+    assert main(["simulate", "--resume", "some-run", "--no-pretrain"]) == 2
+    assert "drop --config/--set/--no-pretrain" in capsys.readouterr().err

@@ -40,17 +40,20 @@ def run(args: argparse.Namespace) -> int:
     from fedmirasol.federated.run_config import load_config
     from fedmirasol.federated.simulate import simulate
 
+    from fedmirasol.errors import ConfigError
+
     if args.resume and (args.config or args.overrides or args.no_pretrain):
-        raise ValueError("--resume continues a run with its own config; drop "
+        raise ConfigError("--resume continues a run with its own config; drop "
                          "--config/--set/--no-pretrain")
-    started = time.perf_counter()
-    if args.resume:
-        run_dir = simulate(resume=args.resume)
-    else:
+    if not args.resume:
         from fedmirasol.federated.public_pretraining import prepare
 
         # a `public:` pretrained.checkpoint recipe is trained once and cached, then reused
         overrides = prepare(args.config, args.overrides, pretrain=not args.no_pretrain)
+    started = time.perf_counter()
+    if args.resume:
+        run_dir = simulate(resume=args.resume)
+    else:
         run_dir = simulate(load_config(args.config, overrides))
     elapsed = time.perf_counter() - started
     report = rundir.read_report(run_dir)

@@ -2,10 +2,10 @@
 
 `pretrained.checkpoint` names a checkpoint of `fedmirasol train` (``best.pt``/``final.pt``) or a
 run's ``final_model.pt``, or a public pre-training recipe (``"public: --epochs 6 ..."``) that
-`fedmirasol simulate` trains once and caches (fedmirasol.federated.public_pretraining). Every process (server and clients) loads the same file into the
-run's model, so the initial model is identical everywhere without sending it; the server
-records the file's SHA-256 in the resolved config (`pretrained.sha256`) and a process whose
-file differs refuses to start, naming it.
+`fedmirasol simulate` trains once and caches (fedmirasol.federated.public_pretraining). Every
+process (server and clients) loads the same file into the run's model, so the initial model is
+identical everywhere without sending it; the server records the file's SHA-256 in the resolved
+config (`pretrained.sha256`) and a process whose file differs refuses to start, naming it.
 
 `pretrained.reset` selectors put parts back to the run's seeded fresh initialization (e.g. a
 classification head whose classes mean something else in the private task, or a module the

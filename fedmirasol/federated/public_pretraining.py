@@ -35,7 +35,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable
+
+from fedmirasol.errors import ConfigError  # a user's error: one line from `fedmirasol`
 
 PREFIX = "public:"
 CACHE_ROOT = Path("runs") / "pretrained-public"
@@ -57,7 +59,7 @@ def is_recipe(checkpoint: str) -> bool:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # no sys.exit: a config error names the key
-        raise ValueError(message)
+        raise ConfigError(message)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,7 +98,7 @@ class Recipe:
         """`"public: --epochs 6 ..."` -> Recipe; raises naming the config key."""
         text = checkpoint.strip()
         if not text.startswith(PREFIX):
-            raise ValueError(f"{checkpoint!r} is not a {PREFIX} recipe")
+            raise ConfigError(f"{checkpoint!r} is not a {PREFIX} recipe")
         try:
             args = _parser().parse_args(shlex.split(text[len(PREFIX):]))
             recipe = cls(model=args.config or model_name, epochs=args.epochs,
@@ -104,8 +106,9 @@ class Recipe:
                          train_clips=args.train_clips, val_clips=args.val_clips, seed=args.seed,
                          threads=args.threads, device=args.device)
             recipe.check()
-        except ValueError as error:
-            raise ValueError(f"config key 'pretrained.checkpoint' = {checkpoint!r}: {error} "
+        except (ValueError, KeyError) as error:
+            reason = error.args[0] if isinstance(error, KeyError) and error.args else error
+            raise ConfigError(f"config key 'pretrained.checkpoint' = {checkpoint!r}: {reason} "
                              f"(a recipe takes fedmirasol train's flags --config, --epochs, "
                              f"--batch-size, --lr, --train-clips, --val-clips, --seed, "
                              f"--threads, --device)") from error
@@ -114,7 +117,7 @@ class Recipe:
     def check(self) -> None:
         for name in ("epochs", "batch_size", "train_clips", "val_clips", "threads"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         from fedmirasol.models import get_config
 
         get_config(self.model)  # raises for an unknown model config name
@@ -173,7 +176,7 @@ def cached_checkpoint(recipe: Recipe, root: Path | None = None) -> Path | None:
                                 f"{CHECKPOINT_FILE}; delete {entry} to train it again")
     digest = file_sha256(checkpoint)
     if digest != record["sha256"]:
-        raise ValueError(f"cached pre-trained checkpoint {checkpoint} was changed after it was "
+        raise ConfigError(f"cached pre-trained checkpoint {checkpoint} was changed after it was "
                          f"trained: its SHA-256 is {digest[:12]}..., {record_path} records "
                          f"{record['sha256'][:12]}...; delete {entry} to train it again")
     return checkpoint.resolve()
@@ -220,7 +223,7 @@ def ensure_checkpoint(recipe: Recipe, root: Path | None = None,
                  f"(recipe key {entry.name})")
         return cached
     if entry.exists():  # a directory without recipe.json: not a finished entry
-        raise FileExistsError(f"{entry} exists but holds no {RECIPE_FILE} (not written by "
+        raise ConfigError(f"{entry} exists but holds no {RECIPE_FILE} (not written by "
                               f"fedmirasol's pre-training cache); move it away to train here")
     partial = entry.with_name(f".{entry.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
@@ -290,7 +293,7 @@ def prepare(path: Path | None, overrides: Iterable[str], pretrain: bool = True,
     if not pretrain:
         given = [text for text in overrides if text.split("=", 1)[0].strip().startswith("pretrained.")]
         if given:
-            raise ValueError(f"--no-pretrain starts from scratch; it contradicts --set {given[0]}")
+            raise ConfigError(f"--no-pretrain starts from scratch; it contradicts --set {given[0]}")
         progress("--no-pretrain: starting from the seeded fresh model, all of it trained "
                  "(pretrained.* cleared)")
         return overrides + NO_PRETRAIN
