@@ -291,7 +291,8 @@ def prepare(path: Path | None, overrides: Iterable[str], pretrain: bool = True,
 
     overrides = list(overrides)
     if not pretrain:
-        given = [text for text in overrides if text.split("=", 1)[0].strip().startswith("pretrained.")]
+        given = [text for text in overrides
+                 if text.split("=", 1)[0].strip().startswith("pretrained.")]
         if given:
             raise ConfigError(f"--no-pretrain starts from scratch; it contradicts --set {given[0]}")
         progress("--no-pretrain: starting from the seeded fresh model, all of it trained "
