@@ -37,7 +37,7 @@ def test_proximal_term_value_and_gradient() -> None:
 def test_proximal_term_is_zero_at_the_global_model() -> None:
     model = nn.Linear(4, 4)
     anchor = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
-    assert float(proximal_term(1.0, anchor)(model)) == 0.0
+    assert float(proximal_term(1.0, anchor)(model).detach()) == 0.0
     with pytest.raises(ValueError):
         proximal_term(-1.0, anchor)
 

@@ -4,6 +4,7 @@ data) and report.json's parameter counts, on hand-written run directories."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -153,3 +154,19 @@ def test_report_counts_scalar_parameters_not_tensors(tmp_path):
     rundir.save_checkpoint(run, rundir.Checkpoint(server_round=2, global_shared=shared,
                                                   strategy_state=b"", partitions={}))
     assert build_report(run)["shared_parameters"] == 232  # `fedmirasol report` on a run dir
+
+
+def test_a_round_without_client_validation_plots_without_warnings(tmp_path, figures):
+    """A round whose clients all timed out of evaluation: empty panels say so, no legend
+    warning."""
+    run = write_run(tmp_path / "run", 2, 1)
+    records = rundir.read_metrics(run)
+    for row in records[1]["clients"].values():
+        del row["val_accuracy"]
+    (run / rundir.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        paths = plots.plot_run(run)
+    assert all(path.is_file() for path in paths)
+    texts = [text.get_text() for text in figures[1].axes[0].texts]
+    assert texts == ["no client reported a validation accuracy"]

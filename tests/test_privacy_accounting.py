@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import dp_accounting
 import numpy as np
@@ -156,8 +157,15 @@ def test_budget_check_leaves_the_accountant_untouched():
 @pytest.mark.parametrize("mechanism", ["rdp", "prv"])
 def test_calibrated_sigma_ends_the_run_at_or_under_the_target(mechanism):
     target, q, steps = 8.0, 0.1, 100
-    sigma = calibrate_noise_multiplier(target, DELTA, q, steps, mechanism)
-    achieved = planned_epsilon(sigma, q, steps, DELTA, mechanism)
+    with warnings.catch_warnings():
+        # Opacus' search for sigma also evaluates sigmas far above the answer (epsilon << 1),
+        # where the best RDP order is the largest alpha; it warns there, and discards them.
+        warnings.filterwarnings("ignore", "Optimal order is the largest alpha", UserWarning)
+        sigma = calibrate_noise_multiplier(target, DELTA, q, steps, mechanism)
+    with warnings.catch_warnings():
+        # at the sigma returned the bound is tight: its best order lies inside the alpha range
+        warnings.filterwarnings("error", "Optimal order is the largest alpha", UserWarning)
+        achieved = planned_epsilon(sigma, q, steps, DELTA, mechanism)
     assert achieved <= target
     assert achieved >= target - 0.1  # not needlessly noisy
     if mechanism == "rdp":

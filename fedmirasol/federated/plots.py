@@ -127,7 +127,9 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     clients = sorted({pid for r in rounds for pid in r.get("clients", {})}, key=int)
     series = {pid: [(r["round"], r["clients"][pid]["val_accuracy"]) for r in rounds
                     if "val_accuracy" in r.get("clients", {}).get(pid, {})] for pid in clients}
-    plot_clients(ax, series, value="accuracy")
+    if not plot_clients(ax, series, value="accuracy"):
+        ax.text(0.5, 0.5, "no client reported a validation accuracy", ha="center",
+                va="center", transform=ax.transAxes, color="0.4")
     ax.set(ylabel="validation accuracy", ylim=(0, 1),
            title="Per-client accuracy" + ("" if len(clients) <= MAX_CLIENT_LINES else
                                           f": median and spread of {len(clients)} clients"))
