@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedmirasol.errors import ConfigError
+
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 CURVE = ec.SECP384R1
 
@@ -170,7 +172,7 @@ def make_credentials(out: str | Path, nodes: int = 3, hosts: Sequence[str] = (),
     Raises `CredentialsExistError` naming every file that exists already, before writing
     anything, unless `force` (which replaces them)."""
     if nodes < 0:
-        raise ValueError(f"--nodes must be >= 0, got {nodes}")
+        raise ConfigError(f"--nodes must be >= 0, got {nodes}")
     out = Path(out)
     if not force:
         existing = [p for p in credential_paths(out, nodes) if os.path.lexists(p)]

@@ -434,9 +434,8 @@ class FederatedRun:
         """Write the final model and report.json; return the report."""
         rundir.save_final_model(self.run_dir, full_state(self.config, self.global_shared),
                                 model_config(self.config).to_dict())
-        report = build_report(self.run_dir)
+        report = build_report(self.run_dir, shared=self.global_shared)
         report["discovery_problems"] = self.discovery_problems
-        report["shared_parameters"] = len(self.split.shared)
         report["local_parameters"] = list(self.split.local)
         report["stopped_early"] = self.stopped_early
         rundir.write_report(self.run_dir, report)

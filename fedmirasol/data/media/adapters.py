@@ -17,6 +17,7 @@ import csv
 from pathlib import Path
 
 from fedmirasol.data.media.manifest import ClipRecord
+from fedmirasol.errors import ConfigError
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ogv")
 VGGSOUND_CLIP_SECONDS = 10.0
@@ -33,7 +34,7 @@ def read_vggsound(
             if not row or (line == 1 and not _is_number(row[1] if len(row) > 1 else "")):
                 continue  # blank line or a header
             if len(row) < 4:
-                raise ValueError(
+                raise ConfigError(
                     f"{csv_path}:{line}: expected youtube_id,start_seconds,label,split; got {row}"
                 )
             rows.append((row[0].strip(), int(float(row[1])), row[2].strip(), row[3].strip()))
@@ -67,7 +68,7 @@ def read_class_folders(root: str | Path, drop_missing: bool = False) -> list[Cli
         raise FileNotFoundError(f"class-folder root {root} is not a folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise ValueError(f"{root}: no class folders in it")
+        raise ConfigError(f"{root}: no class folders in it")
     records = []
     for index, name in enumerate(classes):
         for video in sorted((root / name).rglob("*")):

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from fedmirasol.errors import ConfigError
+
 COLUMNS = ("path", "audio_path", "start", "end", "label", "label_name", "caption", "site", "split")
 
 
@@ -41,7 +43,7 @@ def read_manifest(manifest: str | Path) -> list[ClipRecord]:
         raise FileNotFoundError(f"manifest {manifest} does not exist")
     rows = list(_rows(manifest))
     if not rows:
-        raise ValueError(f"{manifest}: the manifest lists no clips")
+        raise ConfigError(f"{manifest}: the manifest lists no clips")
     names = _label_names(rows)
     return [_record(row, manifest, line, names) for line, row in rows]
 
@@ -79,13 +81,13 @@ def _rows(manifest: Path) -> Iterable[tuple[int, dict]]:
                 try:
                     row = json.loads(text)
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"{manifest}:{line}: not valid JSON ({error})") from error
+                    raise ConfigError(f"{manifest}:{line}: not valid JSON ({error})") from error
                 yield line, row
         return
     with open(manifest, newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or "path" not in reader.fieldnames:
-            raise ValueError(f"{manifest}: a CSV manifest needs a header with a 'path' column")
+            raise ConfigError(f"{manifest}: a CSV manifest needs a header with a 'path' column")
         for line, row in enumerate(reader, start=2):
             yield line, row
 
@@ -102,10 +104,10 @@ def _record(row: dict, manifest: Path, line: int, names: dict[str, int]) -> Clip
     where = f"{manifest}:{line}"
     unknown = set(row) - set(COLUMNS)
     if unknown:
-        raise ValueError(f"{where}: unknown columns {sorted(unknown)}; known: {', '.join(COLUMNS)}")
+        raise ConfigError(f"{where}: unknown columns {sorted(unknown)}; known: {', '.join(COLUMNS)}")
     path = _blank(row.get("path"))
     if path is None:
-        raise ValueError(f"{where}: the path is empty")
+        raise ConfigError(f"{where}: the path is empty")
     label, label_name = -1, _blank(row.get("label_name"))
     raw = _blank(row.get("label"))
     if raw is not None:
@@ -115,7 +117,7 @@ def _record(row: dict, manifest: Path, line: int, names: dict[str, int]) -> Clip
             label = int(raw)
     start, end = _seconds(row.get("start"), where, "start"), _seconds(row.get("end"), where, "end")
     if start is not None and end is not None and end <= start:
-        raise ValueError(f"{where}: end {end} is not after start {start}")
+        raise ConfigError(f"{where}: end {end} is not after start {start}")
     audio = _blank(row.get("audio_path"))
     return ClipRecord(
         path=str(_resolve(path, manifest)),
@@ -142,9 +144,9 @@ def _seconds(value, where: str, name: str) -> float | None:
     try:
         seconds = float(value)
     except ValueError as error:
-        raise ValueError(f"{where}: {name} {value!r} is not a number of seconds") from error
+        raise ConfigError(f"{where}: {name} {value!r} is not a number of seconds") from error
     if seconds < 0:
-        raise ValueError(f"{where}: {name} {seconds} is negative")
+        raise ConfigError(f"{where}: {name} {seconds} is negative")
     return seconds
 
 
