@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
+from fedmirasol.config import from_table
 from fedmirasol.federated import plots
 from fedmirasol.federated import run_dir as rundir
 from fedmirasol.federated.report import build_report, shared_counts
@@ -24,7 +25,7 @@ def write_run(directory: Path, clients: int, rounds: int, weak: tuple[int, ...] 
               personal: bool = False) -> Path:
     """metrics.jsonl as the server loop writes it; the `weak` clients trail the others."""
     directory.mkdir(parents=True, exist_ok=True)
-    rundir.write_config(directory, {**CONFIG, "num-rounds": rounds})
+    rundir.write_config(directory, from_table({**CONFIG, "num-rounds": rounds}))
     rng = np.random.default_rng(0)
     rundir.append_metrics(directory, {"round": 0, "centralized_accuracy": 0.1,
                                       "centralized_loss": 2.3})

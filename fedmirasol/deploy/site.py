@@ -24,11 +24,11 @@
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from fedmirasol.federated.run_config import Config, flatten, model_config, unflatten, validate
+from fedmirasol.config import RunConfig, with_values
+from fedmirasol.federated.run_config import Config, model_config
 
 NODE_KEYS = ("partition-id", "num-partitions", "state-dir")
 SITE_KEYS = ("data.manifest", "client.device", "client.threads", "client.batch-size",
@@ -55,19 +55,17 @@ def apply_site(config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Con
     """`config` with this node's site settings applied (validated); unchanged without any."""
     overrides = site_overrides(node_config)
     if not overrides:
-        return dict(config)
-    return json.loads(_apply_cached(json.dumps(config, sort_keys=True),
-                                    json.dumps(overrides, sort_keys=True)))
+        return config
+    return _apply_cached(config, tuple(sorted(overrides.items())))
 
 
 @functools.lru_cache(maxsize=8)
-def _apply_cached(config_json: str, overrides_json: str) -> str:
-    config = json.loads(config_json)
-    overrides = json.loads(overrides_json)
-    site = validate(unflatten(flatten(config) | overrides))
-    if any(key.startswith("model.") for key in overrides):
-        _check_same_shapes(config, site, [k for k in overrides if k.startswith("model.")])
-    return json.dumps(site, sort_keys=True)
+def _apply_cached(config: RunConfig, overrides: tuple[tuple[str, Any], ...]) -> RunConfig:
+    site = with_values(config, dict(overrides))
+    model_keys = [key for key, _ in overrides if key.startswith("model.")]
+    if model_keys:
+        _check_same_shapes(config, site, model_keys)
+    return site
 
 
 def _shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:

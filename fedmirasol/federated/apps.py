@@ -52,7 +52,7 @@ def build_server_app(config: Mapping[str, Any] | None = None, run_dir: Path | No
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        cfg = dict(config) if config is not None else from_flower_run_config(context.run_config)
+        cfg = config if config is not None else from_flower_run_config(context.run_config)
         directory, resume_from = run_dir, checkpoint
         if directory is None and cfg["output"]["resume-from"]:  # a deployed run, restarted
             from fedmirasol.deploy.resume import open_for_resume
@@ -72,7 +72,7 @@ def build_server_app(config: Mapping[str, Any] | None = None, run_dir: Path | No
             if resume_from is not None:
                 run.resume(resume_from)
             run.run()
-        if cfg["output"].get("plots", True):  # run directories from before the key: plot
+        if cfg.output.plots:
             from fedmirasol.federated.plots import plot_run
 
             plot_run(directory)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -18,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from fedmirasol.data.batch import Sample, collate
 from fedmirasol.data.synthetic import DomainShift, SyntheticAVDataset, SyntheticConfig
+from fedmirasol.config.run import RunConfig
 from fedmirasol.federated.partitioning import ClientSpec, client_specs, label_histogram
 from fedmirasol.federated.run_config import model_config
 
@@ -128,11 +128,10 @@ def _site_data(config: Mapping[str, Any], partition_id: int) -> ClientData:
 
 
 @functools.lru_cache(maxsize=16)
-def _client_data_cached(config_json: str, partition_id: int) -> ClientData:
-    config = json.loads(config_json)
+def _client_data_cached(config: RunConfig, partition_id: int) -> ClientData:
     if config["data"]["source"] == "site":
         return _site_data(config, partition_id)
-    all_specs = _specs_cached(config_json)
+    all_specs = _specs_cached(config)
     if not 0 <= partition_id < len(all_specs):
         raise ValueError(f"partition id {partition_id} is outside data.num-clients = "
                          f"{len(all_specs)}")
@@ -145,14 +144,14 @@ def _client_data_cached(config_json: str, partition_id: int) -> ClientData:
 
 
 @functools.lru_cache(maxsize=4)
-def _specs_cached(config_json: str) -> tuple[ClientSpec, ...]:
-    return tuple(specs(json.loads(config_json)))
+def _specs_cached(config: RunConfig) -> tuple[ClientSpec, ...]:
+    return tuple(specs(config))
 
 
-def data_key(config: Mapping[str, Any]) -> str:
-    """The part of the config that determines the data (cache key)."""
-    return json.dumps({"seed": config["seed"], "data": config["data"], "model": config["model"]},
-                      sort_keys=True)
+def data_key(config: RunConfig) -> RunConfig:
+    """The part of the config that determines the data (a cache key): its seed, data and
+    model sections, everything else at the defaults (not validated again)."""
+    return RunConfig.model_construct(seed=config.seed, data=config.data, model=config.model)
 
 
 def client_data(config: Mapping[str, Any], partition_id: int) -> ClientData:
@@ -161,8 +160,7 @@ def client_data(config: Mapping[str, Any], partition_id: int) -> ClientData:
 
 
 @functools.lru_cache(maxsize=2)
-def _test_cached(key: str) -> Materialized:
-    config = json.loads(key)
+def _test_cached(config: RunConfig) -> Materialized:
     dataset = SyntheticAVDataset(synthetic_config(config), config["data"]["test-clips"],
                                  seed=config["seed"] + TEST_SEED_OFFSET)
     return Materialized(dataset)

@@ -8,7 +8,6 @@ local parameters (never sent) begin identical everywhere. Training is seeded by
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 from flwr.app import RecordDict
 from torch import nn
 
+from fedmirasol.config.run import RunConfig
 from fedmirasol.federated import client_data, client_state
 from fedmirasol.federated.parameters import (
     NumpyState,
@@ -71,21 +71,19 @@ def init_model(config: Mapping[str, Any]) -> nn.Module:
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_model(model_key: str) -> tuple[nn.Module, NumpyState, ParameterSplit]:
-    config = json.loads(model_key)
+def _cached_model(config: RunConfig, local: str) -> tuple[nn.Module, NumpyState, ParameterSplit]:
     model = init_model(config)
     frozen = PretrainedSettings.from_config(config).frozen_names(model)
-    split = ParameterSplit.from_model(model, config["local"], frozen)
+    split = ParameterSplit.from_model(model, local, frozen)
     initial_local = model_state(model, split.local)
     return model, initial_local, split
 
 
 def model_and_split(config: Mapping[str, Any]) -> tuple[nn.Module, NumpyState, ParameterSplit]:
     """A per-process model (reused across calls), its initial local state, and the split."""
-    key = json.dumps({"seed": config["seed"], "model": config["model"],
-                      "pretrained": config["pretrained"], "local": local_spec(config)},
-                     sort_keys=True)
-    return _cached_model(key)
+    key = RunConfig.model_construct(seed=config.seed, model=config.model,
+                                    pretrained=config.pretrained)
+    return _cached_model(key, local_spec(config))
 
 
 def prepare_model(config: Mapping[str, Any], global_shared: Mapping[str, np.ndarray],

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from fedmirasol.config.run import RunConfig
 from fedmirasol.federated.parameters import canonical_name, select_names
 
 
@@ -90,13 +91,12 @@ def _recipe_checkpoint(config: Mapping[str, Any], checkpoint: str) -> Path:
     return path
 
 
-def with_digest(config: Mapping[str, Any]) -> dict[str, Any]:
+def with_digest(config: RunConfig) -> RunConfig:
     """`config` with `pretrained.sha256` filled in from the checkpoint file when it is empty,
     and the checkpoint's path made absolute (other processes may run elsewhere). A `public:`
     recipe becomes its cached file (checked against the digest recorded when it was trained);
     one not trained yet raises, saying how to train it."""
-    settings = PretrainedSettings.from_config(config)
-    resolved = dict(config)
+    settings = config.pretrained
     if settings.checkpoint and not settings.sha256:
         from fedmirasol.federated.public_pretraining import is_recipe
 
@@ -104,9 +104,10 @@ def with_digest(config: Mapping[str, Any]) -> dict[str, Any]:
             path = _recipe_checkpoint(config, settings.checkpoint)
         else:
             path = _checkpoint_path(settings).resolve()
-        resolved["pretrained"] = dict(config["pretrained"], checkpoint=str(path),
-                                      sha256=file_sha256(path))
-    return resolved
+        pretrained = settings.model_copy(update={"checkpoint": str(path),
+                                                 "sha256": file_sha256(path)})
+        return config.model_copy(update={"pretrained": pretrained})
+    return config
 
 
 def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

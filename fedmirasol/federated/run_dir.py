@@ -27,6 +27,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
+from fedmirasol.config import RunConfig, from_table, to_table
+
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 REPORT_FILE = "report.json"
@@ -70,19 +72,20 @@ def removed_if_failed_early(run_dir: Path) -> Iterator[Path]:
         raise
 
 
-def write_config(run_dir: Path, config: Mapping[str, Any]) -> None:
-    (run_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+def write_config(run_dir: Path, config: RunConfig) -> None:
+    (run_dir / CONFIG_FILE).write_text(json.dumps(to_table(config), indent=2, sort_keys=True)
+                                       + "\n")
 
 
 def write_partitions(run_dir: Path, partitions: list[dict[str, Any]]) -> None:
     (run_dir / PARTITIONS_FILE).write_text(json.dumps(partitions, indent=1) + "\n")
 
 
-def read_config(run_dir: str | Path) -> dict[str, Any]:
+def read_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
-    return json.loads(path.read_text())
+    return from_table(json.loads(path.read_text()))
 
 
 def append_metrics(run_dir: Path, record: Mapping[str, Any]) -> None:

@@ -1,0 +1,122 @@
+"""`RunConfig`: the whole run's settings, composed of the sections, with the rules across them."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from fedmirasol.config.base import Section
+from fedmirasol.config.model import ModelConfig
+from fedmirasol.config.personalization import PersonalizationConfig
+from fedmirasol.config.privacy import PrivacyConfig
+from fedmirasol.config.secagg import SecAggConfig
+from fedmirasol.config.sections import (
+    CLIENT_LEVEL_STRATEGIES, SECAGG_STRATEGIES, ClientConfig, DataConfig, FaultsConfig,
+    OutputConfig, PretrainedConfig, ServerConfig, SimulationConfig, SplitConfig, StrategyConfig,
+)
+from fedmirasol.errors import ConfigError
+
+
+class RunConfig(Section):
+    """Everything a run needs, parsed once at the edges (CLI, ServerApp, ClientApp); the library
+    takes this object (or one of its sections), never a dict."""
+
+    name: str = "quickstart"
+    seed: int = 0
+    num_rounds: int = Field(20, ge=1)
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    client: ClientConfig = ClientConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    split: SplitConfig = SplitConfig()
+    pretrained: PretrainedConfig = PretrainedConfig()
+    faults: FaultsConfig = FaultsConfig()
+    server: ServerConfig = ServerConfig()
+    simulation: SimulationConfig = SimulationConfig()
+    output: OutputConfig = OutputConfig()
+    personalization: PersonalizationConfig = PersonalizationConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    secagg: SecAggConfig = SecAggConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        strategy = self.strategy.name
+        if self.secagg.enabled and strategy not in SECAGG_STRATEGIES:
+            raise ConfigError(f"config key 'secagg.enabled' needs strategy.name in "
+                              f"{SECAGG_STRATEGIES} (the server sees only the mean), got "
+                              f"{strategy!r}")
+        if self.privacy.client_level and strategy not in CLIENT_LEVEL_STRATEGIES:
+            raise ConfigError(f"config key 'privacy.client-level' needs strategy.name in "
+                              f"{CLIENT_LEVEL_STRATEGIES}, got {strategy!r}")
+        if self.secagg.enabled and self.privacy.client_level \
+                and 0 < self.secagg.range < self.privacy.client_clip_norm:
+            # A clipped update may hold a value up to the clip norm; quantization never clamps.
+            raise ConfigError(f"config key 'secagg.range' ({self.secagg.range!r}) must be 0 (the "
+                              f"clip norm) or at least privacy.client-clip-norm "
+                              f"({self.privacy.client_clip_norm!r}) under client-level DP")
+        if self.privacy.enabled and self.personalization.trains_beyond_local_pass():
+            raise ConfigError(
+                f"personalization.method = {self.personalization.method!r} with adapt-steps = "
+                f"{self.personalization.adapt_steps} trains on the client's data outside its "
+                "DP-SGD round, which the privacy ledger would not cover; with privacy.enabled "
+                "use personalization.method = 'none' or 'fedper' and adapt-steps = 0")
+        self._check_federation_size()
+        return self
+
+    def _check_federation_size(self) -> None:
+        """A federation of `data.num-clients` clients must be able to fill every round the
+        strategy asks for: Flower's sampler otherwise waits for nodes that never come (in a
+        simulation every client is a node, so this is known before anything starts)."""
+        n, strategy = self.data.num_clients, self.strategy
+        wanted = {"strategy.min-available-nodes": strategy.min_available_nodes}
+        if strategy.fraction_train > 0:
+            wanted["strategy.min-train-nodes"] = strategy.min_train_nodes
+        if strategy.fraction_evaluate > 0:
+            wanted["strategy.min-evaluate-nodes"] = strategy.min_evaluate_nodes
+        too_many = {key: value for key, value in wanted.items() if value > n}
+        if too_many:
+            asked = ", ".join(f"{key} = {value}" for key, value in too_many.items())
+            raise ConfigError(f"data.num-clients = {n} is too small for the strategy: {asked} "
+                              f"(each round would wait for more clients than there are); raise "
+                              f"data.num-clients to at least {max(too_many.values())} or lower "
+                              f"{' / '.join(too_many)}")
+        f = strategy.num_malicious
+        if f < 0:
+            raise ConfigError(f"config key 'strategy.num-malicious' must be >= 0, got {f!r}")
+        # Updates a round aggregates: Flower samples max(int(n * fraction), min-train-nodes).
+        sampled = max(int(n * strategy.fraction_train), strategy.min_train_nodes)
+        if strategy.name == "bulyan":
+            need, why = 4 * f + 3, "Flower's Bulyan needs 4 x strategy.num-malicious + 3 updates"
+        elif strategy.name in ("krum", "multikrum") and f > 0:
+            need, why = 2 * f + 3, (f"{strategy.name} tolerates strategy.num-malicious faulty "
+                                    f"updates only among at least 2 x num-malicious + 3")
+        else:
+            return
+        if sampled < need:
+            raise ConfigError(f"strategy.name = {strategy.name!r} with strategy.num-malicious = "
+                              f"{f}: {why} = {need} per round, but data.num-clients = {n} with "
+                              f"strategy.fraction-train = {strategy.fraction_train} and "
+                              f"strategy.min-train-nodes = {strategy.min_train_nodes} samples "
+                              f"{sampled}")
+
+    # ---- values derived from several sections
+
+    def local_selectors(self) -> str:
+        """The parameters that stay on the clients: `split.local`, normalization layers under
+        FedBN, and the personal layers of FedPer/FedRep."""
+        local = self.split.local
+        if self.strategy.name == "fedbn" and not local:
+            local = "normalization"
+        personal = self.personalization.personal_selectors()
+        return ",".join(filter(None, [local, *personal]))
+
+    def secagg_bound(self) -> float | None:
+        """The bound of every update value, if known: `secagg.range` when set, else the
+        client-level DP clip norm (an L2 bound bounds every coordinate); None: measure it."""
+        if self.secagg.range > 0:
+            return self.secagg.range
+        return self.privacy.client_clip_norm if self.privacy.client_level else None
+
+    def secagg_weighting(self) -> str:
+        """Equal weights under client-level DP (its noise is calibrated to an equal-weight
+        mean), else `secagg.weighting`."""
+        return "equal" if self.privacy.client_level else self.secagg.weighting

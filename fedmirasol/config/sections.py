@@ -1,0 +1,147 @@
+"""The run config's sections that are plain settings (data, client, strategy, ...).
+
+Sections with logic of their own live beside this file: model.py, privacy.py, secagg.py,
+personalization.py. Each field's comment says what the key does; `fedmirasol.config.run`
+composes the sections and checks the rules that span several.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from fedmirasol.config.base import Section
+from fedmirasol.errors import ConfigError
+
+SOURCES = ("synthetic", "manifest", "site")
+PARTITIONERS = ("iid", "dirichlet", "pathological", "quantity")
+OPTIMIZERS = ("adam", "sgd")
+STRATEGIES = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "fedadagrad", "fedavgm",
+              "trimmed-mean", "median", "krum", "multikrum", "bulyan")
+# Strategies that only need the (weighted) mean of the updates, which is what secure
+# aggregation reveals; robust aggregators need every update and cannot run under it.
+SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
+# Strategies whose aggregate is a plain mean, which client-level DP replaces by its noised one.
+CLIENT_LEVEL_STRATEGIES = ("fedavg", "fedprox", "fedbn")
+
+
+class DataConfig(Section):
+    """Where each client's clips come from and how they are split across clients."""
+
+    # synthetic | manifest | site (deployment: every SuperNode brings its own manifest through
+    # its node config, fedmirasol.deploy.site)
+    source: Literal[SOURCES] = "synthetic"  # type: ignore[valid-type]
+    manifest: str = ""  # path of a media manifest when source = "manifest"
+    num_clients: int = Field(10, ge=1)
+    clips_per_client: int = Field(80, ge=1)  # mean clips per client (train + validation)
+    test_clips: int = Field(240, ge=1)  # the server's held-out test set
+    val_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    partitioner: Literal[PARTITIONERS] = "dirichlet"  # type: ignore[valid-type]
+    alpha: float = Field(0.5, gt=0.0)  # Dirichlet label skew
+    min_partition_size: int = 4
+    classes_per_client: int = 2  # pathological
+    quantity_alpha: float = Field(1.0, gt=0.0)  # quantity skew: Dirichlet over client sizes
+    domains: int = 0  # feature shift: number of distinct client domains (0 = none)
+    domain_strength: float = 1.0
+    drop_audio_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability a client has no audio
+    drop_video_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability a client has no video
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataConfig":
+        if self.drop_audio_prob + self.drop_video_prob > 1.0:
+            raise ConfigError("data.drop-audio-prob + data.drop-video-prob must not exceed 1 "
+                              "(a client keeps at least one modality)")
+        if self.source == "manifest" and not self.manifest:
+            raise ConfigError("config key 'data.manifest' must name a manifest when "
+                              "data.source = 'manifest'")
+        return self
+
+
+class ClientConfig(Section):
+    """Local training on each client."""
+
+    local_epochs: int = Field(2, ge=1)
+    batch_size: int = Field(8, ge=1)
+    optimizer: Literal[OPTIMIZERS] = "adam"  # type: ignore[valid-type]
+    lr: float = Field(0.002, gt=0.0)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    device: str = "cpu"
+    threads: int = Field(1, ge=1)  # torch threads per simulated client
+    eval_batch_size: int = Field(32, ge=1)
+
+
+class StrategyConfig(Section):
+    """The server's aggregation (Flower's strategies)."""
+
+    name: Literal[STRATEGIES] = "fedavg"  # type: ignore[valid-type]
+    fraction_train: float = Field(1.0, ge=0.0, le=1.0)
+    fraction_evaluate: float = Field(1.0, ge=0.0, le=1.0)
+    min_train_nodes: int = 2
+    min_evaluate_nodes: int = 2
+    min_available_nodes: int = 2
+    proximal_mu: float = Field(0.0, ge=0.0)
+    server_lr: float = 0.01  # eta of FedAdam/FedYogi/FedAdagrad, server lr of FedAvgM
+    server_momentum: float = 0.9  # FedAvgM
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 0.001
+    trim_beta: float = Field(0.2, ge=0.0, le=1.0)  # trimmed mean: fraction cut from each end
+    num_malicious: int = 0  # Krum, MultiKrum, Bulyan
+    num_to_keep: int = 0  # MultiKrum (0 = Flower's default)
+    round_timeout: float = 600.0  # seconds a round waits for replies
+
+
+class SplitConfig(Section):
+    """Parameters that stay on the clients: "normalization" (module types) and/or
+    comma-separated state_dict name patterns (fnmatch). Empty: everything is shared."""
+
+    local: str = ""
+
+
+class PretrainedConfig(Section):
+    """Start from a pre-trained checkpoint that every process loads (nothing is sent)."""
+
+    # A checkpoint file (`fedmirasol train`'s best.pt, a run's final model) or a public
+    # pre-training recipe ("public: --epochs 6 ...") that `fedmirasol simulate` trains and caches
+    checkpoint: str = ""
+    sha256: str = ""  # filled in from the file by the server; a client's file must match
+    reset: str = ""  # selectors put back to the fresh seeded init (e.g. "classifier.*")
+    freeze: str = ""  # selectors never trained and never sent (e.g. "video_encoder.*")
+    trainable: str = ""  # if set: everything these selectors do not match is frozen
+
+    @model_validator(mode="after")
+    def _check(self) -> "PretrainedConfig":
+        if self.reset and not self.checkpoint:
+            raise ConfigError("config key 'pretrained.reset' needs pretrained.checkpoint "
+                              "(there is nothing to reset without one)")
+        return self
+
+
+class FaultsConfig(Section):
+    """Fault injection for robustness experiments (a client mod): comma-separated partition
+    ids."""
+
+    crash_clients: str = ""  # raise during training
+    nan_clients: str = ""  # reply with a NaN update
+    slow_clients: str = ""  # sleep `slow-seconds` before training (to test round timeouts)
+    slow_seconds: float = 0.0
+
+
+class ServerConfig(Section):
+    evaluate_every: int = 1  # centralized evaluation every N rounds (0: never)
+
+
+class SimulationConfig(Section):
+    # virtual clients trained at once (0: one per CPU core)
+    max_parallel_clients: int = Field(0, ge=0)
+
+
+class OutputConfig(Section):
+    runs_dir: str = "runs"
+    checkpoint_every: int = Field(1, ge=1)
+    plots: bool = True  # write plots/*.png at the end of a run (`fedmirasol report` can later)
+    # A run directory to resume after its last checkpoint (a deployed ServerApp or SuperLink
+    # that died: `flwr run . --run-config 'output.resume-from="DIR"'`).
+    resume_from: str = ""
