@@ -74,7 +74,7 @@ def _step_function(mode: str, model, batch, batch_size: int):
     from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 
     from fedmirasol.privacy.dp_training import per_sample_losses
-    from fedmirasol.privacy.ghost_clipping import MirasolGhostClipping
+    from ghost_clipping import MirasolGhostClipping  # benchmarks/ghost_clipping.py
     from fedmirasol.privacy.objective import per_sample_loss
 
     sgd = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -146,7 +146,7 @@ def ghost_norm_error(config_name: str, batch_size: int, threads: int) -> float:
     import torch
     from opacus import GradSampleModule
 
-    from fedmirasol.privacy.ghost_clipping import MirasolGhostClipping
+    from ghost_clipping import MirasolGhostClipping  # benchmarks/ghost_clipping.py
     from fedmirasol.privacy.objective import per_sample_loss
 
     model, batch = _setup(config_name, batch_size, threads)

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedmirasol.federated import run_dir as rundir
+from fedmirasol.runs import run_dir as rundir
 
 FEDMIRASOL = str(Path(sys.executable).with_name("fedmirasol"))  # the venv's command
 

@@ -1,11 +1,11 @@
 """Round time and peak memory with and without secure aggregation, as ratios.
 
 For each update size (1M, 10M, 50M float32 parameters) and mode, a fresh subprocess runs one
-federated round of 5 clients over the in-process Grid (`fedmirasol.secagg.local_grid`, arrays
+federated round of 5 clients over the in-process Grid (`fedmirasol.testing.local_grid`, arrays
 serialized as Flower serializes them): the server sends the global vector, each client trains
 an N-parameter linear model for `--steps` SGD steps on its own random batch (torch, 1 thread)
 and answers with its delta; the server either validates the plain replies and lets FedAvg
-aggregate them (`plain`: the app's own path, fedmirasol.federated.server_loop) or runs the
+aggregate them (`plain`: the app's own path, fedmirasol.server.loop) or runs the
 five secure-aggregation stages and hands FedAvg the secure mean (`secagg`: range 1.0 as a
 declared bound, 16 bits, every client a neighbour of every other, threshold 4 of 5).
 
@@ -44,11 +44,11 @@ def one_round(size: int, mode: str, steps: int, batch: int) -> dict[str, float]:
     from flwr.serverapp.strategy import FedAvg
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedmirasol.federated.parameters import from_record, to_record
-    from fedmirasol.federated.reply_validation import validate_train_replies
-    from fedmirasol.federated.server_loop import _aggregate
+    from fedmirasol.core.parameters import from_record, to_record
+    from fedmirasol.core.reply_checks import validate_train_replies
+    from fedmirasol.server.loop import _aggregate
     from fedmirasol.secagg import client
-    from fedmirasol.secagg.local_grid import LocalGrid
+    from fedmirasol.testing.local_grid import LocalGrid
     from fedmirasol.secagg.server import SecureAggregator, mean_reply
     from fedmirasol.secagg.settings import SecAggSettings
 

@@ -41,9 +41,9 @@ def plain_loop(config: dict, sampled_per_round: list[list[int]], threads: int
                ) -> tuple[float, dict, list[float]]:
     """(b): the same client updates and FedAvg in one process; returns (seconds, model,
     seconds per round)."""
-    from fedmirasol.federated import client_data
-    from fedmirasol.federated.client_task import init_model, seed_for
-    from fedmirasol.federated.parameters import ParameterSplit, delta, load_state, model_state
+    from fedmirasol.client import data as client_data
+    from fedmirasol.client.task import init_model, seed_for
+    from fedmirasol.core.parameters import ParameterSplit, delta, load_state, model_state
     from fedmirasol.training.loop import train_epochs
 
     started = time.perf_counter()
@@ -86,9 +86,9 @@ def main() -> None:
                         help="parallel virtual clients in (a), torch threads in (b)")
     args = parser.parse_args()
 
-    from fedmirasol.federated import run_dir as rundir
-    from fedmirasol.federated.run_config import load_config
-    from fedmirasol.federated.simulate import simulate
+    from fedmirasol.runs import run_dir as rundir
+    from fedmirasol.config.legacy import load_config
+    from fedmirasol.engines.simulation import simulate
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:

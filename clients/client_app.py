@@ -1,6 +1,6 @@
 """fedmirasol's ClientApp (`flwr run .` loads `clients.client_app:app`); the work is in
-fedmirasol.federated."""
+fedmirasol.client and fedmirasol.engines."""
 
-from fedmirasol.federated.apps import build_client_app
+from fedmirasol.engines.apps import build_client_app
 
 app = build_client_app()

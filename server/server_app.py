@@ -1,6 +1,6 @@
 """fedmirasol's ServerApp (`flwr run .` loads `server.server_app:app`); the work is in
-fedmirasol.federated."""
+fedmirasol.server and fedmirasol.engines."""
 
-from fedmirasol.federated.apps import build_server_app
+from fedmirasol.engines.apps import build_server_app
 
 app = build_server_app()

@@ -11,11 +11,11 @@ import pytest
 from flwr.app import Message
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmirasol.federated import run_dir as rundir
-from fedmirasol.federated.apps import build_client_app
-from fedmirasol.federated.run_config import load_config
-from fedmirasol.federated.server_loop import FederatedRun
-from fedmirasol.secagg.local_grid import LocalGrid
+from fedmirasol.runs import run_dir as rundir
+from fedmirasol.engines.apps import build_client_app
+from fedmirasol.config.legacy import load_config
+from fedmirasol.server.loop import FederatedRun
+from fedmirasol.testing.local_grid import LocalGrid
 
 NODES = [11, 12, 13]
 

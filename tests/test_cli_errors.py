@@ -12,7 +12,7 @@ import pytest
 import fedmirasol.cli.report_cmd as report_cmd
 from fedmirasol.cli import build_parser, main
 from fedmirasol.errors import ConfigError, UnknownKeyError
-from fedmirasol.federated.run_config import DEFAULTS, load_config
+from fedmirasol.config.legacy import DEFAULTS, load_config
 
 
 def config_error(overrides: list[str]) -> ConfigError:
@@ -65,7 +65,7 @@ def test_bulyan_needs_4f_plus_3_updates() -> None:
 # flwr-datasets warns at each Dirichlet retry before it gives up; the test wants the error
 @pytest.mark.filterwarnings("ignore:The specified min_partition_size:UserWarning")
 def test_partition_errors_name_the_keys_and_sizes() -> None:
-    from fedmirasol.federated.partitioning import client_specs
+    from fedmirasol.data.partitioning import client_specs
 
     data = dict(DEFAULTS["data"], source="manifest", manifest="clips/manifest.csv")
     with pytest.raises(ConfigError) as error:

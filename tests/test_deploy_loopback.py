@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fedmirasol.deploy.loopback import Loopback
-from fedmirasol.federated import run_dir as rundir
+from fedmirasol.testing.loopback import Loopback
+from fedmirasol.runs import run_dir as rundir
 
 pytestmark = pytest.mark.deployment
 STEP = 600.0  # seconds any one stage may take on a loaded 2-core machine

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 
 from fedmirasol.cli import main
 from fedmirasol.deploy.certs import make_credentials
-from fedmirasol.deploy.site import apply_site, site_overrides, state_dir
+from fedmirasol.client.site import apply_site, site_overrides, state_dir
 
 
 def test_certs_cli_writes_a_verifiable_chain_and_node_keys(tmp_path, capsys):
@@ -38,7 +38,7 @@ def test_node_keys_differ(tmp_path):
 
 
 def test_site_settings_from_node_config(tmp_path):
-    from fedmirasol.federated.run_config import load_config
+    from fedmirasol.config.legacy import load_config
 
     config = load_config(overrides=["data.num-clients=3"])
     node = {"partition-id": 1, "num-partitions": 3, "state-dir": str(tmp_path),
@@ -55,7 +55,7 @@ def test_site_settings_from_node_config(tmp_path):
 def test_site_settings_refuse_unknown_keys_and_other_architectures():
     import pytest
 
-    from fedmirasol.federated.run_config import load_config
+    from fedmirasol.config.legacy import load_config
 
     config = load_config()
     with pytest.raises(KeyError, match="strategy.name"):
@@ -70,7 +70,7 @@ def test_node_state_dir_takes_precedence_and_a_restarted_node_restores_it(tmp_pa
     from flwr.app import Context, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedmirasol.federated import client_handlers
+    from fedmirasol.client import handlers as client_handlers
     from test_federated_messages import tiny_config, train_message
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
@@ -98,8 +98,8 @@ def test_a_site_trains_on_its_own_whole_manifest(tmp_path):
     """data.manifest in the node config: the site reads its manifest whole (train + val), the
     server's partition summary stays empty (it never sees site data)."""
     from fedmirasol.data.media.synth import write_synthetic_media
-    from fedmirasol.federated import client_data
-    from fedmirasol.federated.run_config import load_config, model_config
+    from fedmirasol.client import data as client_data
+    from fedmirasol.config.legacy import load_config, model_config
 
     config = load_config(overrides=["data.num-clients=3", "data.source=\"site\"",
                                     "model.num-frames=8", "data.val-fraction=0.25"])

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fedmirasol.federated import client_data
-from fedmirasol.federated.centralized_baseline import centralized_baseline
-from fedmirasol.federated.run_config import load_config
+from fedmirasol.client import data as client_data
+from fedmirasol.engines.centralized_baseline import centralized_baseline
+from fedmirasol.config.legacy import load_config
 
 
 def test_baseline_trains_on_the_pooled_client_data_and_tests_on_the_server_set():

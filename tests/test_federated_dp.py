@@ -18,12 +18,12 @@ import pytest
 import torch
 
 from fedmirasol.cli import main as cli_main
-from fedmirasol.federated import client_data
-from fedmirasol.federated import run_dir as rundir
-from fedmirasol.federated.client_task import init_model
-from fedmirasol.federated.report import summary_table
-from fedmirasol.federated.run_config import load_config
-from fedmirasol.federated.simulate import StopRun, simulate
+from fedmirasol.client import data as client_data
+from fedmirasol.runs import run_dir as rundir
+from fedmirasol.client.task import init_model
+from fedmirasol.runs.report import summary_table
+from fedmirasol.config.legacy import load_config
+from fedmirasol.engines.simulation import StopRun, simulate
 from fedmirasol.privacy import ledger
 from fedmirasol.privacy.calibration import SamplingPlan, planned_epsilon
 from fedmirasol.privacy.client_level import ClientLevelAccountant

@@ -11,10 +11,10 @@ import torch
 from flwr.app import RecordDict
 from torch import nn
 
-from fedmirasol.federated import client_task
-from fedmirasol.federated.parameters import ParameterSplit, model_state
-from fedmirasol.federated.proximal import proximal_term
-from fedmirasol.federated.run_config import load_config
+from fedmirasol.client import task as client_task
+from fedmirasol.core.parameters import ParameterSplit, model_state
+from fedmirasol.core.proximal import proximal_term
+from fedmirasol.config.legacy import load_config
 
 
 def test_proximal_term_value_and_gradient() -> None:

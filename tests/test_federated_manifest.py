@@ -8,8 +8,9 @@ import numpy as np
 from flwr.app import RecordDict
 
 from fedmirasol.data.media.synth import write_synthetic_media
-from fedmirasol.federated import client_data, client_task
-from fedmirasol.federated.run_config import load_config, model_config
+from fedmirasol.client import data as client_data
+from fedmirasol.client import task as client_task
+from fedmirasol.config.legacy import load_config, model_config
 
 
 def test_a_client_counts_and_reports_a_bad_file_and_still_trains(tmp_path, monkeypatch):

@@ -28,18 +28,18 @@ from flwr.app import (
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmirasol.federated import client_handlers
-from fedmirasol.federated.parameters import (
+from fedmirasol.client import handlers as client_handlers
+from fedmirasol.core.parameters import (
     NORMALIZATION_TYPES,
     ParameterSplit,
     from_record,
     model_state,
     to_record,
 )
-from fedmirasol.federated.reply_validation import validate_train_replies
-from fedmirasol.federated.run_config import load_config, to_json
-from fedmirasol.federated.server_loop import _aggregate
-from fedmirasol.federated.client_task import init_model
+from fedmirasol.core.reply_checks import validate_train_replies
+from fedmirasol.config.legacy import load_config, to_json
+from fedmirasol.server.loop import _aggregate
+from fedmirasol.client.task import init_model
 
 SHAPES = {"a": (3, 2), "b": (4,)}
 
@@ -221,7 +221,7 @@ def test_a_node_the_superlink_answers_for_is_named_once() -> None:
     message: it is the sampled node that is rejected, once, and not also counted as silent."""
     from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 
-    from fedmirasol.federated.server_loop import _destinations, _missing
+    from fedmirasol.server.loop import _destinations, _missing
 
     sent = [instruction(7), instruction(8)]
     for number, message in enumerate(sent):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedmirasol.federated.partitioning import (
+from fedmirasol.data.partitioning import (
     build_partitioner,
     client_specs,
     partition_indices,
     quantity_sizes,
 )
-from fedmirasol.federated.run_config import DEFAULTS
+from fedmirasol.config.legacy import DEFAULTS
 
 NUM_CLASSES = 8
 LABELS = np.random.default_rng(0).integers(NUM_CLASSES, size=800)

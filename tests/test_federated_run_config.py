@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmirasol.federated.run_config import (
+from fedmirasol.config.legacy import (
     DEFAULTS,
     flatten,
     from_flower_run_config,

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from flwr.app import RecordDict
 
-from fedmirasol.federated import run_dir as rundir
-from fedmirasol.federated.client_task import train
-from fedmirasol.federated.server_loop import FederatedRun
-from fedmirasol.federated.simulate import simulate
+from fedmirasol.runs import run_dir as rundir
+from fedmirasol.client.task import train
+from fedmirasol.server.loop import FederatedRun
+from fedmirasol.engines.simulation import simulate
 from test_federated_simulation import config
 
 pytestmark = pytest.mark.slow

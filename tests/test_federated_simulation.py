@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from fedmirasol.cli import main as cli_main
-from fedmirasol.federated import run_dir as rundir
-from fedmirasol.federated.client_task import seed_for
-from fedmirasol.federated.run_config import load_config
-from fedmirasol.federated.simulate import StopRun, simulate
+from fedmirasol.runs import run_dir as rundir
+from fedmirasol.client.task import seed_for
+from fedmirasol.config.legacy import load_config
+from fedmirasol.engines.simulation import StopRun, simulate
 
 pytestmark = pytest.mark.slow
 

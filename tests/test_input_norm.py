@@ -16,10 +16,10 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmirasol.federated import client_handlers
-from fedmirasol.federated.client_task import init_model
-from fedmirasol.federated.parameters import ParameterSplit, from_record, model_state, to_record
-from fedmirasol.federated.run_config import load_config, to_json
+from fedmirasol.client import handlers as client_handlers
+from fedmirasol.client.task import init_model
+from fedmirasol.core.parameters import ParameterSplit, from_record, model_state, to_record
+from fedmirasol.config.legacy import load_config, to_json
 from fedmirasol.models import NAMED_CONFIGS, build_model, get_config
 from fedmirasol.models.input_norm import RATE, InputNorm
 from opacus_step import assert_per_sample_gradients_match, take_dp_step

@@ -14,10 +14,10 @@ from fedmirasol.data.batch import collate
 from fedmirasol.data.synthetic import SyntheticAVDataset, SyntheticConfig
 from flwr.app import RecordDict
 
-from fedmirasol.federated import client_task
-from fedmirasol.federated.client_task import init_model
-from fedmirasol.federated.parameters import ParameterSplit, model_state
-from fedmirasol.federated.run_config import load_config, local_spec, model_config
+from fedmirasol.client import task as client_task
+from fedmirasol.client.task import init_model
+from fedmirasol.core.parameters import ParameterSplit, model_state
+from fedmirasol.config.legacy import load_config, local_spec, model_config
 from fedmirasol.models import LateFusion, build_model, get_config, mirasol_loss
 from fedmirasol.models.late_fusion import FusionHead
 from fedmirasol.models.timesformer import DividedSpaceTimeBlock

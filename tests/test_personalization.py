@@ -17,9 +17,10 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmirasol.federated import client_handlers, client_task
-from fedmirasol.federated.parameters import ParameterSplit, from_record, model_state, to_record
-from fedmirasol.federated.run_config import load_config, local_spec, to_json
+from fedmirasol.client import handlers as client_handlers
+from fedmirasol.client import task as client_task
+from fedmirasol.core.parameters import ParameterSplit, from_record, model_state, to_record
+from fedmirasol.config.legacy import load_config, local_spec, to_json
 from fedmirasol.personalization import fedrep
 from fedmirasol.personalization.ditto import load_personal_model
 

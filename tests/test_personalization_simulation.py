@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from fedmirasol.federated import run_dir as rundir
-from fedmirasol.federated.client_task import init_model
-from fedmirasol.federated.metrics import array_bytes
-from fedmirasol.federated.parameters import ParameterSplit, model_state, to_record
-from fedmirasol.federated.run_config import load_config
-from fedmirasol.federated.simulate import simulate
+from fedmirasol.runs import run_dir as rundir
+from fedmirasol.client.task import init_model
+from fedmirasol.core.metrics import array_bytes
+from fedmirasol.core.parameters import ParameterSplit, model_state, to_record
+from fedmirasol.config.legacy import load_config
+from fedmirasol.engines.simulation import simulate
 
 pytestmark = pytest.mark.slow
 

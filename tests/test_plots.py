@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from fedmirasol.config import from_table
-from fedmirasol.federated import plots
-from fedmirasol.federated import run_dir as rundir
-from fedmirasol.federated.report import build_report, shared_counts
-from fedmirasol.privacy.plots import plot_epsilon
+from fedmirasol.runs import plots
+from fedmirasol.runs import run_dir as rundir
+from fedmirasol.runs.report import build_report, shared_counts
+from fedmirasol.runs.privacy_plots import plot_epsilon
 
 CONFIG = {"name": "hand", "strategy": {"name": "fedavg"}, "split": {"local": ""},
           "num-rounds": 10}

@@ -9,9 +9,9 @@ import pytest
 import torch
 from flwr.app import RecordDict
 
-from fedmirasol.federated import client_task
-from fedmirasol.federated.parameters import model_state
-from fedmirasol.federated.run_config import load_config, model_config, parameter_split
+from fedmirasol.client import task as client_task
+from fedmirasol.core.parameters import model_state
+from fedmirasol.config.legacy import load_config, model_config, parameter_split
 from fedmirasol.training.checkpoint import save_checkpoint
 
 SMALL = ["data.num-clients=2", "data.clips-per-client=12", "data.test-clips=4",
@@ -103,7 +103,7 @@ def test_trainable_freezes_everything_else(checkpoint: Path) -> None:
 
 
 def test_a_site_brings_its_own_copy_of_the_checkpoint(checkpoint: Path, tmp_path: Path) -> None:
-    from fedmirasol.deploy.site import apply_site
+    from fedmirasol.client.site import apply_site
 
     config = pretrained_config(checkpoint)  # the server's resolved config, digest included
     copy = tmp_path / "site" / "public.pt"

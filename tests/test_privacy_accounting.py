@@ -13,7 +13,7 @@ from flwr.app import MetricRecord, RecordDict
 from opacus.accountants.analysis import rdp as opacus_rdp
 from opacus.accountants.rdp import RDPAccountant
 
-from fedmirasol.federated import client_state
+from fedmirasol.client import state as client_state
 from fedmirasol.privacy import ledger
 from fedmirasol.privacy.accountant_state import (
     accountant_from_arrays,

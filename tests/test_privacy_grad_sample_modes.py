@@ -1,19 +1,23 @@
 """Every grad-sample mode of `train_private` releases the same clipped, noised gradient, and
 that gradient is the one computed independently, one sample at a time; the ghost-clipping
-norms of `fedmirasol.privacy.ghost_clipping` are the exact per-sample norms."""
+norms of `benchmarks/ghost_clipping.py` are the exact per-sample norms."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from privacy_fixtures import clips, snapshot
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from ghost_clipping import MirasolGhostClipping  # noqa: E402  (benchmarked, not a training mode)
 from fedmirasol.data.batch import collate
 from fedmirasol.models import build_model, get_config
 from fedmirasol.privacy.accountant_state import new_accountant, total_steps
 from fedmirasol.privacy.calibration import SamplingPlan
 from fedmirasol.privacy.dp_training import MODES, train_private
-from fedmirasol.privacy.ghost_clipping import MirasolGhostClipping
 from fedmirasol.privacy.objective import per_sample_loss
 
 CLIP = 1.0  # well below the tiny model's per-sample gradient norms (about 15-25): clipping acts

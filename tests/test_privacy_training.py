@@ -9,8 +9,8 @@ import torch
 from privacy_fixtures import clips, sgd, snapshot, tiny_model
 
 from fedmirasol.data.batch import collate
-from fedmirasol.federated.parameters import model_state
-from fedmirasol.federated.proximal import proximal_term
+from fedmirasol.core.parameters import model_state
+from fedmirasol.core.proximal import proximal_term
 from fedmirasol.models import mirasol_loss
 from fedmirasol.privacy.accountant_state import new_accountant, total_steps
 from fedmirasol.privacy.calibration import SamplingPlan

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fedmirasol.federated import public_pretraining as public
-from fedmirasol.federated.pretrained import file_sha256
-from fedmirasol.federated.run_config import load_config
+from fedmirasol.pretrained import public
+from fedmirasol.pretrained.checkpoint import file_sha256
+from fedmirasol.config.legacy import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "public: --epochs 1 --train-clips 16 --val-clips 8 --batch-size 8"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedmirasol.federated.server_loop import FederatedRun
+from fedmirasol.server.loop import FederatedRun
 from fedmirasol.secagg import protocol
 from secagg_app_fixtures import NODES, local_grid, run, secagg_config, task_identity  # noqa: F401
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmirasol.federated import run_dir as rundir
-from fedmirasol.federated import server_loop
-from fedmirasol.federated.run_config import load_config
-from fedmirasol.federated.server_loop import FederatedRun
+from fedmirasol.runs import run_dir as rundir
+from fedmirasol.server import loop as server_loop
+from fedmirasol.config.legacy import load_config
+from fedmirasol.server.loop import FederatedRun
 from fedmirasol.privacy import client_level, ledger
 from pretrained_fixtures import tiny_checkpoint
 from fedmirasol.secagg import protocol

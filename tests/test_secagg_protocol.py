@@ -17,10 +17,10 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmirasol.federated.client_task import seed_for
-from fedmirasol.federated.parameters import to_record
+from fedmirasol.client.task import seed_for
+from fedmirasol.core.parameters import to_record
 from fedmirasol.secagg import client, protocol
-from fedmirasol.secagg.local_grid import LocalGrid
+from fedmirasol.testing.local_grid import LocalGrid
 from fedmirasol.secagg.quantization import CapacityExceeded, OutOfRange, Quantizer
 from fedmirasol.secagg.server import SecureAggregator
 from fedmirasol.secagg.settings import SecAggSettings

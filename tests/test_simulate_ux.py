@@ -13,15 +13,15 @@ import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmirasol.errors import ConfigError
-from fedmirasol.federated import run_dir as rundir
-from fedmirasol.federated import simulate as simulate_module
-from fedmirasol.federated.apps import build_client_app
-from fedmirasol.federated.node_directory import NodeCountMismatch
-from fedmirasol.federated.report import ConsoleProgress
-from fedmirasol.federated.run_config import load_config
-from fedmirasol.federated.server_loop import FederatedRun
-from fedmirasol.federated.simulate import simulate
-from fedmirasol.secagg.local_grid import LocalGrid
+from fedmirasol.runs import run_dir as rundir
+from fedmirasol.engines import simulation as simulate_module
+from fedmirasol.engines.apps import build_client_app
+from fedmirasol.server.nodes import NodeCountMismatch
+from fedmirasol.runs.report import ConsoleProgress
+from fedmirasol.config.legacy import load_config
+from fedmirasol.server.loop import FederatedRun
+from fedmirasol.engines.simulation import simulate
+from fedmirasol.testing.local_grid import LocalGrid
 
 TINY = {"num-rounds": 1, "data.num-clients": 3, "data.clips-per-client": 6,
         "data.test-clips": 4, "model.num-frames": 8, "client.batch-size": 4,

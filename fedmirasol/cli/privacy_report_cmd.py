@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fedmirasol.privacy import ledger
-    from fedmirasol.privacy.plots import PLOT_FILE, plot_epsilon
+    from fedmirasol.runs.privacy_plots import PLOT_FILE, plot_epsilon
     from fedmirasol.privacy.report import format_table, run_summary
 
     if not args.run_dir.is_dir():

@@ -20,9 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedmirasol.federated import run_dir as rundir
-    from fedmirasol.federated.plots import plot_run
-    from fedmirasol.federated.report import build_report, summary_table
+    from fedmirasol.runs import run_dir as rundir
+    from fedmirasol.runs.plots import plot_run
+    from fedmirasol.runs.report import build_report, summary_table
 
     rundir.read_config(args.run_dir)  # a clear error when this is not a run directory
     if not any(record.get("round", 0) > 0 for record in rundir.read_metrics(args.run_dir)):

@@ -36,24 +36,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fedmirasol.errors import ConfigError
-    from fedmirasol.federated.run_config import load_config
+    from fedmirasol.config.legacy import load_config
 
     if args.resume and (args.config or args.overrides or args.no_pretrain):
         raise ConfigError("--resume continues a run with its own config; drop "
                          "--config/--set/--no-pretrain")
     config = None
     if not args.resume:
-        from fedmirasol.federated import client_data
-        from fedmirasol.federated.public_pretraining import prepare
+        from fedmirasol.client import data as client_data
+        from fedmirasol.pretrained.public import prepare
 
         # a `public:` pretrained.checkpoint recipe is trained once and cached, then reused
         overrides = prepare(args.config, args.overrides, pretrain=not args.no_pretrain)
         config = load_config(args.config, overrides)
         if config["data"]["source"] != "site":  # a partition that cannot be made fails before Ray
             client_data.specs(config)
-    from fedmirasol.federated import run_dir as rundir
-    from fedmirasol.federated.report import summary_table
-    from fedmirasol.federated.simulate import simulate
+    from fedmirasol.runs import run_dir as rundir
+    from fedmirasol.runs.report import summary_table
+    from fedmirasol.engines.simulation import simulate
 
     started = time.perf_counter()
     run_dir = simulate(resume=args.resume) if args.resume else simulate(config)
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     report = rundir.read_report(run_dir)
     report["wall_clock_seconds"] = elapsed
     if args.baseline:
-        from fedmirasol.federated.centralized_baseline import centralized_baseline
+        from fedmirasol.engines.centralized_baseline import centralized_baseline
 
         print("training the centralized baseline ...", flush=True)
         report.update(centralized_baseline(rundir.read_config(run_dir), args.baseline_epochs))

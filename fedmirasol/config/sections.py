@@ -30,7 +30,7 @@ class DataConfig(Section):
     """Where each client's clips come from and how they are split across clients."""
 
     # synthetic | manifest | site (deployment: every SuperNode brings its own manifest through
-    # its node config, fedmirasol.deploy.site)
+    # its node config, fedmirasol.client.site)
     source: Literal[SOURCES] = "synthetic"  # type: ignore[valid-type]
     manifest: str = ""  # path of a media manifest when source = "manifest"
     num_clients: int = Field(10, ge=1)

@@ -19,7 +19,7 @@ from flwr.app import RecordDict
 from torch import nn
 
 from fedmirasol.data.batch import Batch
-from fedmirasol.federated.parameters import load_state
+from fedmirasol.core.parameters import load_state
 from fedmirasol.personalization.adaptation import adapted_evaluation
 from fedmirasol.personalization.ditto import load_personal_model, train_personal
 from fedmirasol.personalization.fedrep import train_fedrep

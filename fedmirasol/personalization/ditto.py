@@ -16,8 +16,8 @@ from flwr.app import RecordDict
 from torch import nn
 
 from fedmirasol.data.batch import Batch
-from fedmirasol.federated.parameters import NumpyState, from_record, load_state, to_record
-from fedmirasol.federated.proximal import proximal_term
+from fedmirasol.core.parameters import NumpyState, from_record, load_state, to_record
+from fedmirasol.core.proximal import proximal_term
 from fedmirasol.personalization.trainable import MakeOptimizer, full_state
 from fedmirasol.training.loop import train_epochs
 

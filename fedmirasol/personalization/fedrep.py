@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fedmirasol.data.batch import Batch
-from fedmirasol.federated.parameters import canonical_name
+from fedmirasol.core.parameters import canonical_name
 from fedmirasol.personalization.trainable import MakeOptimizer, only_trainable
 from fedmirasol.training.loop import ExtraLoss, train_epochs
 

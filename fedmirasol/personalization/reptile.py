@@ -15,7 +15,7 @@ from torch import nn
 
 from fedmirasol.data.batch import Batch
 from fedmirasol.personalization.trainable import full_state
-from fedmirasol.federated.parameters import canonical_name
+from fedmirasol.core.parameters import canonical_name
 from fedmirasol.training.loop import ExtraLoss, train_epochs
 
 

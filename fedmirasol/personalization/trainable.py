@@ -8,7 +8,7 @@ from typing import Callable, Collection, Iterator
 import torch
 from torch import nn
 
-from fedmirasol.federated.parameters import NumpyState, canonical_name, load_state, model_state
+from fedmirasol.core.parameters import NumpyState, canonical_name, load_state, model_state
 
 # Builds an optimizer over the model's trainable parameters (lr: None = the client's lr).
 MakeOptimizer = Callable[[nn.Module, "float | None"], torch.optim.Optimizer]

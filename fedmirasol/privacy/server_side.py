@@ -24,8 +24,8 @@ import numpy as np
 from flwr.app import Message
 from flwr.supercore.differential_privacy import get_norm
 
-from fedmirasol.federated.parameters import NumpyState, from_record, to_record
-from fedmirasol.federated.reply_validation import Rejection, check_metrics, reply_partition
+from fedmirasol.core.parameters import NumpyState, from_record, to_record
+from fedmirasol.core.reply_checks import Rejection, check_metrics, reply_partition
 from fedmirasol.privacy import ledger
 from fedmirasol.privacy.client_level import ClientLevelAccountant, clip_update, noise_aggregate
 from fedmirasol.privacy.client_round import EXHAUSTED, budget_exhausted

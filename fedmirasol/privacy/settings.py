@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from fedmirasol.federated.run_config import CHOICES, check_value
-from fedmirasol.federated.run_config import DEFAULTS as RUN_DEFAULTS
+from fedmirasol.config.legacy import CHOICES, check_value
+from fedmirasol.config.legacy import DEFAULTS as RUN_DEFAULTS
 
 ACCOUNTANTS = CHOICES["privacy.accountant"]
 # "ew" (expanded weights, fedmirasol.privacy.expanded_weights) is the fastest exact mode on

@@ -16,9 +16,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedmirasol.federated import client_handlers
-from fedmirasol.federated.client_task import seed_for
-from fedmirasol.federated.parameters import from_record, to_record
+from fedmirasol.client import handlers as client_handlers
+from fedmirasol.client.task import seed_for
+from fedmirasol.core.parameters import from_record, to_record
 from fedmirasol.secagg import keys
 from fedmirasol.secagg.masking import apply_mask
 from fedmirasol.secagg.protocol import (

@@ -18,8 +18,8 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedmirasol.federated.parameters import to_record
-from fedmirasol.federated.reply_validation import Rejection, check_metrics, error_reason
+from fedmirasol.core.parameters import to_record
+from fedmirasol.core.reply_checks import Rejection, check_metrics, error_reason
 from fedmirasol.secagg import keys, protocol, vector
 from fedmirasol.secagg.masking import apply_mask
 from fedmirasol.secagg.protocol import MASKED, RECORD, VECTOR

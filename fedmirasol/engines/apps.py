@@ -15,11 +15,11 @@ from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedmirasol.federated import client_handlers
-from fedmirasol.federated import run_dir as rundir
-from fedmirasol.federated.report import print_progress
-from fedmirasol.federated.run_config import from_flower_run_config
-from fedmirasol.federated.server_loop import FederatedRun, Progress
+from fedmirasol.client import handlers as client_handlers
+from fedmirasol.runs import run_dir as rundir
+from fedmirasol.runs.report import print_progress
+from fedmirasol.config.legacy import from_flower_run_config
+from fedmirasol.server.loop import FederatedRun, Progress
 from fedmirasol.secagg import client as secagg_client
 
 log = logging.getLogger("fedmirasol.server")
@@ -55,7 +55,7 @@ def build_server_app(config: Mapping[str, Any] | None = None, run_dir: Path | No
         cfg = config if config is not None else from_flower_run_config(context.run_config)
         directory, resume_from = run_dir, checkpoint
         if directory is None and cfg["output"]["resume-from"]:  # a deployed run, restarted
-            from fedmirasol.deploy.resume import open_for_resume
+            from fedmirasol.runs.resume import open_for_resume
 
             directory = Path(cfg["output"]["resume-from"])
             cfg, resume_from = open_for_resume(directory)
@@ -73,7 +73,7 @@ def build_server_app(config: Mapping[str, Any] | None = None, run_dir: Path | No
                 run.resume(resume_from)
             run.run()
         if cfg.output.plots:
-            from fedmirasol.federated.plots import plot_run
+            from fedmirasol.runs.plots import plot_run
 
             plot_run(directory)
 

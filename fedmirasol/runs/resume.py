@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedmirasol.federated import run_dir as rundir
-from fedmirasol.federated.run_config import Config
+from fedmirasol.runs import run_dir as rundir
+from fedmirasol.config.legacy import Config
 
 
 def open_for_resume(run_dir: str | Path) -> tuple[Config, rundir.Checkpoint | None]:

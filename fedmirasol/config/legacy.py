@@ -20,7 +20,7 @@ from fedmirasol.models.config import MirasolConfig
 if TYPE_CHECKING:
     from torch import nn
 
-    from fedmirasol.federated.parameters import ParameterSplit
+    from fedmirasol.core.parameters import ParameterSplit
 
 Config = RunConfig
 DEFAULTS: dict[str, Any] = _load.to_table(RunConfig())
@@ -51,7 +51,7 @@ def check_value(key: str, value: Any, default: Any) -> Any:
 
 
 def _resolved(config: RunConfig) -> RunConfig:
-    from fedmirasol.federated.pretrained import with_digest
+    from fedmirasol.pretrained.checkpoint import with_digest
 
     return with_digest(config)
 
@@ -82,8 +82,8 @@ def local_spec(config: RunConfig) -> str:
 def parameter_split(model: nn.Module, config: RunConfig) -> ParameterSplit:
     """The run's ParameterSplit of `model`: `local_spec` stays local, `pretrained.freeze` is
     neither shared nor local."""
-    from fedmirasol.federated.parameters import ParameterSplit
-    from fedmirasol.federated.pretrained import PretrainedSettings
+    from fedmirasol.core.parameters import ParameterSplit
+    from fedmirasol.pretrained.checkpoint import PretrainedSettings
 
     frozen = PretrainedSettings.from_config(config).frozen_names(model)
     return ParameterSplit.from_model(model, local_spec(config), frozen)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedmirasol.federated.parameters import canonical_name
+from fedmirasol.core.parameters import canonical_name
 
 
 def proximal_term(

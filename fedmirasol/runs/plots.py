@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from fedmirasol.federated import run_dir as rundir  # noqa: E402
+from fedmirasol.runs import run_dir as rundir  # noqa: E402
 
 PLOT_DIR = "plots"
 # More clients than this: one line per client is unreadable, so the plots show the median and

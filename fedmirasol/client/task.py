@@ -19,17 +19,18 @@ from flwr.app import RecordDict
 from torch import nn
 
 from fedmirasol.config.run import RunConfig
-from fedmirasol.federated import client_data, client_state
-from fedmirasol.federated.parameters import (
+from fedmirasol.client import data as client_data
+from fedmirasol.client import state as client_state
+from fedmirasol.core.parameters import (
     NumpyState,
     ParameterSplit,
     delta,
     load_state,
     model_state,
 )
-from fedmirasol.federated.pretrained import PretrainedSettings, load_pretrained
-from fedmirasol.federated.proximal import proximal_term
-from fedmirasol.federated.run_config import local_spec, model_config, parse_ids
+from fedmirasol.pretrained.checkpoint import PretrainedSettings, load_pretrained
+from fedmirasol.core.proximal import proximal_term
+from fedmirasol.config.legacy import local_spec, model_config, parse_ids
 from fedmirasol.models import build_model
 from fedmirasol.personalization import (
     LocalWork,

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fedmirasol.federated.plots import (  # noqa: E402
+from fedmirasol.runs.plots import (  # noqa: E402
     MAX_CLIENT_LINES, legend_outside, plot_clients, round_axis)
 
 PLOT_FILE = "privacy-epsilon.png"

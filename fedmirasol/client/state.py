@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flwr.app import RecordDict
 
-from fedmirasol.federated.parameters import NumpyState, from_record, to_record
+from fedmirasol.core.parameters import NumpyState, from_record, to_record
 
 LOCAL_PARAMS_KEY = "local-params"
 

@@ -18,7 +18,7 @@ file whose digest differs from it is refused (it is never silently retrained or 
 the entry to retrain it). The resolved run config then names the cached file and its digest
 (`pretrained.sha256`), which every client checks as for any other checkpoint.
 
-``python -m fedmirasol.federated.public_pretraining "public: --epochs 6"`` trains (or checks)
+``python -m fedmirasol.pretrained.public "public: --epochs 6"`` trains (or checks)
 a recipe's entry by itself, e.g. before `flwr run .`.
 """
 
@@ -164,7 +164,7 @@ def cached_checkpoint(recipe: Recipe, root: Path | None = None) -> Path | None:
 
     Raises when the cached file's SHA-256 differs from the one recorded when it was trained.
     """
-    from fedmirasol.federated.pretrained import file_sha256
+    from fedmirasol.pretrained.checkpoint import file_sha256
 
     entry = entry_dir(recipe, root)
     record_path, checkpoint = entry / RECIPE_FILE, entry / CHECKPOINT_FILE
@@ -187,7 +187,7 @@ def not_trained_message(recipe: Recipe, root: Path | None = None) -> str:
     return (f"the public pre-trained checkpoint of this recipe is not trained yet (no {entry}): "
             f"`fedmirasol simulate` trains and caches it on first use (about 6 minutes on 2 CPU "
             f"cores for dp.toml's recipe), or train it by itself with `python -m "
-            f"fedmirasol.federated.public_pretraining {shlex.quote(recipe_text(recipe))}`")
+            f"fedmirasol.pretrained.public {shlex.quote(recipe_text(recipe))}`")
 
 
 def recipe_text(recipe: Recipe) -> str:
@@ -214,7 +214,7 @@ def _train(recipe: Recipe, out: Path, progress: Callable[[str], None]) -> dict[s
 def ensure_checkpoint(recipe: Recipe, root: Path | None = None,
                       progress: Callable[[str], None] = say) -> Path:
     """The recipe's cached best.pt, trained first (once) if it is not cached."""
-    from fedmirasol.federated.pretrained import file_sha256
+    from fedmirasol.pretrained.checkpoint import file_sha256
 
     entry = entry_dir(recipe, root)
     cached = cached_checkpoint(recipe, root)
@@ -256,7 +256,7 @@ def _merged(path: Path | None, overrides: Iterable[str]) -> dict[str, Any]:
     """The flat config `load_config` would validate (defaults <- file <- overrides)."""
     import tomllib
 
-    from fedmirasol.federated.run_config import DEFAULTS, flatten, parse_assignment
+    from fedmirasol.config.legacy import DEFAULTS, flatten, parse_assignment
 
     merged = flatten(DEFAULTS)
     if path is not None and Path(path).is_file():
@@ -287,7 +287,7 @@ def prepare(path: Path | None, overrides: Iterable[str], pretrain: bool = True,
     pretrained.* keys are cleared, the whole model is trained (under DP-SGD such a run stays
     near chance; simulations/README.md), and a `--set pretrained.*` beside it is an error.
     """
-    from fedmirasol.federated.run_config import load_config
+    from fedmirasol.config.legacy import load_config
 
     overrides = list(overrides)
     if not pretrain:
@@ -311,7 +311,7 @@ def prepare(path: Path | None, overrides: Iterable[str], pretrain: bool = True,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m fedmirasol.federated.public_pretraining",
+        prog="python -m fedmirasol.pretrained.public",
         description="train (once) and cache a public pre-training recipe, e.g. "
         "'public: --epochs 6 --val-clips 400'; prints the cached checkpoint's path")
     parser.add_argument("recipe")

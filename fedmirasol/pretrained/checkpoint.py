@@ -2,7 +2,7 @@
 
 `pretrained.checkpoint` names a checkpoint of `fedmirasol train` (``best.pt``/``final.pt``) or a
 run's ``final_model.pt``, or a public pre-training recipe (``"public: --epochs 6 ..."``) that
-`fedmirasol simulate` trains once and caches (fedmirasol.federated.public_pretraining). Every
+`fedmirasol simulate` trains once and caches (fedmirasol.pretrained.public). Every
 process (server and clients) loads the same file into the run's model, so the initial model is
 identical everywhere without sending it; the server records the file's SHA-256 in the resolved
 config (`pretrained.sha256`) and a process whose file differs refuses to start, naming it.
@@ -13,7 +13,7 @@ pre-trained model lacks, such as the `model.input-norm` stem);
 `pretrained.freeze` selectors are never trained and never sent: they stay as loaded, on every
 client and on the server; `pretrained.trainable` freezes everything it does not match (e.g.
 only the classification head is fine-tuned, which is what DP-SGD on little data can afford).
-Selectors are those of `split.local` (fedmirasol.federated.parameters).
+Selectors are those of `split.local` (fedmirasol.core.parameters).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from fedmirasol.config.run import RunConfig
-from fedmirasol.federated.parameters import canonical_name, select_names
+from fedmirasol.core.parameters import canonical_name, select_names
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def _checkpoint_path(settings: PretrainedSettings) -> Path:
 
 
 def _recipe_checkpoint(config: Mapping[str, Any], checkpoint: str) -> Path:
-    from fedmirasol.federated import public_pretraining as public
+    from fedmirasol.pretrained import public
 
     recipe = public.Recipe.parse(checkpoint, config["model"]["name"])
     path = public.cached_checkpoint(recipe)
@@ -98,7 +98,7 @@ def with_digest(config: RunConfig) -> RunConfig:
     one not trained yet raises, saying how to train it."""
     settings = config.pretrained
     if settings.checkpoint and not settings.sha256:
-        from fedmirasol.federated.public_pretraining import is_recipe
+        from fedmirasol.pretrained.public import is_recipe
 
         if is_recipe(settings.checkpoint):
             path = _recipe_checkpoint(config, settings.checkpoint)

@@ -25,18 +25,19 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmirasol.errors import ConfigError
-from fedmirasol.federated import client_data, run_dir as rundir
-from fedmirasol.federated.client_handlers import CONFIG_KEY, RUN_NAME_KEY, STATE_DIR_KEY
-from fedmirasol.federated.client_task import init_model, seed_for
-from fedmirasol.federated.metrics import client_metrics, mean, message_array_bytes, weighted_mean
-from fedmirasol.federated.node_directory import (
+from fedmirasol.client import data as client_data
+from fedmirasol.runs import run_dir as rundir
+from fedmirasol.client.handlers import CONFIG_KEY, RUN_NAME_KEY, STATE_DIR_KEY
+from fedmirasol.client.task import init_model, seed_for
+from fedmirasol.core.metrics import client_metrics, mean, message_array_bytes, weighted_mean
+from fedmirasol.server.nodes import (
     PartitionOrderedGrid,
     ask_partitions,
     claimed_partition_problems,
     discover_partitions,
     registered_partitions,
 )
-from fedmirasol.federated.parameters import (
+from fedmirasol.core.parameters import (
     NumpyState,
     apply_delta,
     canonical_name,
@@ -44,15 +45,15 @@ from fedmirasol.federated.parameters import (
     model_state,
     to_record,
 )
-from fedmirasol.federated.report import build_report
-from fedmirasol.federated.reply_validation import (
+from fedmirasol.runs.report import build_report
+from fedmirasol.core.reply_checks import (
     Rejection,
     validate_evaluate_replies,
     validate_train_replies,
 )
-from fedmirasol.federated.run_config import model_config, parameter_split, to_json
-from fedmirasol.federated.server_eval import full_state, make_evaluate_fn
-from fedmirasol.federated.strategy import (
+from fedmirasol.config.legacy import model_config, parameter_split, to_json
+from fedmirasol.server.evaluation import full_state, make_evaluate_fn
+from fedmirasol.server.strategy import (
     build_strategy,
     restore_strategy_state,
     strategy_state,

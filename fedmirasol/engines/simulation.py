@@ -10,10 +10,10 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Mapping
 
-from fedmirasol.federated import run_dir as rundir
-from fedmirasol.federated.apps import build_client_app, build_server_app
-from fedmirasol.federated.report import print_progress
-from fedmirasol.federated.server_loop import Progress
+from fedmirasol.runs import run_dir as rundir
+from fedmirasol.engines.apps import build_client_app, build_server_app
+from fedmirasol.runs.report import print_progress
+from fedmirasol.server.loop import Progress
 
 
 class StopRun(Exception):
@@ -92,7 +92,7 @@ def simulate(config: Mapping[str, Any] | None = None, *, resume: str | Path | No
     nothing to report or resume)."""
     checkpoint = None
     if resume is not None:
-        from fedmirasol.deploy.resume import open_for_resume
+        from fedmirasol.runs.resume import open_for_resume
 
         run_dir = Path(resume)
         config, checkpoint = open_for_resume(run_dir)

@@ -11,10 +11,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from fedmirasol.federated import client_data
-from fedmirasol.federated.client_task import init_model
-from fedmirasol.federated.parameters import load_state, model_state
-from fedmirasol.federated.run_config import parameter_split
+from fedmirasol.client import data as client_data
+from fedmirasol.client.task import init_model
+from fedmirasol.core.parameters import load_state, model_state
+from fedmirasol.config.legacy import parameter_split
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate
 

@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from fedmirasol.data.batch import Sample, collate
 from fedmirasol.data.synthetic import DomainShift, SyntheticAVDataset, SyntheticConfig
 from fedmirasol.config.run import RunConfig
-from fedmirasol.federated.partitioning import ClientSpec, client_specs, label_histogram
-from fedmirasol.federated.run_config import model_config
+from fedmirasol.data.partitioning import ClientSpec, client_specs, label_histogram
+from fedmirasol.config.legacy import model_config
 
 TEST_SEED_OFFSET = 1_000_003  # the test set never shares clips with the client pool
 

@@ -7,7 +7,7 @@ Wire protocol (keys of the RecordDict):
   ``client-state-dir`` where a simulation mirrors client state for resuming, ``run-name``
   the run directory's name). A deployed node's own ``state-dir`` (node config) takes
   precedence over ``client-state-dir``; its other site settings override the run config on
-  that node (`fedmirasol.deploy.site`).
+  that node (`fedmirasol.client.site`).
 - client -> server after training: ``arrays`` (the update: shared-parameter deltas, float32)
   and ``metrics`` (``num-examples``, ``partition-id``, train losses; under DP the ``dp-*``
   figures of `fedmirasol.privacy.client_round`). A client whose DP budget is exhausted replies
@@ -22,10 +22,11 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedmirasol.deploy.site import apply_site, state_dir
-from fedmirasol.federated import client_state, client_task
-from fedmirasol.federated.parameters import from_record, to_record
-from fedmirasol.federated.run_config import Config, from_json
+from fedmirasol.client.site import apply_site, state_dir
+from fedmirasol.client import state as client_state
+from fedmirasol.client import task as client_task
+from fedmirasol.core.parameters import from_record, to_record
+from fedmirasol.config.legacy import Config, from_json
 
 CONFIG_KEY = "fedmirasol-config"
 STATE_DIR_KEY = "client-state-dir"

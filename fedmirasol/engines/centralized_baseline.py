@@ -9,8 +9,8 @@ from typing import Any, Mapping
 
 import torch
 
-from fedmirasol.federated import client_data
-from fedmirasol.federated.client_task import init_model, seed_for
+from fedmirasol.client import data as client_data
+from fedmirasol.client.task import init_model, seed_for
 from fedmirasol.training.centralized import TrainSettings, one_cycle_optimizer
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate, train_epochs

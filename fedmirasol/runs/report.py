@@ -9,8 +9,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fedmirasol.federated import run_dir as rundir
-from fedmirasol.federated.metrics import mean
+from fedmirasol.runs import run_dir as rundir
+from fedmirasol.core.metrics import mean
 from fedmirasol.privacy import ledger
 from fedmirasol.privacy.report import run_summary, worst_client_line
 

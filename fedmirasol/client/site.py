@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fedmirasol.config import RunConfig, with_values
-from fedmirasol.federated.run_config import Config, model_config
+from fedmirasol.config.legacy import Config, model_config
 
 NODE_KEYS = ("partition-id", "num-partitions", "state-dir")
 SITE_KEYS = ("data.manifest", "client.device", "client.threads", "client.batch-size",

@@ -1,0 +1,1 @@
+"""Where a run executes: the Flower apps, Flower's simulation engine, the centralized baseline."""
