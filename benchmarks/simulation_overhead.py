@@ -41,8 +41,9 @@ def plain_loop(config: dict, sampled_per_round: list[list[int]], threads: int
                ) -> tuple[float, dict, list[float]]:
     """(b): the same client updates and FedAvg in one process; returns (seconds, model,
     seconds per round)."""
-    from fedmirasol.client import data as client_data
-    from fedmirasol.client.task import init_model, seed_for
+    from fedmirasol.task import data as client_data
+    from fedmirasol.core.seeds import seed_for
+from fedmirasol.task.model import init_model
     from fedmirasol.core.parameters import ParameterSplit, delta, load_state, model_state
     from fedmirasol.training.loop import train_epochs
 

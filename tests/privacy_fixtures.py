@@ -7,7 +7,7 @@ import functools
 import torch
 
 from fedmirasol.data.synthetic import SyntheticAVDataset, SyntheticConfig
-from fedmirasol.client.data import Materialized
+from fedmirasol.task.data import Materialized
 from fedmirasol.models import build_model, get_config
 
 torch.set_num_threads(1)  # the test machines' cores are shared

@@ -98,7 +98,7 @@ def test_a_site_trains_on_its_own_whole_manifest(tmp_path):
     """data.manifest in the node config: the site reads its manifest whole (train + val), the
     server's partition summary stays empty (it never sees site data)."""
     from fedmirasol.data.media.synth import write_synthetic_media
-    from fedmirasol.client import data as client_data
+    from fedmirasol.task import data as client_data
     from fedmirasol.config.legacy import load_config, model_config
 
     config = load_config(overrides=["data.num-clients=3", "data.source=\"site\"",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedmirasol.client import data as client_data
+from fedmirasol.task import data as client_data
 from fedmirasol.engines.centralized_baseline import centralized_baseline
 from fedmirasol.config.legacy import load_config
 

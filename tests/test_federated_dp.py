@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from fedmirasol.cli import main as cli_main
-from fedmirasol.client import data as client_data
+from fedmirasol.task import data as client_data
 from fedmirasol.runs import run_dir as rundir
-from fedmirasol.client.task import init_model
+from fedmirasol.task.model import init_model
 from fedmirasol.runs.report import summary_table
 from fedmirasol.config.legacy import load_config
 from fedmirasol.engines.simulation import StopRun, simulate

@@ -8,7 +8,7 @@ import numpy as np
 from flwr.app import RecordDict
 
 from fedmirasol.data.media.synth import write_synthetic_media
-from fedmirasol.client import data as client_data
+from fedmirasol.task import data as client_data
 from fedmirasol.client import task as client_task
 from fedmirasol.config.legacy import load_config, model_config
 

@@ -39,7 +39,7 @@ from fedmirasol.core.parameters import (
 from fedmirasol.core.reply_checks import validate_train_replies
 from fedmirasol.config.legacy import load_config, to_json
 from fedmirasol.server.loop import _aggregate
-from fedmirasol.client.task import init_model
+from fedmirasol.task.model import init_model
 
 SHAPES = {"a": (3, 2), "b": (4,)}
 

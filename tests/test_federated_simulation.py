@@ -18,7 +18,7 @@ import torch
 
 from fedmirasol.cli import main as cli_main
 from fedmirasol.runs import run_dir as rundir
-from fedmirasol.client.task import seed_for
+from fedmirasol.core.seeds import seed_for
 from fedmirasol.config.legacy import load_config
 from fedmirasol.engines.simulation import StopRun, simulate
 

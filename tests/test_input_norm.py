@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmirasol.client import handlers as client_handlers
-from fedmirasol.client.task import init_model
+from fedmirasol.task.model import init_model
 from fedmirasol.core.parameters import ParameterSplit, from_record, model_state, to_record
 from fedmirasol.config.legacy import load_config, to_json
 from fedmirasol.models import NAMED_CONFIGS, build_model, get_config

@@ -15,7 +15,7 @@ from fedmirasol.data.synthetic import SyntheticAVDataset, SyntheticConfig
 from flwr.app import RecordDict
 
 from fedmirasol.client import task as client_task
-from fedmirasol.client.task import init_model
+from fedmirasol.task.model import init_model
 from fedmirasol.core.parameters import ParameterSplit, model_state
 from fedmirasol.config.legacy import load_config, local_spec, model_config
 from fedmirasol.models import LateFusion, build_model, get_config, mirasol_loss

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedmirasol.runs import run_dir as rundir
-from fedmirasol.client.task import init_model
+from fedmirasol.task.model import init_model
 from fedmirasol.core.metrics import array_bytes
 from fedmirasol.core.parameters import ParameterSplit, model_state, to_record
 from fedmirasol.config.legacy import load_config

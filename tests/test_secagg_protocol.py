@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmirasol.client.task import seed_for
+from fedmirasol.core.seeds import seed_for
 from fedmirasol.core.parameters import to_record
 from fedmirasol.secagg import client, protocol
 from fedmirasol.testing.local_grid import LocalGrid

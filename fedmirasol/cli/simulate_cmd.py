@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
                          "--config/--set/--no-pretrain")
     config = None
     if not args.resume:
-        from fedmirasol.client import data as client_data
+        from fedmirasol.task import data as client_data
         from fedmirasol.pretrained.public import prepare
 
         # a `public:` pretrained.checkpoint recipe is trained once and cached, then reused

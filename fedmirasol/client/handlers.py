@@ -24,13 +24,11 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedmirasol.client.site import apply_site, state_dir
 from fedmirasol.client import state as client_state
+from fedmirasol.core.wire import CONFIG_KEY, RUN_NAME_KEY, STATE_DIR_KEY
 from fedmirasol.client import task as client_task
 from fedmirasol.core.parameters import from_record, to_record
 from fedmirasol.config.legacy import Config, from_json
 
-CONFIG_KEY = "fedmirasol-config"
-STATE_DIR_KEY = "client-state-dir"
-RUN_NAME_KEY = "run-name"
 _config_cache: dict[str, Config] = {}
 
 

@@ -19,7 +19,9 @@ from flwr.app import RecordDict
 from torch import nn
 
 from fedmirasol.config.run import RunConfig
-from fedmirasol.client import data as client_data
+from fedmirasol.core.seeds import seed_for
+from fedmirasol.task import data as client_data
+from fedmirasol.task.model import init_model
 from fedmirasol.client import state as client_state
 from fedmirasol.core.parameters import (
     NumpyState,
@@ -54,21 +56,6 @@ class TrainResult:
     update: NumpyState | None  # delta of the shared parameters; None: DP budget exhausted
     num_examples: int
     metrics: dict[str, float]
-
-
-def seed_for(*parts: int) -> int:
-    """A 63-bit seed derived from integers (run seed, round, client, ...)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
-
-
-def init_model(config: Mapping[str, Any]) -> nn.Module:
-    """The run's initial model, identical on every process for a given seed (and pre-trained
-    checkpoint, `pretrained.*`, whose frozen parameters come back with requires_grad off)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config["seed"])
-        model = build_model(model_config(config))
-    load_pretrained(model, config)
-    return model
 
 
 @functools.lru_cache(maxsize=2)

@@ -9,8 +9,9 @@ from typing import Any, Mapping
 
 import torch
 
-from fedmirasol.client import data as client_data
-from fedmirasol.client.task import init_model, seed_for
+from fedmirasol.task import data as client_data
+from fedmirasol.core.seeds import seed_for
+from fedmirasol.task.model import init_model
 from fedmirasol.training.centralized import TrainSettings, one_cycle_optimizer
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate, train_epochs

@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedmirasol.client import handlers as client_handlers
-from fedmirasol.client.task import seed_for
+from fedmirasol.core.seeds import seed_for
 from fedmirasol.core.parameters import from_record, to_record
 from fedmirasol.secagg import keys
 from fedmirasol.secagg.masking import apply_mask

@@ -11,8 +11,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from fedmirasol.client import data as client_data
-from fedmirasol.client.task import init_model
+from fedmirasol.task import data as client_data
+from fedmirasol.task.model import init_model
 from fedmirasol.core.parameters import load_state, model_state
 from fedmirasol.config.legacy import parameter_split
 from fedmirasol.training.device import resolve_device

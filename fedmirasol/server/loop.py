@@ -25,10 +25,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmirasol.errors import ConfigError
-from fedmirasol.client import data as client_data
+from fedmirasol.task import data as client_data
 from fedmirasol.runs import run_dir as rundir
-from fedmirasol.client.handlers import CONFIG_KEY, RUN_NAME_KEY, STATE_DIR_KEY
-from fedmirasol.client.task import init_model, seed_for
+from fedmirasol.core.wire import CONFIG_KEY, RUN_NAME_KEY, STATE_DIR_KEY
+from fedmirasol.core.seeds import seed_for
+from fedmirasol.task.model import init_model
 from fedmirasol.core.metrics import client_metrics, mean, message_array_bytes, weighted_mean
 from fedmirasol.server.nodes import (
     PartitionOrderedGrid,
