@@ -20,7 +20,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmirasol.client import handlers as client_handlers
 from fedmirasol.client import task as client_task
 from fedmirasol.core.parameters import ParameterSplit, from_record, model_state, to_record
-from fedmirasol.config.legacy import load_config, local_spec, to_json
+from fedmirasol.config import load_config, to_json
 from fedmirasol.personalization import fedrep
 from fedmirasol.personalization.ditto import load_personal_model
 
@@ -42,7 +42,7 @@ def config(*overrides: str) -> dict:
 
 def global_model(cfg: dict) -> tuple[dict, ParameterSplit]:
     model = client_task.init_model(cfg)
-    split = ParameterSplit.from_model(model, local_spec(cfg))
+    split = ParameterSplit.from_model(model, cfg.local_selectors())
     return model_state(model, split.shared), split
 
 
@@ -58,15 +58,15 @@ def distance(a: dict, b: dict) -> float:
 
 def test_layer_presets_and_patterns_become_local_parameters() -> None:
     cfg = config("personalization.method='fedper'", "personalization.layers='head,text-head'")
-    assert local_spec(cfg) == "classifier.*,text_decoder.head.*"
+    assert cfg.local_selectors() == "classifier.*,text_decoder.head.*"
     _, split = global_model(cfg)
     assert HEAD | {"text_decoder.head.weight", "text_decoder.head.bias"} <= set(split.local)
     assert not set(split.local) & set(split.shared)
     # Personal layers combine with FedBN's normalization layers; methods without personal
     # layers keep everything shared.
     fedbn = config("personalization.method='fedrep'", "strategy.name='fedbn'")
-    assert local_spec(fedbn) == "normalization,classifier.*"
-    assert local_spec(config("personalization.method='ditto'")) == ""
+    assert fedbn.local_selectors() == "normalization,classifier.*"
+    assert config("personalization.method='ditto'").local_selectors() == ""
     with pytest.raises(ValueError, match="matches no parameter"):
         global_model(config("personalization.method='fedper'", "personalization.layers='nope.*'"))
 
@@ -218,3 +218,12 @@ def test_fedper_composes_with_dp_sgd() -> None:
     assert result.update is not None and not set(result.update) & HEAD
     assert result.metrics["dp-round-steps"] == result.metrics["steps"] > 0
     assert set(from_record(state.array_records["local-params"])) == HEAD
+
+
+def test_registry_names_every_configurable_method():
+    from fedmirasol.config import personalization as config_personalization
+    from fedmirasol.personalization.registry import METHODS, PersonalizationMethod
+
+    assert tuple(METHODS) == config_personalization.METHODS
+    for name, cls in METHODS.items():
+        assert issubclass(cls, PersonalizationMethod) and cls.name == name

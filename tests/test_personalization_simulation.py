@@ -12,7 +12,7 @@ from fedmirasol.runs import run_dir as rundir
 from fedmirasol.task.model import init_model
 from fedmirasol.core.metrics import array_bytes
 from fedmirasol.core.parameters import ParameterSplit, model_state, to_record
-from fedmirasol.config.legacy import load_config
+from fedmirasol.config import load_config
 from fedmirasol.engines.simulation import simulate
 
 pytestmark = pytest.mark.slow

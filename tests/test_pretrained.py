@@ -11,7 +11,9 @@ from flwr.app import RecordDict
 
 from fedmirasol.client import task as client_task
 from fedmirasol.core.parameters import model_state
-from fedmirasol.config.legacy import load_config, model_config, parameter_split
+from fedmirasol.config import RunConfig, load_config
+from fedmirasol.pretrained.checkpoint import with_digest
+from fedmirasol.task.model import parameter_split
 from fedmirasol.training.checkpoint import save_checkpoint
 
 SMALL = ["data.num-clients=2", "data.clips-per-client=12", "data.test-clips=4",
@@ -24,12 +26,13 @@ def checkpoint(tmp_path: Path) -> Path:
     """A 'pre-trained' model: the run's architecture with other weights (another seed)."""
     config = load_config(None, SMALL + ["seed=7"])
     path = tmp_path / "public" / "best.pt"
-    save_checkpoint(path, client_task.init_model(config), model_config(config))
+    save_checkpoint(path, client_task.init_model(config), config.model.mirasol)
     return path
 
 
-def pretrained_config(path: Path, *extra: str) -> dict:
-    return load_config(None, SMALL + [f'pretrained.checkpoint="{path}"', *extra])
+def pretrained_config(path: Path, *extra: str) -> RunConfig:
+    """The config as the server resolves it (the checkpoint's digest filled in)."""
+    return with_digest(load_config(None, SMALL + [f'pretrained.checkpoint="{path}"', *extra]))
 
 
 def test_every_process_starts_from_the_checkpoint_with_reset_parts_fresh(checkpoint: Path) -> None:
@@ -46,16 +49,17 @@ def test_every_process_starts_from_the_checkpoint_with_reset_parts_fresh(checkpo
 def test_the_server_records_the_checkpoint_digest_and_a_different_file_is_refused(
         checkpoint: Path) -> None:
     config = pretrained_config(checkpoint)
-    assert len(config["pretrained"]["sha256"]) == 64
+    assert len(config.pretrained.sha256) == 64
     other = load_config(None, SMALL + ["seed=8"])  # the site's file is another model
-    save_checkpoint(checkpoint, client_task.init_model(other), model_config(other))
+    save_checkpoint(checkpoint, client_task.init_model(other), other.model.mirasol)
     with pytest.raises(ValueError, match=f"{checkpoint}.*not the file the server started from"):
         client_task.init_model(config)
 
 
 def test_missing_or_mismatched_checkpoints_are_named(checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="pretrained.checkpoint.*nowhere.pt"):
-        load_config(None, SMALL + [f'pretrained.checkpoint="{tmp_path / "nowhere.pt"}"'])
+        with_digest(load_config(None, SMALL + [
+            f'pretrained.checkpoint="{tmp_path / "nowhere.pt"}"']))
     config = pretrained_config(checkpoint, "model.width=32")
     with pytest.raises(ValueError, match=r"best.pt does not fit .*fields that differ: \['width'\]"):
         client_task.init_model(config)
@@ -63,7 +67,7 @@ def test_missing_or_mismatched_checkpoints_are_named(checkpoint: Path, tmp_path:
         load_config(None, SMALL + ['pretrained.reset="classifier.*"'])
 
 
-def shared_update(config: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def shared_update(config: RunConfig) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     model = client_task.init_model(config)
     split = parameter_split(model, config)
     global_shared = model_state(model, split.shared)
@@ -110,11 +114,11 @@ def test_a_site_brings_its_own_copy_of_the_checkpoint(checkpoint: Path, tmp_path
     copy.parent.mkdir()
     copy.write_bytes(checkpoint.read_bytes())
     site = apply_site(config, {"partition-id": 0, "pretrained.checkpoint": str(copy)})
-    assert site["pretrained"]["checkpoint"] == str(copy)
-    assert site["pretrained"]["sha256"] == config["pretrained"]["sha256"]
+    assert site.pretrained.checkpoint == str(copy)
+    assert site.pretrained.sha256 == config.pretrained.sha256
     client_task.init_model(site)  # the same bytes: accepted
     other = load_config(None, SMALL + ["seed=9"])
-    save_checkpoint(copy, client_task.init_model(other), model_config(other))
+    save_checkpoint(copy, client_task.init_model(other), other.model.mirasol)
     with pytest.raises(ValueError, match=f"{copy} is not the file the server started from"):
         client_task.init_model(site)
 

@@ -28,7 +28,7 @@ from fedmirasol.privacy.calibration import (
     planned_epsilon,
 )
 from fedmirasol.privacy.client_round import EXHAUSTED, PrivateRound
-from fedmirasol.privacy.settings import PrivacySettings
+from fedmirasol.config.privacy import PrivacyConfig as PrivacySettings
 from privacy_fixtures import clips, sgd, snapshot, tiny_model
 
 DELTA = 1e-5
@@ -195,20 +195,27 @@ def test_target_mode_clients_spend_at_most_the_target_and_stop_there():
     assert not extra.budget.allowed  # a round beyond the plan would pass the target
 
 
+def privacy_from(table: dict) -> PrivacySettings:
+    """The [privacy] section parsed from a table as a run config file holds it."""
+    from fedmirasol.config import from_table
+
+    return from_table({"privacy": table}).privacy
+
+
 def test_settings_name_the_bad_key():
     with pytest.raises(KeyError, match="privacy.noise-multipler"):
-        PrivacySettings.from_table({"noise-multipler": 1.0})
+        privacy_from({"noise-multipler": 1.0})
     with pytest.raises(ValueError, match="privacy.accountant"):
-        PrivacySettings.from_table({"accountant": "gdp"})
+        privacy_from({"accountant": "gdp"})
     with pytest.raises(ValueError, match="privacy.delta"):
-        PrivacySettings.from_table({"delta": 1.5})
+        privacy_from({"delta": 1.5})
     with pytest.raises(ValueError, match="privacy.max-grad-norm"):
-        PrivacySettings.from_table({"max-grad-norm": "1"})
+        privacy_from({"max-grad-norm": "1"})
     with pytest.raises(ValueError, match="privacy.budget-epsilon"):
-        PrivacySettings.from_table({"target-epsilon": 8.0, "budget-epsilon": 4.0})
+        privacy_from({"target-epsilon": 8.0, "budget-epsilon": 4.0})
     assert math.isinf(PrivacySettings().budget)
     assert PrivacySettings(target_epsilon=8.0).budget == 8.0
-    assert PrivacySettings.from_config({}).enabled is False
+    assert privacy_from({}).enabled is False
 
 
 def test_a_changed_fixed_noise_multiplier_applies_and_the_history_composes():

@@ -96,8 +96,10 @@ def test_malformed_dp_figures_are_left_out_of_the_ledger_not_crashing_the_round(
 
     good = {"partition-id": 0, "dp-epsilon": 1.5, "dp-total-steps": 10, "dp-sample-rate": 0.1,
             "dp-noise-multiplier": 1.0, "dp-delta": 1e-5}
-    server = ServerPrivacy({"privacy": {"enabled": True}, "data": {"num-clients": 3}},
-                           tmp_path, [])
+    from fedmirasol.config import load_config
+
+    config = load_config(None, ["privacy.enabled=true", "data.num-clients=3"])
+    server = ServerPrivacy(config, tmp_path, [])
     server.record_clients(1, [reply(good), reply({**good, "partition-id": 1,
                                                   "dp-epsilon": math.nan}),
                               reply({"partition-id": 2, "dp-epsilon": 1.0})])

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from fedmirasol.pretrained import public
-from fedmirasol.pretrained.checkpoint import file_sha256
-from fedmirasol.config.legacy import load_config
+from fedmirasol.pretrained.checkpoint import with_digest
+from fedmirasol.pretrained.digest import file_sha256
+from fedmirasol.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "public: --epochs 1 --train-clips 16 --val-clips 8 --batch-size 8"
@@ -88,12 +89,12 @@ def test_simulate_step_trains_then_config_names_the_cached_file(
     dp_toml = ROOT / "simulations" / "dp.toml"
     overrides = [f"pretrained.checkpoint={json.dumps(TINY)}"]
     with pytest.raises(FileNotFoundError, match="not trained yet.*fedmirasol simulate"):
-        load_config(dp_toml, overrides)  # outside simulate's step nothing is trained
+        with_digest(load_config(dp_toml, overrides))  # outside simulate's step nothing is trained
     assert public.prepare(dp_toml, overrides, progress=lambda line: None) == overrides
-    config = load_config(dp_toml, overrides)
-    path = Path(config["pretrained"]["checkpoint"])
+    config = with_digest(load_config(dp_toml, overrides))
+    path = Path(config.pretrained.checkpoint)
     assert path.is_absolute() and path.parent.parent == (tmp_path / public.CACHE_ROOT).resolve()
-    assert config["pretrained"]["sha256"] == file_sha256(path)  # what the clients check
+    assert config.pretrained.sha256 == file_sha256(path)  # what the clients check
     public.prepare(dp_toml, overrides, progress=lambda line: None)
     assert len(trainings) == 1
 
@@ -109,7 +110,8 @@ def test_a_config_error_shows_before_training(tmp_path: Path, trainings) -> None
 def test_a_missing_user_file_says_how_to_make_it_or_skip_it(tmp_path: Path) -> None:
     missing = tmp_path / "mine" / "best.pt"
     with pytest.raises(FileNotFoundError) as caught:
-        load_config(ROOT / "simulations" / "dp.toml", [f'pretrained.checkpoint="{missing}"'])
+        with_digest(load_config(ROOT / "simulations" / "dp.toml",
+                                [f'pretrained.checkpoint="{missing}"']))
     message = str(caught.value)
     assert (f"fedmirasol train --public --threads 1 --epochs 6 --val-clips 400 "
             f"--out {missing.parent}") in message  # the README's recipe
@@ -121,8 +123,8 @@ def test_no_pretrain_starts_from_scratch(tmp_path: Path, trainings) -> None:
     lines: list[str] = []
     overrides = public.prepare(dp_toml, [], pretrain=False, root=tmp_path,
                                progress=lines.append)
-    config = load_config(dp_toml, overrides)
-    assert not any(config["pretrained"][key] for key in
+    config = with_digest(load_config(dp_toml, overrides))
+    assert not any(getattr(config.pretrained, key) for key in
                    ("checkpoint", "sha256", "reset", "freeze", "trainable"))
     assert not trainings and "--no-pretrain" in lines[0]
     with pytest.raises(ValueError, match="--no-pretrain.*contradicts"):

@@ -18,54 +18,32 @@ Selectors are those of `split.local` (fedmirasol.core.parameters).
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from fedmirasol.config.run import RunConfig
+from fedmirasol.config.sections import PretrainedConfig
 from fedmirasol.core.parameters import canonical_name, select_names
+from fedmirasol.pretrained.digest import file_sha256
 
 
-@dataclass(frozen=True)
-class PretrainedSettings:
-    """The `pretrained.*` keys of a run config."""
-
-    checkpoint: str
-    sha256: str
-    reset: str
-    freeze: str
-    trainable: str
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "PretrainedSettings":
-        section = config["pretrained"]
-        return cls(checkpoint=section["checkpoint"], sha256=section["sha256"],
-                   reset=section["reset"], freeze=section["freeze"],
-                   trainable=section["trainable"])
-
-    def frozen_names(self, model: nn.Module) -> set[str]:
-        """The state_dict names that are never trained nor sent."""
-        frozen = select_names(model, self.freeze, "pretrained.freeze")
-        if self.trainable:
-            keep = select_names(model, self.trainable, "pretrained.trainable")
-            frozen |= {name for name in model.state_dict() if name not in keep}
-        return frozen
-
-
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+def frozen_names(settings: PretrainedConfig, model: nn.Module) -> set[str]:
+    """The state_dict names that are never trained nor sent."""
+    frozen = select_names(model, settings.freeze, "pretrained.freeze")
+    if settings.trainable:
+        keep = select_names(model, settings.trainable, "pretrained.trainable")
+        frozen |= {name for name in model.state_dict() if name not in keep}
+    return frozen
 
 
 # The README's public pre-training recipe (dp.toml and secagg.toml name it as a `public:` one).
 PUBLIC_TRAIN_FLAGS = "--threads 1 --epochs 6 --val-clips 400"
 
 
-def _checkpoint_path(settings: PretrainedSettings) -> Path:
+def _checkpoint_path(settings: PretrainedConfig) -> Path:
     path = Path(settings.checkpoint).expanduser()
     if not path.is_file():
         out = path.parent if path.name in ("best.pt", "final.pt") else path.with_suffix("")
@@ -80,10 +58,10 @@ def _checkpoint_path(settings: PretrainedSettings) -> Path:
     return path
 
 
-def _recipe_checkpoint(config: Mapping[str, Any], checkpoint: str) -> Path:
+def _recipe_checkpoint(config: RunConfig, checkpoint: str) -> Path:
     from fedmirasol.pretrained import public
 
-    recipe = public.Recipe.parse(checkpoint, config["model"]["name"])
+    recipe = public.Recipe.parse(checkpoint, config.model.name)
     path = public.cached_checkpoint(recipe)
     if path is None:
         raise FileNotFoundError(f"config key 'pretrained.checkpoint' = {checkpoint!r}: "
@@ -123,14 +101,13 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return payload["state_dict"], dict(model_config or {})
 
 
-def load_pretrained(model: nn.Module, config: Mapping[str, Any]) -> None:
+def load_pretrained(model: nn.Module, settings: PretrainedConfig) -> None:
     """Load `pretrained.checkpoint` into `model` (seeded fresh weights), then reset and freeze.
 
     Raises, naming the file, when its digest differs from `pretrained.sha256` or its parameters
     do not match the run's model.
     """
-    settings = PretrainedSettings.from_config(config)
-    frozen = settings.frozen_names(model)
+    frozen = frozen_names(settings, model)
     both = sorted(frozen & select_names(model, settings.reset, "pretrained.reset"))
     if both:
         raise ValueError(f"pretrained.reset and pretrained.freeze/trainable both select "
@@ -140,7 +117,7 @@ def load_pretrained(model: nn.Module, config: Mapping[str, Any]) -> None:
     _freeze(model, frozen)
 
 
-def _load_checkpoint(model: nn.Module, settings: PretrainedSettings) -> None:
+def _load_checkpoint(model: nn.Module, settings: PretrainedConfig) -> None:
     path = _checkpoint_path(settings)
     if settings.sha256 and file_sha256(path) != settings.sha256:
         raise ValueError(f"pretrained checkpoint {path} is not the file the server started from "

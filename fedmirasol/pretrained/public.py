@@ -164,7 +164,7 @@ def cached_checkpoint(recipe: Recipe, root: Path | None = None) -> Path | None:
 
     Raises when the cached file's SHA-256 differs from the one recorded when it was trained.
     """
-    from fedmirasol.pretrained.checkpoint import file_sha256
+    from fedmirasol.pretrained.digest import file_sha256
 
     entry = entry_dir(recipe, root)
     record_path, checkpoint = entry / RECIPE_FILE, entry / CHECKPOINT_FILE
@@ -214,7 +214,7 @@ def _train(recipe: Recipe, out: Path, progress: Callable[[str], None]) -> dict[s
 def ensure_checkpoint(recipe: Recipe, root: Path | None = None,
                       progress: Callable[[str], None] = say) -> Path:
     """The recipe's cached best.pt, trained first (once) if it is not cached."""
-    from fedmirasol.pretrained.checkpoint import file_sha256
+    from fedmirasol.pretrained.digest import file_sha256
 
     entry = entry_dir(recipe, root)
     cached = cached_checkpoint(recipe, root)
@@ -256,9 +256,10 @@ def _merged(path: Path | None, overrides: Iterable[str]) -> dict[str, Any]:
     """The flat config `load_config` would validate (defaults <- file <- overrides)."""
     import tomllib
 
-    from fedmirasol.config.legacy import DEFAULTS, flatten, parse_assignment
+    from fedmirasol.config import RunConfig, to_flat
+    from fedmirasol.config.load import flatten, parse_assignment
 
-    merged = flatten(DEFAULTS)
+    merged = to_flat(RunConfig())
     if path is not None and Path(path).is_file():
         with Path(path).open("rb") as handle:
             try:
@@ -287,7 +288,7 @@ def prepare(path: Path | None, overrides: Iterable[str], pretrain: bool = True,
     pretrained.* keys are cleared, the whole model is trained (under DP-SGD such a run stays
     near chance; simulations/README.md), and a `--set pretrained.*` beside it is an error.
     """
-    from fedmirasol.config.legacy import load_config
+    from fedmirasol.config import load_config
 
     overrides = list(overrides)
     if not pretrain:

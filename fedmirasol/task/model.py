@@ -16,5 +16,5 @@ def init_model(config: RunConfig) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(config.model.mirasol)
-    load_pretrained(model, config)
+    load_pretrained(model, config.pretrained)
     return model
