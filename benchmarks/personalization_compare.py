@@ -29,7 +29,7 @@ COLUMNS = (("global", "mean_client_accuracy"), ("personalized", "mean_client_per
 
 def run_method(method: str, overrides: list[str], runs_dir: str) -> dict:
     from fedmirasol.runs import run_dir as rundir
-    from fedmirasol.config.legacy import load_config
+    from fedmirasol.config import load_config
     from fedmirasol.engines.simulation import simulate
 
     config = load_config(CONFIG, [*overrides, f"personalization.method='{method}'",

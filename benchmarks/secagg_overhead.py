@@ -50,7 +50,7 @@ def one_round(size: int, mode: str, steps: int, batch: int) -> dict[str, float]:
     from fedmirasol.secagg import client
     from fedmirasol.testing.local_grid import LocalGrid
     from fedmirasol.secagg.server import SecureAggregator, mean_reply
-    from fedmirasol.secagg.settings import SecAggSettings
+    from fedmirasol.config.secagg import SecAggConfig
 
     torch.set_num_threads(1)
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
@@ -90,7 +90,7 @@ def one_round(size: int, mode: str, steps: int, batch: int) -> dict[str, float]:
         del replies
         new, reason = _aggregate(strategy, 1, accepted, global_shared)
     else:
-        secure = SecureAggregator(SecAggSettings(enabled=True), [("w", shape)], 1.0, "examples")
+        secure = SecureAggregator(SecAggConfig(enabled=True), [("w", shape)], 1.0, "examples")
         result = secure.run(grid, messages, 600, 1)
         rejected, reason = result.rejections, result.failure
         new, reason = _aggregate(strategy, 1, [mean_reply(result, messages[0])], global_shared)

@@ -49,7 +49,7 @@ from fedmirasol.task.model import init_model
 
     started = time.perf_counter()
     torch.set_num_threads(threads)
-    client = config["client"]
+    client = config.client
     model = init_model(config)
     split = ParameterSplit.from_model(model, "")
     global_shared = model_state(model, split.shared)
@@ -60,7 +60,7 @@ from fedmirasol.task.model import init_model
         for pid in sampled:
             data = client_data.client_data(config, pid)
             load_state(model, global_shared)
-            seed = seed_for(config["seed"], server_round, pid)
+            seed = seed_for(config.seed, server_round, pid)
             torch.manual_seed(seed)
             optimizer = torch.optim.Adam(model.parameters(), lr=client["lr"])
             train_epochs(model, client_data.loader(data.train, client["batch-size"],
@@ -88,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from fedmirasol.runs import run_dir as rundir
-    from fedmirasol.config.legacy import load_config
+    from fedmirasol.config import load_config
     from fedmirasol.engines.simulation import simulate
 
     load_before = os.getloadavg()
@@ -109,10 +109,7 @@ def main() -> None:
         sampled = [r["sampled"] for r in records if r["round"] > 0]
         durations = [r["duration_s"] for r in records if r["round"] > 0]
         assert all(len(r["participants"]) == args.per_round for r in records if r["round"] > 0)
-        with open(Path(run) / "checkpoints" / f"round-{args.rounds:04d}.pkl", "rb") as handle:
-            import pickle
-
-            federated_model = pickle.load(handle).global_shared
+        federated_model = rundir.latest_checkpoint(run).global_shared
 
     # (b) renders its clients' clips itself, as the simulated clients did.
     plain, plain_model, plain_rounds = plain_loop(config, sampled, args.workers)

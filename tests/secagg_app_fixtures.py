@@ -13,7 +13,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.engines.apps import build_client_app
-from fedmirasol.config.legacy import load_config
+from fedmirasol.config import load_config
 from fedmirasol.server.loop import FederatedRun
 from fedmirasol.testing.local_grid import LocalGrid
 

@@ -12,7 +12,8 @@ import pytest
 import fedmirasol.cli.report_cmd as report_cmd
 from fedmirasol.cli import build_parser, main
 from fedmirasol.errors import ConfigError, UnknownKeyError
-from fedmirasol.config.legacy import DEFAULTS, load_config
+from fedmirasol.config import load_config
+from fedmirasol.config.sections import DataConfig
 
 
 def config_error(overrides: list[str]) -> ConfigError:
@@ -67,7 +68,7 @@ def test_bulyan_needs_4f_plus_3_updates() -> None:
 def test_partition_errors_name_the_keys_and_sizes() -> None:
     from fedmirasol.data.partitioning import client_specs
 
-    data = dict(DEFAULTS["data"], source="manifest", manifest="clips/manifest.csv")
+    data = DataConfig(source="manifest", manifest="clips/manifest.csv")
     with pytest.raises(ConfigError) as error:
         client_specs(np.array([0, 1, 0, 1]), data, seed=0)
     message = str(error.value)
@@ -75,7 +76,7 @@ def test_partition_errors_name_the_keys_and_sizes() -> None:
     assert "data.min-partition-size = 4" in message
     assert "manifest clips/manifest.csv has 4" in message
     # flwr-datasets' own failure (Dirichlet cannot reach the minimum) gets the keys added
-    skewed = dict(DEFAULTS["data"], alpha=0.01, **{"min-partition-size": 7})
+    skewed = DataConfig(alpha=0.01, min_partition_size=7)
     with pytest.raises(ConfigError) as error:
         client_specs(np.repeat(np.arange(4), 20), skewed, seed=0)
     assert "data.partitioner = 'dirichlet', data.alpha = 0.01" in str(error.value)

@@ -6,12 +6,12 @@ Run on their own with ``pytest -m deployment`` (a few minutes on 2 cores).
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import pytest
 
 from fedmirasol.testing.loopback import Loopback
+from fedmirasol.client import state as client_state
 from fedmirasol.runs import run_dir as rundir
 
 pytestmark = pytest.mark.deployment
@@ -58,9 +58,8 @@ def _node_config(root: Path, i: int) -> dict:
 def _mirrors(root: Path, i: int) -> dict[int, dict]:
     """Node i's state mirrors on its own disk: {round: {record: arrays}}."""
     found = {}
-    for path in (root / f"site{i}").glob(f"*/client-{i:05d}-round-*.pkl"):
-        with path.open("rb") as handle:
-            found[int(path.stem.rsplit("-", 1)[1])] = pickle.load(handle)
+    for path in (root / f"site{i}").glob(f"*/client-{i:05d}-round-*.safetensors"):
+        found[int(path.stem.rsplit("-", 1)[1])] = client_state.read_mirror(path)
     return found
 
 

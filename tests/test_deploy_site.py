@@ -38,15 +38,15 @@ def test_node_keys_differ(tmp_path):
 
 
 def test_site_settings_from_node_config(tmp_path):
-    from fedmirasol.config.legacy import load_config
+    from fedmirasol.config import load_config
 
     config = load_config(overrides=["data.num-clients=3"])
     node = {"partition-id": 1, "num-partitions": 3, "state-dir": str(tmp_path),
             "data.manifest": "/data/site1.csv", "client.device": "cpu",
             "model.num-frames": 8, "client.batch-size": 4}
     site = apply_site(config, node)
-    assert site["data"]["source"] == "site" and site["data"]["manifest"] == "/data/site1.csv"
-    assert site["model"]["num-frames"] == 8 and site["client"]["batch-size"] == 4
+    assert site.data.source == "site" and site.data.manifest == "/data/site1.csv"
+    assert site.model.mirasol.num_frames == 8 and site.client.batch_size == 4
     assert apply_site(config, {"partition-id": 0}) == config
     assert state_dir(node, "run-a") == str(tmp_path / "run-a")
     assert state_dir({"partition-id": 0}, "run-a") == ""
@@ -55,7 +55,7 @@ def test_site_settings_from_node_config(tmp_path):
 def test_site_settings_refuse_unknown_keys_and_other_architectures():
     import pytest
 
-    from fedmirasol.config.legacy import load_config
+    from fedmirasol.config import load_config
 
     config = load_config()
     with pytest.raises(KeyError, match="strategy.name"):
@@ -85,7 +85,7 @@ def test_node_state_dir_takes_precedence_and_a_restarted_node_restores_it(tmp_pa
 
     first = context()
     client_handlers.handle_train(train_message(config, 1, **extra), first)
-    assert (tmp_path / "site" / "run-a" / "client-00000-round-00001.pkl").is_file()
+    assert (tmp_path / "site" / "run-a" / "client-00000-round-00001.safetensors").is_file()
     assert not (tmp_path / "server-side").exists()
     restarted = context()  # a new SuperNode process: nothing in memory
     client_handlers.handle_evaluate(train_message(config, 1, **extra), restarted)
@@ -99,11 +99,11 @@ def test_a_site_trains_on_its_own_whole_manifest(tmp_path):
     server's partition summary stays empty (it never sees site data)."""
     from fedmirasol.data.media.synth import write_synthetic_media
     from fedmirasol.task import data as client_data
-    from fedmirasol.config.legacy import load_config, model_config
+    from fedmirasol.config import load_config
 
     config = load_config(overrides=["data.num-clients=3", "data.source=\"site\"",
                                     "model.num-frames=8", "data.val-fraction=0.25"])
-    manifest = write_synthetic_media(tmp_path / "site1", 8, model_config(config))
+    manifest = write_synthetic_media(tmp_path / "site1", 8, config.model.mirasol)
     site = apply_site(config, {"partition-id": 1, "data.manifest": str(manifest)})
     data = client_data.client_data(site, 1)
     assert len(data.train) + len(data.val) == 8 and len(data.val) == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fedmirasol.task import data as client_data
 from fedmirasol.engines.centralized_baseline import centralized_baseline
-from fedmirasol.config.legacy import load_config
+from fedmirasol.config import load_config
 
 
 def test_baseline_trains_on_the_pooled_client_data_and_tests_on_the_server_set():

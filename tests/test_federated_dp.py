@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,12 @@ import torch
 
 from fedmirasol.cli import main as cli_main
 from fedmirasol.task import data as client_data
+from fedmirasol.client import state as client_state
+from fedmirasol.pretrained.checkpoint import with_digest
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.task.model import init_model
 from fedmirasol.runs.report import summary_table
-from fedmirasol.config.legacy import load_config
+from fedmirasol.config import load_config
 from fedmirasol.engines.simulation import StopRun, simulate
 from fedmirasol.privacy import ledger
 from fedmirasol.privacy.calibration import SamplingPlan, planned_epsilon
@@ -69,7 +70,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
     with pytest.raises(StopRun):
         simulate(config, progress=stop_after_round_1)
-    (run_dir,) = Path(config["output"]["runs-dir"]).iterdir()
+    (run_dir,) = Path(config.output.runs_dir).iterdir()
     assert [r["round"] for r in rundir.read_metrics(run_dir)] == [0, 1]
     assert simulate(resume=run_dir, progress=None) == run_dir
     return run_dir, config
@@ -107,9 +108,8 @@ def test_a_client_at_its_budget_does_not_train_and_is_left_out(run) -> None:
     assert rounds[2]["budget_exhausted"] == [1] and not rounds[2]["rejected"]
     assert (rounds[3]["sampled"], rounds[3]["participants"]) == ([0], [0])  # left out
     # Its saved accountant holds the one round it took.
-    mirrors = sorted((run_dir / "client-state").glob("client-00001-round-*.pkl"))
-    with mirrors[-1].open("rb") as handle:
-        state = pickle.load(handle)
+    mirrors = sorted((run_dir / "client-state").glob("client-00001-round-*.safetensors"))
+    state = client_state.read_mirror(mirrors[-1])
     assert int(state[STATE_KEY]["history"][:, 2].sum()) == first["total-steps"]
     assert "local-params" in state  # FedBN's local layers live beside it
 
@@ -150,10 +150,11 @@ def test_parameters_keep_clean_names(run) -> None:
 def test_dp_config_loads_with_epsilon_at_most_8(tmp_path: Path) -> None:
     dp_toml = ROOT / "simulations" / "dp.toml"
     with pytest.raises(FileNotFoundError, match="fedmirasol train --public"):
-        load_config(dp_toml, ['pretrained.checkpoint="no-such-dir/best.pt"'])
-    config = load_config(dp_toml, [f'pretrained.checkpoint="{tiny_checkpoint(tmp_path)}"'])
-    assert config["pretrained"]["trainable"] == "classifier.*"
-    privacy = config["privacy"]
-    assert privacy["enabled"] and 0 < privacy["target-epsilon"] <= 8
-    assert privacy["delta"] == 1e-5
-    assert math.isfinite(privacy["max-grad-norm"])
+        with_digest(load_config(dp_toml, ['pretrained.checkpoint="no-such-dir/best.pt"']))
+    config = with_digest(load_config(dp_toml,
+                                     [f'pretrained.checkpoint="{tiny_checkpoint(tmp_path)}"']))
+    assert config.pretrained.trainable == "classifier.*"
+    privacy = config.privacy
+    assert privacy.enabled and 0 < privacy.target_epsilon <= 8
+    assert privacy.delta == 1e-5
+    assert math.isfinite(privacy.max_grad_norm)

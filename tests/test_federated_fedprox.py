@@ -14,7 +14,7 @@ from torch import nn
 from fedmirasol.client import task as client_task
 from fedmirasol.core.parameters import ParameterSplit, model_state
 from fedmirasol.core.proximal import proximal_term
-from fedmirasol.config.legacy import load_config
+from fedmirasol.config import load_config
 
 
 def test_proximal_term_value_and_gradient() -> None:

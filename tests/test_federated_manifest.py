@@ -10,7 +10,7 @@ from flwr.app import RecordDict
 from fedmirasol.data.media.synth import write_synthetic_media
 from fedmirasol.task import data as client_data
 from fedmirasol.client import task as client_task
-from fedmirasol.config.legacy import load_config, model_config
+from fedmirasol.config import load_config
 
 
 def test_a_client_counts_and_reports_a_bad_file_and_still_trains(tmp_path, monkeypatch):
@@ -19,7 +19,7 @@ def test_a_client_counts_and_reports_a_bad_file_and_still_trains(tmp_path, monke
         "data.num-clients=2", "data.partitioner='iid'", "data.min-partition-size=1",
         "client.local-epochs=1", "client.batch-size=4", "num-rounds=1",
     ]
-    manifest = write_synthetic_media(tmp_path / "media", 12, model_config(load_config(None, settings)))
+    manifest = write_synthetic_media(tmp_path / "media", 12, load_config(None, settings).model.mirasol)
     with manifest.open() as handle:
         rows = list(csv.DictReader(handle))
     (tmp_path / "media" / "empty.mp4").write_bytes(b"")

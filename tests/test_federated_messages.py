@@ -37,8 +37,8 @@ from fedmirasol.core.parameters import (
     to_record,
 )
 from fedmirasol.core.reply_checks import validate_train_replies
-from fedmirasol.config.legacy import load_config, to_json
-from fedmirasol.server.loop import _aggregate
+from fedmirasol.config import load_config, to_json
+from fedmirasol.server.aggregators.mean import strategy_step as _aggregate
 from fedmirasol.task.model import init_model
 
 SHAPES = {"a": (3, 2), "b": (4,)}
@@ -161,7 +161,7 @@ def train_message(config, server_round: int = 1, arrays: ArrayRecord | None = No
                   **extra: object) -> Message:
     model = init_model(config)
     split = ParameterSplit.from_model(model, "normalization"
-                                      if config["strategy"]["name"] == "fedbn" else "")
+                                      if config.strategy.name == "fedbn" else "")
     if arrays is None:
         arrays = to_record(model_state(model, split.shared))
     record = ConfigRecord({client_handlers.CONFIG_KEY: to_json(config),
@@ -221,7 +221,7 @@ def test_a_node_the_superlink_answers_for_is_named_once() -> None:
     message: it is the sampled node that is rejected, once, and not also counted as silent."""
     from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 
-    from fedmirasol.server.loop import _destinations, _missing
+    from fedmirasol.server.exchange import destinations as _destinations, missing as _missing
 
     sent = [instruction(7), instruction(8)]
     for number, message in enumerate(sent):

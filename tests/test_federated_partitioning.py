@@ -11,16 +11,14 @@ from fedmirasol.data.partitioning import (
     partition_indices,
     quantity_sizes,
 )
-from fedmirasol.config.legacy import DEFAULTS
+from fedmirasol.config.sections import DataConfig
 
 NUM_CLASSES = 8
 LABELS = np.random.default_rng(0).integers(NUM_CLASSES, size=800)
 
 
-def data(**changes: object) -> dict:
-    section = dict(DEFAULTS["data"])
-    section.update({key.replace("_", "-"): value for key, value in changes.items()})
-    return section
+def data(**changes: object) -> DataConfig:
+    return DataConfig().model_copy(update=changes)
 
 
 def covers_pool_once(specs) -> bool:

@@ -11,7 +11,6 @@ that model in the round's checkpoint, measurably away from the plain mean.
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +45,8 @@ def optimizer_run(request, tmp_path_factory: pytest.TempPathFactory) -> tuple[st
 
 
 def checkpoint_weights(run_dir: Path, server_round: int) -> dict[str, np.ndarray]:
-    with (run_dir / "checkpoints" / f"round-{server_round:04d}.pkl").open("rb") as handle:
-        return pickle.load(handle).global_shared
+    return rundir.read_checkpoint(run_dir / "checkpoints" / f"round-{server_round:04d}.json"
+                                  ).global_shared
 
 
 def plain_mean(cfg: dict, server_round: int, record: dict, weights: dict[str, np.ndarray]

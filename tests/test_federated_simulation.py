@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import random
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 from fedmirasol.cli import main as cli_main
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.core.seeds import seed_for
-from fedmirasol.config.legacy import load_config
+from fedmirasol.config import load_config
 from fedmirasol.engines.simulation import StopRun, simulate
 
 pytestmark = pytest.mark.slow
@@ -58,7 +57,7 @@ def test_run_directory_has_everything(full_run: Path) -> None:
     for name in ("accuracy_loss.png", "client_accuracy.png", "bytes.png"):
         assert (full_run / "plots" / name).stat().st_size > 1000
     assert json.loads((full_run / "config.json").read_text())["strategy"]["name"] == "fedbn"
-    assert sorted((full_run / "checkpoints").glob("round-*.pkl"))[-1].name == "round-0003.pkl"
+    assert sorted((full_run / "checkpoints").glob("round-*.json"))[-1].name == "round-0003.json"
     state = torch.load(full_run / "final_model.pt", weights_only=False)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
@@ -94,9 +93,8 @@ def test_failed_and_poisoned_clients_are_recorded_not_aggregated(full_run: Path)
 
 
 def test_global_model_never_holds_nan(full_run: Path) -> None:
-    for path in sorted((full_run / "checkpoints").glob("round-*.pkl")):
-        with path.open("rb") as handle:
-            checkpoint = pickle.load(handle)
+    for path in sorted((full_run / "checkpoints").glob("round-*.json")):
+        checkpoint = rundir.read_checkpoint(path)
         assert all(np.isfinite(v).all() for v in checkpoint.global_shared.values())
         assert not any("norm" in k for k in checkpoint.global_shared)  # FedBN: shared only
 
@@ -149,7 +147,7 @@ def test_many_clients_config_runs(tmp_path: Path) -> None:
                       ["num-rounds=1", "data.test-clips=8", f"output.runs-dir='{tmp_path}'"])
     run = simulate(cfg, progress=None)
     (record,) = rundir.read_metrics(run)[1:]
-    assert cfg["data"]["num-clients"] >= 100
+    assert cfg.data.num_clients >= 100
     assert len(record["sampled"]) == 10 and len(record["participants"]) == 10
     assert not record["rejected"]
     assert math.isfinite(record["centralized_accuracy"])

@@ -19,7 +19,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmirasol.client import handlers as client_handlers
 from fedmirasol.task.model import init_model
 from fedmirasol.core.parameters import ParameterSplit, from_record, model_state, to_record
-from fedmirasol.config.legacy import load_config, to_json
+from fedmirasol.config import load_config, to_json
 from fedmirasol.models import NAMED_CONFIGS, build_model, get_config
 from fedmirasol.models.input_norm import RATE, InputNorm
 from opacus_step import assert_per_sample_gradients_match, take_dp_step

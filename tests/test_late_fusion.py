@@ -17,7 +17,7 @@ from flwr.app import RecordDict
 from fedmirasol.client import task as client_task
 from fedmirasol.task.model import init_model
 from fedmirasol.core.parameters import ParameterSplit, model_state
-from fedmirasol.config.legacy import load_config, local_spec, model_config
+from fedmirasol.config import load_config
 from fedmirasol.models import LateFusion, build_model, get_config, mirasol_loss
 from fedmirasol.models.late_fusion import FusionHead
 from fedmirasol.models.timesformer import DividedSpaceTimeBlock
@@ -84,7 +84,7 @@ def test_invalid_late_fusion_configs_are_refused():
 def test_a_run_config_picks_the_model_and_its_alpha():
     config = load_config(None, [f"model.name='{TINY}'", "model.alpha=0.5",
                                 "model.alpha-modality='video'", "model.learn-alpha=true"])
-    chosen = model_config(config)
+    chosen = config.model.mirasol
     assert (chosen.architecture, chosen.alpha, chosen.alpha_modality, chosen.learn_alpha) == (
         "latefusion", 0.5, "video", True)
 
@@ -240,7 +240,7 @@ def test_fedbn_client_round_keeps_both_encoders_norms_and_shares_the_head():
         "client.batch-size=4", "strategy.name='fedbn'",
     ])
     model = init_model(config)
-    split = ParameterSplit.from_model(model, local_spec(config))
+    split = ParameterSplit.from_model(model, config.local_selectors())
     assert "video_encoder.blocks.0.norm_temporal.weight" in split.local
     assert "audio_encoder.transformer.norm.bias" in split.local
     assert {"head.0.weight", "modality_weight.learned.embedding.weight"} <= set(split.shared)

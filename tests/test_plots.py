@@ -153,7 +153,7 @@ def test_report_counts_scalar_parameters_not_tensors(tmp_path):
 
     assert "shared_parameters" not in build_report(run)  # no checkpoint, nothing passed
     rundir.save_checkpoint(run, rundir.Checkpoint(server_round=2, global_shared=shared,
-                                                  strategy_state=b"", partitions={}))
+                                                  strategy_state={}, partitions={}))
     assert build_report(run)["shared_parameters"] == 232  # `fedmirasol report` on a run dir
 
 

@@ -76,7 +76,7 @@ def test_an_update_within_the_rounding_slack_is_clipped_to_the_bound(tmp_path,
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedmirasol.core.parameters import from_record, to_record
-    from fedmirasol.config.legacy import load_config
+    from fedmirasol.config import load_config
     from fedmirasol.privacy.client_level import get_norm
     from fedmirasol.privacy.server_side import CLIP_SLACK, ServerPrivacy
 

@@ -13,7 +13,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.server import loop as server_loop
-from fedmirasol.config.legacy import load_config
+from fedmirasol.config import load_config
 from fedmirasol.server.loop import FederatedRun
 from fedmirasol.privacy import client_level, ledger
 from pretrained_fixtures import tiny_checkpoint
@@ -128,8 +128,8 @@ def test_client_level_secure_noised_mean_equals_the_plain_one(
 def test_config_checks_dp_with_secagg(tmp_path: Path) -> None:
     cfg = load_config(Path(__file__).resolve().parents[1] / "simulations" / "secagg.toml",
                       [f'pretrained.checkpoint="{tiny_checkpoint(tmp_path)}"'])
-    assert cfg["privacy"]["enabled"] and cfg["secagg"]["enabled"]
-    assert cfg["strategy"]["name"] == "fedbn"
+    assert cfg.privacy.enabled and cfg.secagg.enabled
+    assert cfg.strategy.name == "fedbn"
     config(1, **{"secagg.enabled": True, "privacy.client-level": True})  # range: the clip norm
     with pytest.raises(ValueError, match="secagg.range"):
         config(1, **{"secagg.enabled": True, "privacy.client-level": True,

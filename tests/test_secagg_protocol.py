@@ -23,7 +23,7 @@ from fedmirasol.secagg import client, protocol
 from fedmirasol.testing.local_grid import LocalGrid
 from fedmirasol.secagg.quantization import CapacityExceeded, OutOfRange, Quantizer
 from fedmirasol.secagg.server import SecureAggregator
-from fedmirasol.secagg.settings import SecAggSettings
+from fedmirasol.config.secagg import SecAggConfig as SecAggSettings
 from secagg_app_fixtures import alter_replies
 
 SPEC = [("a", (30, 20)), ("b", (50,))]
@@ -45,7 +45,7 @@ class Clients:
         self.counts = {pid: 3 + 2 * pid for pid in self.updates}
         self.received: list[Message] = []
         app = ClientApp()
-        client.register(app, train=self.train)
+        client.register(app, train=self.train, run_seed=lambda message: 0)
         self.grid = LocalGrid(app, {node: {"partition-id": pid} for pid, node in
                                     enumerate(NODES)}, observe=self.received.append)
 

@@ -18,7 +18,7 @@ from fedmirasol.engines import simulation as simulate_module
 from fedmirasol.engines.apps import build_client_app
 from fedmirasol.server.nodes import NodeCountMismatch
 from fedmirasol.runs.report import ConsoleProgress
-from fedmirasol.config.legacy import load_config
+from fedmirasol.config import load_config
 from fedmirasol.server.loop import FederatedRun
 from fedmirasol.engines.simulation import simulate
 from fedmirasol.testing.local_grid import LocalGrid
@@ -113,7 +113,7 @@ def test_too_few_clients_for_the_strategy_says_so_without_privacy_when_dp_is_off
     grid = LocalGrid(build_client_app(), {node: {"partition-id": i, "num-partitions": 3}
                                           for i, node in enumerate([11, 12, 13])})
     grid.drop([13], MessageType.QUERY)
-    run_dir = rundir.create(config["output"]["runs-dir"], config["name"])
+    run_dir = rundir.create(config.output.runs_dir, config.name)
     rundir.write_config(run_dir, config)
     with pytest.raises(ConfigError) as error:
         FederatedRun(grid, config, run_dir).run()

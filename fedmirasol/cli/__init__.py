@@ -58,6 +58,9 @@ def model_config_name(name: str, flag: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from fedmirasol.console import show_messages
+
+    show_messages()
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as error:

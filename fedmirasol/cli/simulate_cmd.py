@@ -35,37 +35,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fedmirasol.config import load_config
     from fedmirasol.errors import ConfigError
-    from fedmirasol.config.legacy import load_config
 
     if args.resume and (args.config or args.overrides or args.no_pretrain):
         raise ConfigError("--resume continues a run with its own config; drop "
                          "--config/--set/--no-pretrain")
     config = None
     if not args.resume:
-        from fedmirasol.task import data as client_data
+        from fedmirasol.pretrained.checkpoint import with_digest
         from fedmirasol.pretrained.public import prepare
+        from fedmirasol.task import data as task_data
 
         # a `public:` pretrained.checkpoint recipe is trained once and cached, then reused
         overrides = prepare(args.config, args.overrides, pretrain=not args.no_pretrain)
-        config = load_config(args.config, overrides)
-        if config["data"]["source"] != "site":  # a partition that cannot be made fails before Ray
-            client_data.specs(config)
-    from fedmirasol.runs import run_dir as rundir
-    from fedmirasol.runs.report import summary_table
+        config = with_digest(load_config(args.config, overrides))
+        if config.data.source != "site":  # a partition that cannot be made fails before Ray
+            task_data.specs(config)
     from fedmirasol.engines.simulation import simulate
+    from fedmirasol.runs import run_dir as rundir
+    from fedmirasol.runs.report import add_to_report, summary_table
 
     started = time.perf_counter()
     run_dir = simulate(resume=args.resume) if args.resume else simulate(config)
     elapsed = time.perf_counter() - started
-    report = rundir.read_report(run_dir)
-    report["wall_clock_seconds"] = elapsed
+    baseline = None
     if args.baseline:
         from fedmirasol.engines.centralized_baseline import centralized_baseline
 
         print("training the centralized baseline ...", flush=True)
-        report.update(centralized_baseline(rundir.read_config(run_dir), args.baseline_epochs))
-    rundir.write_report(run_dir, report)
+        baseline = centralized_baseline(rundir.read_config(run_dir), args.baseline_epochs)
+    report = add_to_report(run_dir, wall_clock_seconds=elapsed, baseline=baseline)
     print(summary_table(run_dir))
     keys = ("final_centralized_accuracy", "final_federated_accuracy",
             "final_mean_client_accuracy", "final_mean_client_personal_accuracy",

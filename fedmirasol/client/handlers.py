@@ -18,28 +18,27 @@ Wire protocol (keys of the RecordDict):
 
 from __future__ import annotations
 
-from typing import Any
+import functools
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message
 
-from fedmirasol.client.site import apply_site, state_dir
 from fedmirasol.client import state as client_state
-from fedmirasol.core.wire import CONFIG_KEY, RUN_NAME_KEY, STATE_DIR_KEY
 from fedmirasol.client import task as client_task
-from fedmirasol.core.parameters import from_record, to_record
-from fedmirasol.config.legacy import Config, from_json
+from fedmirasol.client.release import release_evaluate, release_partition, release_train
+from fedmirasol.client.site import apply_site, state_dir
+from fedmirasol.config import RunConfig, from_json
+from fedmirasol.core.parameters import from_record
+from fedmirasol.core.wire import CONFIG_KEY, RUN_NAME_KEY, STATE_DIR_KEY
 
-_config_cache: dict[str, Config] = {}
 
-
-def partition_id(context: Context, config: Config) -> int:
+def partition_id(context: Context, config: RunConfig) -> int:
     """This node's partition, checked against the run config."""
     node = context.node_config
     if "partition-id" not in node:
         raise ValueError("node config has no 'partition-id' (start the SuperNode with "
                          "--node-config \"partition-id=N num-partitions=M\")")
     pid = int(node["partition-id"])
-    expected = config["data"]["num-clients"]
+    expected = config.data.num_clients
     if "num-partitions" in node and int(node["num-partitions"]) != expected:
         raise ValueError(f"this federation has {node['num-partitions']} nodes but the run "
                          f"config's data.num-clients is {expected}; make them equal")
@@ -48,18 +47,25 @@ def partition_id(context: Context, config: Config) -> int:
     return pid
 
 
-def _run_config(message: Message, context: Context | None = None
-                ) -> tuple[Config, ConfigRecord]:
+@functools.lru_cache(maxsize=2)
+def _parsed(text: str) -> RunConfig:
+    return from_json(text)
+
+
+def run_config(message: Message, context: Context | None = None
+               ) -> tuple[RunConfig, ConfigRecord]:
     """The run config a message carries, with this node's site settings when `context`."""
     record = message.content.config_records.get("config")
     if record is None or CONFIG_KEY not in record:
         raise ValueError(f"the server's message carries no '{CONFIG_KEY}'")
-    text = str(record[CONFIG_KEY])
-    if text not in _config_cache:
-        _config_cache.clear()
-        _config_cache[text] = from_json(text)
-    config = _config_cache[text]
+    config = _parsed(str(record[CONFIG_KEY]))
     return (apply_site(config, context.node_config) if context else config), record
+
+
+def run_seed(message: Message) -> int:
+    """The run's seed, from the config the message carries (0 when it carries none)."""
+    record = message.content.config_records.get("config", {})
+    return run_config(message)[0].seed if CONFIG_KEY in record else 0
 
 
 def _state_dir(context: Context, record: ConfigRecord) -> str:
@@ -76,7 +82,7 @@ def _restore_state(context: Context, record: ConfigRecord, pid: int, server_roun
 
 
 def handle_train(message: Message, context: Context) -> Message:
-    config, record = _run_config(message, context)
+    config, record = run_config(message, context)
     pid = partition_id(context, config)
     server_round = int(record["server-round"])
     _restore_state(context, record, pid, server_round)
@@ -86,28 +92,21 @@ def handle_train(message: Message, context: Context) -> Message:
     directory = _state_dir(context, record)
     if directory:
         client_state.mirror_to_disk(context.state, directory, pid, server_round)
-    metrics: dict[str, Any] = {"num-examples": result.num_examples, "partition-id": pid}
-    metrics.update(result.metrics)
-    content = RecordDict({"metrics": MetricRecord(metrics)})
-    if result.update is not None:  # None: DP budget exhausted, the metrics say so
-        content["arrays"] = to_record(result.update)
-    return Message(content=content, reply_to=message)
+    return release_train(message, config, pid, result.num_examples, result.update,
+                         result.metrics)
 
 
 def handle_evaluate(message: Message, context: Context) -> Message:
-    config, record = _run_config(message, context)
+    config, record = run_config(message, context)
     pid = partition_id(context, config)
     # A node restarted since it trained this round evaluates with that round's state.
     _restore_state(context, record, pid, int(record["server-round"]) + 1)
     global_shared = from_record(message.content.array_records["arrays"])
-    metrics: dict[str, Any] = {"partition-id": pid}
-    metrics.update(client_task.evaluate_local(config, pid, global_shared, context.state))
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=message)
+    return release_evaluate(message, config, pid,
+                            client_task.evaluate_local(config, pid, global_shared, context.state))
 
 
 def handle_query(message: Message, context: Context) -> Message:
     """Answer which partition this node holds (the server orders nodes by it)."""
-    config, _ = _run_config(message, context)
-    pid = partition_id(context, config)
-    return Message(content=RecordDict({"metrics": MetricRecord({"partition-id": pid})}),
-                   reply_to=message)
+    config, _ = run_config(message, context)
+    return release_partition(message, partition_id(context, config))

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fedmirasol.config import RunConfig, with_values
-from fedmirasol.config.legacy import Config, model_config
 
 NODE_KEYS = ("partition-id", "num-partitions", "state-dir")
 SITE_KEYS = ("data.manifest", "client.device", "client.threads", "client.batch-size",
@@ -51,7 +50,7 @@ def site_overrides(node_config: Mapping[str, Any]) -> dict[str, Any]:
     return overrides
 
 
-def apply_site(config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Config:
+def apply_site(config: Mapping[str, Any], node_config: Mapping[str, Any]) -> RunConfig:
     """`config` with this node's site settings applied (validated); unchanged without any."""
     overrides = site_overrides(node_config)
     if not overrides:
@@ -71,7 +70,7 @@ def _apply_cached(config: RunConfig, overrides: tuple[tuple[str, Any], ...]) -> 
 def _shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     from fedmirasol.models import build_model
 
-    model = build_model(model_config(config), device="meta")
+    model = build_model(config.model.mirasol, device="meta")
     return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 

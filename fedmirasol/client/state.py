@@ -8,12 +8,15 @@ the interrupted one left off; a deployed client would point this at its own disk
 
 from __future__ import annotations
 
-import pickle
+import json
 from pathlib import Path
 
+import numpy as np
 from flwr.app import RecordDict
+from safetensors.numpy import load_file, save_file
 
 from fedmirasol.core.parameters import NumpyState, from_record, to_record
+from fedmirasol.errors import ConfigError
 
 LOCAL_PARAMS_KEY = "local-params"
 
@@ -42,7 +45,10 @@ def save_local_params(state: RecordDict, values: NumpyState) -> None:
 
 
 def _state_file(directory: str | Path, partition_id: int, server_round: int) -> Path:
-    return Path(directory) / f"client-{partition_id:05d}-round-{server_round:05d}.pkl"
+    """The mirror of one client's state after one round (safetensors; the record and array
+    names in its metadata). Ids are integers, so the name cannot leave `directory`."""
+    return Path(directory) / f"client-{int(partition_id):05d}-round-{int(server_round):05d}" \
+        ".safetensors"
 
 
 def mirror_to_disk(state: RecordDict, directory: str | Path, partition_id: int,
@@ -52,16 +58,29 @@ def mirror_to_disk(state: RecordDict, directory: str | Path, partition_id: int,
         return
     path = _state_file(directory, partition_id, server_round)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {key: from_record(record) for key, record in state.array_records.items()}
+    tensors: dict[str, np.ndarray] = {}
+    layout: list[list[str]] = []  # [record key, array name, tensor key]
+    for key, record in state.array_records.items():
+        for name, value in from_record(record).items():
+            tensor = f"t{len(layout)}"
+            tensors[tensor] = np.ascontiguousarray(value)
+            layout.append([key, name, tensor])
     tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as handle:
-        pickle.dump(payload, handle)
+    save_file(tensors, str(tmp), metadata={"layout": json.dumps(layout)})
     tmp.replace(path)
 
 
-def _read_mirror(path: Path) -> dict[str, NumpyState]:
-    with path.open("rb") as handle:
-        return pickle.load(handle)
+def read_mirror(path: Path) -> dict[str, NumpyState]:
+    """One mirror file: record key -> array name -> array."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        layout = json.loads((handle.metadata() or {})["layout"])
+    tensors = load_file(str(path))
+    payload: dict[str, NumpyState] = {}
+    for key, name, tensor in layout:
+        payload.setdefault(key, {})[name] = tensors[tensor]
+    return payload
 
 
 def restore_from_disk(state: RecordDict, directory: str | Path, partition_id: int,
@@ -75,14 +94,17 @@ def restore_from_disk(state: RecordDict, directory: str | Path, partition_id: in
     """
     if state.array_records or not Path(directory).is_dir():
         return False
+    if any(Path(directory).glob(f"client-{partition_id:05d}-round-*.pkl")):
+        raise ConfigError(f"{directory} holds client state of an older fedmirasol (pickle "
+                          "files); this version does not unpickle files: start a new run")
     candidates = sorted(
         (int(path.stem.rsplit("-", 1)[1]), path)
-        for path in Path(directory).glob(f"client-{partition_id:05d}-round-*.pkl")
+        for path in Path(directory).glob(f"client-{partition_id:05d}-round-*.safetensors")
     )
     earlier = [(r, path) for r, path in candidates if r <= up_to_round]
-    payload = _read_mirror(earlier[-1][1]) if earlier else {}
+    payload = read_mirror(earlier[-1][1]) if earlier else {}
     if candidates and candidates[-1][0] > up_to_round:
-        newest = _read_mirror(candidates[-1][1])
+        newest = read_mirror(candidates[-1][1])
         payload.update({key: newest[key] for key in never_back() if key in newest})
     if not payload:
         return False

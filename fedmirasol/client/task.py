@@ -8,8 +8,6 @@ local parameters (never sent) begin identical everywhere. Training is seeded by
 from __future__ import annotations
 
 import functools
-import math
-import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -30,25 +28,18 @@ from fedmirasol.core.parameters import (
     load_state,
     model_state,
 )
-from fedmirasol.pretrained.checkpoint import PretrainedSettings, load_pretrained
+from fedmirasol.pretrained.checkpoint import frozen_names
 from fedmirasol.core.proximal import proximal_term
-from fedmirasol.config.legacy import local_spec, model_config, parse_ids
 from fedmirasol.models import build_model
 from fedmirasol.personalization import (
     LocalWork,
-    PersonalizationSettings,
     evaluate_personal,
     reply_metrics,
     train_round,
 )
 from fedmirasol.privacy.client_level import clip_update
-from fedmirasol.privacy.settings import PrivacySettings
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate, train_epochs
-
-
-class InjectedFault(RuntimeError):
-    """Raised by a client listed in `faults.crash-clients`."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +52,7 @@ class TrainResult:
 @functools.lru_cache(maxsize=2)
 def _cached_model(config: RunConfig, local: str) -> tuple[nn.Module, NumpyState, ParameterSplit]:
     model = init_model(config)
-    frozen = PretrainedSettings.from_config(config).frozen_names(model)
+    frozen = frozen_names(config.pretrained, model)
     split = ParameterSplit.from_model(model, local, frozen)
     initial_local = model_state(model, split.local)
     return model, initial_local, split
@@ -71,7 +62,7 @@ def model_and_split(config: Mapping[str, Any]) -> tuple[nn.Module, NumpyState, P
     """A per-process model (reused across calls), its initial local state, and the split."""
     key = RunConfig.model_construct(seed=config.seed, model=config.model,
                                     pretrained=config.pretrained)
-    return _cached_model(key, local_spec(config))
+    return _cached_model(key, config.local_selectors())
 
 
 def prepare_model(config: Mapping[str, Any], global_shared: Mapping[str, np.ndarray],
@@ -93,11 +84,11 @@ def _optimizer(model: nn.Module, client: Mapping[str, Any],
                lr: float | None = None) -> torch.optim.Optimizer:
     """The client's optimizer over `model`'s trainable parameters (lr: None = client.lr)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    lr = client["lr"] if lr is None else lr
-    if client["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=client["momentum"],
-                               weight_decay=client["weight-decay"])
-    return torch.optim.Adam(params, lr=lr, weight_decay=client["weight-decay"])
+    lr = client.lr if lr is None else lr
+    if client.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=client.momentum,
+                               weight_decay=client.weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=client.weight_decay)
 
 
 def train(config: Mapping[str, Any], partition_id: int, server_round: int,
@@ -109,37 +100,33 @@ def train(config: Mapping[str, Any], partition_id: int, server_round: int,
     client whose round would pass its budget trains nothing and returns no update. With
     `privacy.client-level` the update is clipped to `privacy.client-clip-norm`.
     """
-    client = config["client"]
-    torch.set_num_threads(client["threads"])
-    if partition_id in parse_ids(config["faults"]["crash-clients"]):
-        raise InjectedFault(f"client {partition_id} crashed on purpose (faults.crash-clients)")
-    if partition_id in parse_ids(config["faults"]["slow-clients"]):
-        time.sleep(config["faults"]["slow-seconds"])
+    client = config.client
+    torch.set_num_threads(client.threads)
     data = client_data.client_data(config, partition_id)
-    privacy = PrivacySettings.from_config(config)
+    privacy = config.privacy
     private = None
     if privacy.enabled:
         from fedmirasol.privacy.client_round import PrivateRound  # Opacus: only under DP
 
         private = PrivateRound.begin(state, privacy, num_examples=len(data.train),
-                                     batch_size=client["batch-size"],
-                                     epochs=client["local-epochs"], num_rounds=config["num-rounds"])
+                                     batch_size=client.batch_size,
+                                     epochs=client.local_epochs, num_rounds=config.num_rounds)
         if not private.budget.allowed:  # never trains past the budget
             return TrainResult(update=None, num_examples=len(data.train),
                                metrics=private.metrics())
     model, split = prepare_model(config, global_shared, state)
-    device = resolve_device(client["device"])
+    device = resolve_device(client.device)
     model.to(device)
-    seed = seed_for(config["seed"], server_round, partition_id)
+    seed = seed_for(config.seed, server_round, partition_id)
     torch.manual_seed(seed)
     extra = proximal_term(proximal_mu, global_shared) if proximal_mu > 0 else None
-    loader = client_data.loader(data.train, client["batch-size"], shuffle=True, seed=seed)
+    loader = client_data.loader(data.train, client.batch_size, shuffle=True, seed=seed)
 
     def train_pass(target: nn.Module) -> dict[str, float]:
         """The ordinary local training: DP-SGD under privacy, plain epochs otherwise."""
         if private is None:
             return train_epochs(target, loader, _optimizer(target, client),
-                                epochs=client["local-epochs"], device=device, extra_loss=extra)
+                                epochs=client.local_epochs, device=device, extra_loss=extra)
         # Batches and noise from a secret seed (not the run's public one): see PrivateRound.
         result = private.train(target, data.train, _optimizer(target, client),
                                extra_loss=extra, device=device)
@@ -147,9 +134,9 @@ def train(config: Mapping[str, Any], partition_id: int, server_round: int,
         return result
 
     # Personalization (config validation refuses methods that train outside the DP pass).
-    metrics = train_round(PersonalizationSettings.from_config(config), LocalWork(
+    metrics = train_round(config.personalization, LocalWork(
         model=model, loader=loader, make_optimizer=lambda m, lr: _optimizer(m, client, lr),
-        train_pass=train_pass, epochs=client["local-epochs"], personal=split.local,
+        train_pass=train_pass, epochs=client.local_epochs, personal=split.local,
         global_shared=global_shared, state=state, device=device, extra_loss=extra))
     model.to("cpu")
     client_state.save_local_params(state, model_state(model, split.local))
@@ -164,9 +151,6 @@ def train(config: Mapping[str, Any], partition_id: int, server_round: int,
         reply.update(private.metrics())
     if privacy.client_level:
         update, reply["update-norm"] = clip_update(update, privacy.client_clip_norm)
-    if partition_id in parse_ids(config["faults"]["nan-clients"]):
-        first = next(iter(update))
-        update[first] = np.full_like(update[first], math.nan)
     reply.update({name: float(count) for name, count in data.skipped.items()})
     return TrainResult(update=update, num_examples=len(data.train), metrics=reply)
 
@@ -175,19 +159,19 @@ def evaluate_local(config: Mapping[str, Any], partition_id: int,
                    global_shared: Mapping[str, np.ndarray], state: RecordDict) -> dict[str, float]:
     """The global model (with this client's local parameters) on the client's validation split,
     and, with personalization, its personalized (and locally adapted) model."""
-    client = config["client"]
-    torch.set_num_threads(client["threads"])
+    client = config.client
+    torch.set_num_threads(client.threads)
     data = client_data.client_data(config, partition_id)
     model, _ = prepare_model(config, global_shared, state)
-    device = resolve_device(client["device"])
+    device = resolve_device(client.device)
     model.to(device)
-    val = client_data.loader(data.val, client["eval-batch-size"], shuffle=False)
+    val = client_data.loader(data.val, client.eval_batch_size, shuffle=False)
     result = evaluate(model, val, device=device)
     metrics: dict[str, float] = {"val-loss": result["loss"], "val-accuracy": result["accuracy"],
                                  "num-examples": int(result["num_examples"])}
-    train = client_data.loader(data.train, client["batch-size"], shuffle=True,
-                               seed=seed_for(config["seed"], partition_id, 3))
-    metrics.update(evaluate_personal(PersonalizationSettings.from_config(config), model, train,
+    train = client_data.loader(data.train, client.batch_size, shuffle=True,
+                               seed=seed_for(config.seed, partition_id, 3))
+    metrics.update(evaluate_personal(config.personalization, model, train,
                                      val, lambda m, lr: _optimizer(m, client, lr), state,
                                      result, device))
     model.to("cpu")

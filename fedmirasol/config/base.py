@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -11,47 +10,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from fedmirasol.errors import ConfigError, did_you_mean
 
 
-class LegacyLookups:
-    """TRANSITIONAL, removed once the library reads attributes: lets code written for the old
-    nested-dict config (``config["client"]["batch-size"]``) read a typed section unchanged."""
-
-    def _field(self, key: str) -> str:
-        fields = type(self).model_fields  # type: ignore[attr-defined]
-        for name, info in fields.items():
-            if key in (name, info.alias):
-                return name
-        raise KeyError(key)
-
-    def __getitem__(self, key: str) -> Any:
-        return getattr(self, self._field(key))
-
-    def __contains__(self, key: object) -> bool:
-        try:
-            self._field(str(key))
-        except KeyError:
-            return False
-        return True
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self[key] if key in self else default
-
-    def keys(self) -> list[str]:
-        fields = type(self).model_fields  # type: ignore[attr-defined]
-        return [info.alias or name for name, info in fields.items()]
-
-    def items(self) -> list[tuple[str, Any]]:
-        return [(key, self[key]) for key in self.keys()]
-
-    def values(self) -> list[Any]:
-        return [self[key] for key in self.keys()]
-
-
 def dashed(name: str) -> str:
     """A field name as a config key: ``batch_size`` -> ``batch-size``."""
     return name.replace("_", "-")
 
 
-class Section(LegacyLookups, BaseModel):
+class Section(BaseModel):
     """One table of the run config (``[client]``, ``[privacy]``, ...).
 
     Frozen (hashable, so a config can key a cache), strict (``"2"`` is not an integer, ``1``
@@ -91,6 +55,3 @@ def config_error(error: ValidationError, prefix: str = "") -> ConfigError:
         else:
             lines.append(f"config key {key!r}: {item['msg']}, got {item['input']!r}")
     return ConfigError("; ".join(dict.fromkeys(lines)))
-
-
-Mapping.register(Section)  # TRANSITIONAL: old code flattens sections as mappings

@@ -38,16 +38,6 @@ class ModelConfig(Section):
     def table(self) -> dict[str, Any]:
         return {"name": self.name, **{k: _plain(v) for k, v in self.overrides}}
 
-    # TRANSITIONAL lookups in the table's form (model.name plus the overridden fields)
-    def keys(self) -> list[str]:
-        return list(self.table())
-
-    def __getitem__(self, key: str) -> Any:
-        return self.table()[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.table()
-
     @model_validator(mode="after")
     def _check(self) -> "ModelConfig":
         if self.name not in NAMED_CONFIGS:

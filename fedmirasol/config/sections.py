@@ -128,6 +128,23 @@ class FaultsConfig(Section):
     slow_clients: str = ""  # sleep `slow-seconds` before training (to test round timeouts)
     slow_seconds: float = 0.0
 
+    @model_validator(mode="after")
+    def _check(self) -> "FaultsConfig":
+        for kind in ("crash", "nan", "slow"):
+            self.clients(kind)  # raises, naming the key, on an item that is not an id
+        return self
+
+    def clients(self, kind: Literal["crash", "nan", "slow"]) -> set[int]:
+        """The partition ids listed in `faults.<kind>-clients` ('1, 4,7' -> {1, 4, 7})."""
+        ids: set[int] = set()
+        text = getattr(self, f"{kind}_clients")
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            if not item.lstrip("-").isdigit():
+                raise ConfigError(f"config key 'faults.{kind}-clients': {item!r} is not a "
+                                  "client (partition) id")
+            ids.add(int(item))
+        return ids
+
 
 class ServerConfig(Section):
     evaluate_every: int = 1  # centralized evaluation every N rounds (0: never)

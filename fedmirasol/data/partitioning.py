@@ -11,7 +11,7 @@ run seed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -19,6 +19,24 @@ from fedmirasol.errors import ConfigError
 
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
+
+
+class DataSettings(Protocol):
+    """What partitioning reads of the run config's ``[data]`` section (its DataConfig; this
+    layer does not import the config package)."""
+
+    source: str
+    num_clients: int
+    partitioner: str
+    alpha: float
+    min_partition_size: int
+    classes_per_client: int
+    quantity_alpha: float
+    val_fraction: float
+    drop_audio_prob: float
+    drop_video_prob: float
+    domains: int
+    manifest: str
 
 
 @dataclass(frozen=True)
@@ -48,7 +66,7 @@ def quantity_sizes(total: int, num_partitions: int, alpha: float, min_size: int,
     return [int(s) for s in sizes]
 
 
-def build_partitioner(data: Mapping[str, Any], num_labels: int, seed: int) -> Partitioner:
+def build_partitioner(data: DataSettings, num_labels: int, seed: int) -> Partitioner:
     """The flwr-datasets partitioner a run config's `data` section describes."""
     from flwr_datasets.partitioner import (
         DirichletPartitioner,
@@ -57,79 +75,79 @@ def build_partitioner(data: Mapping[str, Any], num_labels: int, seed: int) -> Pa
         SizePartitioner,
     )
 
-    n = data["num-clients"]
-    scheme = data["partitioner"]
+    n = data.num_clients
+    scheme = data.partitioner
     if scheme == "iid":
         return IidPartitioner(num_partitions=n)
     if scheme == "dirichlet":
         return DirichletPartitioner(
-            num_partitions=n, partition_by="label", alpha=data["alpha"],
-            min_partition_size=data["min-partition-size"], self_balancing=True, seed=seed,
+            num_partitions=n, partition_by="label", alpha=data.alpha,
+            min_partition_size=data.min_partition_size, self_balancing=True, seed=seed,
         )
     if scheme == "pathological":
         return PathologicalPartitioner(
             num_partitions=n, partition_by="label",
-            num_classes_per_partition=data["classes-per-client"],
+            num_classes_per_partition=data.classes_per_client,
             class_assignment_mode="first-deterministic", seed=seed,
         )
     if scheme == "quantity":
-        sizes = quantity_sizes(num_labels, n, data["quantity-alpha"],
-                               data["min-partition-size"], seed)
+        sizes = quantity_sizes(num_labels, n, data.quantity_alpha,
+                               data.min_partition_size, seed)
         return SizePartitioner(partition_sizes=sizes)
     raise ConfigError(f"unknown data.partitioner {scheme!r}")
 
 
-def partition_indices(labels: np.ndarray, data: Mapping[str, Any], seed: int) -> list[np.ndarray]:
+def partition_indices(labels: np.ndarray, data: DataSettings, seed: int) -> list[np.ndarray]:
     """Pool indices per client, in partition-id order."""
-    if data["partitioner"] == "iid":  # IidPartitioner's contiguous shards, without a table
-        return list(np.array_split(np.arange(len(labels), dtype=np.int64), data["num-clients"]))
+    if data.partitioner == "iid":  # IidPartitioner's contiguous shards, without a table
+        return list(np.array_split(np.arange(len(labels), dtype=np.int64), data.num_clients))
     from datasets import Dataset
 
     table = Dataset.from_dict({"index": np.arange(len(labels)), "label": labels.astype(np.int64)})
     partitioner = build_partitioner(data, len(labels), seed)
     partitioner.dataset = table
     parts = [np.asarray(partitioner.load_partition(pid)["index"], dtype=np.int64)
-             for pid in range(data["num-clients"])]
+             for pid in range(data.num_clients)]
     return parts
 
 
-def _pool_name(data: Mapping[str, Any]) -> str:
-    if data.get("source") == "manifest":
-        return f"manifest {data.get('manifest')}"
+def _pool_name(data: DataSettings) -> str:
+    if data.source == "manifest":
+        return f"manifest {data.manifest}"
     return "the synthetic pool (data.num-clients x data.clips-per-client)"
 
 
-def _partitioner_keys(data: Mapping[str, Any]) -> str:
+def _partitioner_keys(data: DataSettings) -> str:
     """The keys that shape the chosen partitioner, `key = value`, for error messages."""
     keys = {"dirichlet": ("alpha", "min-partition-size"), "quantity": ("quantity-alpha",
             "min-partition-size"), "pathological": ("classes-per-client",)}
-    return ", ".join(f"data.{key} = {data[key]!r}"
-                     for key in ("partitioner", *keys.get(data["partitioner"], ())))
+    return ", ".join(f"data.{key} = {getattr(data, key.replace('-', '_'))!r}"
+                     for key in ("partitioner", *keys.get(data.partitioner, ())))
 
 
-def check_pool_size(num_clips: int, data: Mapping[str, Any]) -> None:
+def check_pool_size(num_clips: int, data: DataSettings) -> None:
     """Enough clips for every client to get its fewest (2: train + validation; Dirichlet and
     quantity skew: data.min-partition-size), or a ConfigError naming the keys and sizes."""
-    n = data["num-clients"]
+    n = data.num_clients
     per = 2
-    if data["partitioner"] in ("dirichlet", "quantity"):
-        per = max(2, data["min-partition-size"])
+    if data.partitioner in ("dirichlet", "quantity"):
+        per = max(2, data.min_partition_size)
     if num_clips >= n * per:
         return
-    fewest = (f"data.min-partition-size = {data['min-partition-size']} per client"
-              if per == data.get("min-partition-size") else
+    fewest = (f"data.min-partition-size = {data.min_partition_size} per client"
+              if per == data.min_partition_size else
               "2 per client: one to train, one to validate")
     raise ConfigError(f"data.num-clients = {n} needs at least {n * per} clips ({fewest}); "
                       f"{_pool_name(data)} has {num_clips}: lower data.num-clients"
-                      + (" or list more clips in the manifest" if data.get("source") == "manifest"
+                      + (" or list more clips in the manifest" if data.source == "manifest"
                          else " or raise data.clips-per-client"))
 
 
-def client_specs(labels: np.ndarray, data: Mapping[str, Any], seed: int) -> list[ClientSpec]:
+def client_specs(labels: np.ndarray, data: DataSettings, seed: int) -> list[ClientSpec]:
     """Every client's local train/validation split, domain and missing modalities."""
     check_pool_size(len(labels), data)
     order = np.arange(len(labels))
-    if data["partitioner"] == "quantity":  # sizes come in contiguous ranges: shuffle first
+    if data.partitioner == "quantity":  # sizes come in contiguous ranges: shuffle first
         order = np.random.default_rng([seed, 0x0DE]).permutation(len(labels))
     try:
         parts = [order[part] for part in partition_indices(labels[order], data, seed)]
@@ -137,7 +155,7 @@ def client_specs(labels: np.ndarray, data: Mapping[str, Any], seed: int) -> list
         raise
     except ValueError as error:  # flwr-datasets' message, which names no config key
         raise ConfigError(f"{_partitioner_keys(data)} cannot split the {len(labels)} clips of "
-                          f"{_pool_name(data)} among data.num-clients = {data['num-clients']} "
+                          f"{_pool_name(data)} among data.num-clients = {data.num_clients} "
                           f"clients: {error}") from error
     specs = []
     for pid, indices in enumerate(parts):
@@ -149,11 +167,11 @@ def client_specs(labels: np.ndarray, data: Mapping[str, Any], seed: int) -> list
                               f"lower data.num-clients")
         rng = np.random.default_rng([seed, pid, 0xC11E])
         indices = rng.permutation(indices)
-        num_val = min(max(1, round(len(indices) * data["val-fraction"])), len(indices) - 1)
+        num_val = min(max(1, round(len(indices) * data.val_fraction)), len(indices) - 1)
         draw = rng.random()
-        drop_audio = draw < data["drop-audio-prob"]
-        drop_video = not drop_audio and draw < data["drop-audio-prob"] + data["drop-video-prob"]
-        domains = data["domains"]
+        drop_audio = draw < data.drop_audio_prob
+        drop_video = not drop_audio and draw < data.drop_audio_prob + data.drop_video_prob
+        domains = data.domains
         specs.append(ClientSpec(
             partition_id=pid,
             train_indices=tuple(int(i) for i in indices[num_val:]),

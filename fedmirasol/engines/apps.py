@@ -7,18 +7,19 @@
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, ContextManager, Mapping
 
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedmirasol.client import handlers as client_handlers
+from fedmirasol.client.mods import client_mods, with_faults
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.runs.report import print_progress
-from fedmirasol.config.legacy import from_flower_run_config
+from fedmirasol.runs.resume import OpenedRun, open_run
+from fedmirasol.config import RunConfig, from_flower_run_config
+from fedmirasol.pretrained.checkpoint import with_digest
 from fedmirasol.server.loop import FederatedRun, Progress
 from fedmirasol.secagg import client as secagg_client
 
@@ -26,15 +27,17 @@ log = logging.getLogger("fedmirasol.server")
 
 
 def build_client_app() -> ClientApp:
-    app = ClientApp()
+    app = ClientApp(mods=client_mods())
     app.train()(client_handlers.handle_train)
     app.evaluate()(client_handlers.handle_evaluate)
     app.query()(client_handlers.handle_query)
-    secagg_client.register(app)  # the secure-aggregation stages (used when secagg.enabled)
+    # the secure-aggregation stages (used when secagg.enabled) mask what handle_train returns
+    secagg_client.register(app, with_faults(client_handlers.handle_train),
+                           client_handlers.run_seed)
     return app
 
 
-def build_server_app(config: Mapping[str, Any] | None = None, run_dir: Path | None = None,
+def build_server_app(config: RunConfig | None = None, run_dir: Path | None = None,
                      checkpoint: rundir.Checkpoint | None = None,
                      progress: Progress | None = None, simulation_slots: int = 0
                      ) -> ServerApp:
@@ -52,29 +55,22 @@ def build_server_app(config: Mapping[str, Any] | None = None, run_dir: Path | No
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        cfg = config if config is not None else from_flower_run_config(context.run_config)
-        directory, resume_from = run_dir, checkpoint
-        if directory is None and cfg["output"]["resume-from"]:  # a deployed run, restarted
-            from fedmirasol.runs.resume import open_for_resume
-
-            directory = Path(cfg["output"]["resume-from"])
-            cfg, resume_from = open_for_resume(directory)
-        guard: ContextManager[Any] = nullcontext()
-        if directory is None:
-            directory = rundir.create(cfg["output"]["runs-dir"], cfg["name"])
-            rundir.write_config(directory, cfg)
-            print(f"fedmirasol: run directory {directory.resolve()}", flush=True)
-            guard = rundir.removed_if_failed_early(directory)  # made here: removed here
-        with guard:
-            run = FederatedRun(grid, cfg, directory,
+        cfg = config if config is not None \
+            else with_digest(from_flower_run_config(context.run_config))
+        if run_dir is not None:  # the caller (`fedmirasol simulate`) opened the run directory
+            opened = OpenedRun(run_dir, cfg, checkpoint, created=False)
+        else:  # a new run, or a deployed run restarted (output.resume-from)
+            opened = open_run(cfg, cfg.output.resume_from or None)
+        with opened.guard():  # a directory made here is removed here if the run fails early
+            run = FederatedRun(grid, opened.config, opened.run_dir,
                                progress if config is not None else print_progress,
                                simulation_slots=simulation_slots)
-            if resume_from is not None:
-                run.resume(resume_from)
+            if opened.checkpoint is not None:
+                run.resume(opened.checkpoint)
             run.run()
-        if cfg.output.plots:
+        if opened.config.output.plots:
             from fedmirasol.runs.plots import plot_run
 
-            plot_run(directory)
+            plot_run(opened.run_dir)
 
     return app

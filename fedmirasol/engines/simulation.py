@@ -6,14 +6,17 @@ import logging
 import os
 import sys
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Mapping
 
-from fedmirasol.runs import run_dir as rundir
+from fedmirasol.config import RunConfig
 from fedmirasol.engines.apps import build_client_app, build_server_app
+from fedmirasol.runs import run_dir as rundir
 from fedmirasol.runs.report import print_progress
+from fedmirasol.runs.resume import open_run
 from fedmirasol.server.loop import Progress
+
+log = logging.getLogger("fedmirasol.engines")
 
 
 class StopRun(Exception):
@@ -21,11 +24,11 @@ class StopRun(Exception):
     directory keeps its checkpoints and can be resumed)."""
 
 
-def backend_config(config: Mapping[str, Any]) -> dict[str, Any]:
+def backend_config(config: RunConfig) -> dict[str, Any]:
     """Ray resources: `client.threads` CPUs per virtual client; as many clients in parallel as
     the cores allow, or `simulation.max-parallel-clients`."""
-    threads = config["client"]["threads"]
-    parallel = config["simulation"]["max-parallel-clients"]
+    threads = config.client.threads
+    parallel = config.simulation.max_parallel_clients
     cpus = parallel * threads if parallel else max(os.cpu_count() or 1, threads)
     return {
         "client_resources": {"num_cpus": threads, "num_gpus": 0.0},
@@ -84,31 +87,20 @@ def _run_simulation(**kwargs: Any) -> None:
         flower.removeFilter(quiet)
 
 
-def simulate(config: Mapping[str, Any] | None = None, *, resume: str | Path | None = None,
+def simulate(config: RunConfig | None = None, *, resume: str | Path | None = None,
              progress: Progress | None = print_progress, quiet_flower: bool = True) -> Path:
     """Run `config` (or resume the run directory `resume`) to the end; return the run dir.
 
     A new run directory that fails before its first round is removed again (it would hold
     nothing to report or resume)."""
-    checkpoint = None
-    if resume is not None:
-        from fedmirasol.runs.resume import open_for_resume
-
-        run_dir = Path(resume)
-        config, checkpoint = open_for_resume(run_dir)
-    elif config is None:
-        raise ValueError("simulate needs a config or a run directory to resume")
-    else:
-        run_dir = rundir.create(config["output"]["runs-dir"], config["name"])
-        rundir.write_config(run_dir, config)
-    print(f"fedmirasol: run directory {run_dir.resolve()}", flush=True)
-    with rundir.removed_if_failed_early(run_dir) if resume is None else nullcontext():
-        _simulate(config, run_dir, checkpoint, progress, quiet_flower)
+    opened = open_run(config, resume)
+    with opened.guard():
+        _simulate(opened.config, opened.run_dir, opened.checkpoint, progress, quiet_flower)
     sys.stdout.flush()
-    return run_dir
+    return opened.run_dir
 
 
-def _simulate(config: Mapping[str, Any], run_dir: Path, checkpoint: rundir.Checkpoint | None,
+def _simulate(config: RunConfig, run_dir: Path, checkpoint: rundir.Checkpoint | None,
               progress: Progress | None, quiet_flower: bool) -> None:
     if quiet_flower:
         logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -120,7 +112,7 @@ def _simulate(config: Mapping[str, Any], run_dir: Path, checkpoint: rundir.Check
     try:
         _run_simulation(
             server_app=server_app, client_app=build_client_app(),
-            num_supernodes=config["data"]["num-clients"], backend_config=backend,
+            num_supernodes=config.data.num_clients, backend_config=backend,
         )
     except RuntimeError as error:
         if isinstance(error.__cause__, StopRun) or isinstance(error, StopRun):

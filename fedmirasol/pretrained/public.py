@@ -24,6 +24,7 @@ a recipe's entry by itself, e.g. before `flwr run .`.
 
 from __future__ import annotations
 
+import logging
 import argparse
 import contextlib
 import hashlib
@@ -39,6 +40,8 @@ from typing import Any, Callable, Iterable
 
 from fedmirasol.errors import ConfigError  # a user's error: one line from `fedmirasol`
 
+log = logging.getLogger("fedmirasol.pretrained")
+
 PREFIX = "public:"
 CACHE_ROOT = Path("runs") / "pretrained-public"
 RECIPE_FILE = "recipe.json"
@@ -50,7 +53,7 @@ DEFAULT_THREADS = 1
 
 
 def say(line: str) -> None:
-    print(line, flush=True)  # progress shows at once, also when stdout is a file
+    log.info("%s", line)
 
 
 def is_recipe(checkpoint: str) -> bool:

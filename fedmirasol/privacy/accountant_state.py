@@ -1,4 +1,5 @@
-"""An Opacus accountant's history as plain numpy arrays, and back.
+"""An Opacus accountant's state (its `state_dict()`: mechanism and history) as plain numpy
+arrays, and back through `load_state_dict()`.
 
 The arrays fit a Flower ``ArrayRecord`` in ``context.state`` (and the simulation's on-disk
 mirror of it), so a client's accounting survives rounds and restarts: restoring gives an
@@ -21,10 +22,11 @@ def new_accountant(mechanism: str) -> IAccountant:
 
 def accountant_to_arrays(accountant: IAccountant) -> dict[str, np.ndarray]:
     """The accountant's full history, exactly (float64 holds every sigma, q and step count)."""
-    rows = [(float(sigma), float(q), float(steps)) for sigma, q, steps in accountant.history]
+    state = accountant.state_dict()
+    rows = [(float(sigma), float(q), float(steps)) for sigma, q, steps in state["history"]]
     history = np.asarray(rows, dtype=np.float64).reshape(len(rows), 3)
     return {HISTORY: history,
-            MECHANISM: np.frombuffer(accountant.mechanism().encode("ascii"), dtype=np.uint8).copy()}
+            MECHANISM: np.frombuffer(state["mechanism"].encode("ascii"), dtype=np.uint8).copy()}
 
 
 def accountant_from_arrays(arrays: dict[str, np.ndarray], expected: str | None = None) -> IAccountant:
@@ -44,7 +46,8 @@ def accountant_from_arrays(arrays: dict[str, np.ndarray], expected: str | None =
     for sigma, q, steps in history:
         if steps != int(steps) or steps < 1 or not 0 < q <= 1 or sigma < 0:
             raise ValueError(f"saved accountant has an invalid entry {(sigma, q, steps)}")
-    accountant.history = [(float(sigma), float(q), int(steps)) for sigma, q, steps in history]
+    accountant.load_state_dict({"mechanism": mechanism, "history": [
+        (float(sigma), float(q), int(steps)) for sigma, q, steps in history]})
     return accountant
 
 

@@ -40,7 +40,7 @@ from fedmirasol.privacy.accountant_state import (
 from fedmirasol.privacy.budget import BudgetCheck, check_budget
 from fedmirasol.privacy.calibration import SamplingPlan, calibrate_noise_multiplier
 from fedmirasol.privacy.dp_training import ExtraLoss, train_private
-from fedmirasol.privacy.settings import PrivacySettings
+from fedmirasol.config.privacy import PrivacyConfig as PrivacySettings
 
 STATE_KEY = "privacy-accountant"  # ArrayRecord in context.state
 NOISE_KEY = "noise-multiplier"  # the client's (calibrated) sigma, kept with the history

@@ -1,11 +1,13 @@
 """The server's side of DP in a run: the ledger, clients out of budget, client-level noise.
 
-Each round the server loop hands this object the train replies:
+Each round the server's reply filters (`fedmirasol.server.filters`) and its client-level DP
+aggregator hand this object the train replies:
 
 - `take_exhausted` removes the replies that say "budget exhausted" (metrics only, no update);
   those clients are recorded and left out of every later round's training;
 - `record_clients` writes each client's ``dp-*`` figures to the privacy ledger (clients whose
   update was rejected spent their privacy too, so every reply with DP metrics is recorded);
+- `check_reported` (DP-SGD) rejects updates whose DP figures the ledger cannot record;
 - under client-level DP, `check_clipped` rejects updates above the clip bound and `aggregate`
   replaces the strategy's weighted mean by the equal-weight mean of the clipped updates over
   the sampled clients plus Gaussian noise, and composes it in the client-level accountant.
@@ -18,18 +20,18 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from flwr.app import Message
 from flwr.supercore.differential_privacy import get_norm
 
+from fedmirasol.config.run import RunConfig
 from fedmirasol.core.parameters import NumpyState, from_record, to_record
 from fedmirasol.core.reply_checks import Rejection, check_metrics, reply_partition
 from fedmirasol.privacy import ledger
 from fedmirasol.privacy.client_level import ClientLevelAccountant, clip_update, noise_aggregate
 from fedmirasol.privacy.client_round import EXHAUSTED, budget_exhausted
-from fedmirasol.privacy.settings import PrivacySettings
 
 EXHAUSTED_FIELD = "budget_exhausted"  # metrics.jsonl: partitions that replied "exhausted"
 CLIP_SLACK = 1e-5  # float32 rounding of a clipped update's norm
@@ -52,15 +54,15 @@ def _metrics(reply: Message) -> Mapping[str, Any]:
 class ServerPrivacy:
     """Privacy bookkeeping of one run (fresh or resumed) on the server."""
 
-    def __init__(self, config: Mapping[str, Any], run_dir: Any,
+    def __init__(self, config: RunConfig, run_dir: Any,
                  trainable: Iterable[str]) -> None:
         """`trainable`: the shared names of trainable parameters, the only entries that
         client-level DP updates (and noises); buffers such as the mel filterbank keep their
         global value."""
-        self.settings = PrivacySettings.from_config(config)
+        self.settings = config.privacy
         self.run_dir = run_dir
         self.trainable = frozenset(trainable)
-        self.num_clients = int(config["data"]["num-clients"])
+        self.num_clients = int(config.data.num_clients)
         self.exhausted: set[int] = set()
         self.client_level = (ClientLevelAccountant(self.num_clients, self.settings.delta)
                              if self.settings.client_level else None)
@@ -153,37 +155,29 @@ class ServerPrivacy:
                             metrics.get("partition-id"), problem)
         ledger.append(self.run_dir, records)
 
+    def reported_problem(self, server_round: int, reply: Message) -> str | None:
+        """Under DP-SGD, why the ledger cannot record a reply's DP figures (missing or
+        malformed); None when it can, or without DP-SGD."""
+        if not self.settings.enabled:
+            return None
+        metrics = dict(_metrics(reply)) if "metrics" in reply.content.metric_records else {}
+        return self._ledger_record(server_round, metrics)[1]
+
     def check_reported(self, server_round: int, replies: list[Message],
                        partitions: Mapping[int, int]) -> tuple[list[Message], list[Rejection]]:
-        """Under DP-SGD, reject updates the ledger cannot cover (DP figures missing or
-        malformed): nothing is aggregated whose privacy spend is not on record."""
+        """Under DP-SGD, reject updates the ledger cannot cover (`reported_problem`): nothing
+        is aggregated whose privacy spend is not on record."""
         if not self.settings.enabled:
             return replies, []
         accepted, rejected = [], []
         for reply in replies:
-            _, problem = self._ledger_record(server_round, dict(_metrics(reply)))
+            problem = self.reported_problem(server_round, reply)
             if problem is None:
                 accepted.append(reply)
             else:
                 rejected.append(Rejection(reply.metadata.src_node_id,
                                           reply_partition(reply, partitions), problem))
         return accepted, rejected
-
-    def secure_screen(self, server_round: int) -> Callable[[Message], str | None]:
-        """Why a masked reply must stay out of a secure sum (None: it may go in): a malformed
-        "budget exhausted" reply, or, under DP-SGD, DP figures the ledger cannot record (as
-        `check_reported` in the plain path). Under client-level DP the masked update's norm
-        cannot be inspected: only that every value lies within the quantization range."""
-
-        def screen(reply: Message) -> str | None:
-            if self.claims_exhausted(reply):
-                return self.exhausted_problem(reply)
-            if not self.settings.enabled:
-                return None
-            metrics = dict(_metrics(reply)) if "metrics" in reply.content.metric_records else {}
-            return self._ledger_record(server_round, metrics)[1]
-
-        return screen
 
     def check_clipped(self, replies: list[Message], partitions: Mapping[int, int]
                       ) -> tuple[list[Message], list[Rejection]]:

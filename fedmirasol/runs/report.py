@@ -1,14 +1,18 @@
-"""A run's summary (report.json) and the table `fedmirasol report` prints, from metrics.jsonl."""
+"""A run's summary (report.json) and the table `fedmirasol report` prints, from metrics.jsonl.
+
+report.json is assembled here only: `write_report` when a run finishes, `add_to_report` for
+what its caller measured (wall-clock time, the centralized baseline)."""
 
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from fedmirasol.config import RunConfig
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.core.metrics import mean
 from fedmirasol.privacy import ledger
@@ -28,11 +32,11 @@ def build_report(run_dir: str | Path, shared: Mapping[str, np.ndarray] | None = 
     final = rounds[-1]
     clients = final.get("clients", {})
     return {
-        "name": config["name"],
-        "strategy": config["strategy"]["name"],
-        "split_local": config["split"]["local"],
+        "name": config.name,
+        "strategy": config.strategy.name,
+        "split_local": config.split.local,
         "rounds_completed": final["round"],
-        "num_rounds": config["num-rounds"],
+        "num_rounds": config.num_rounds,
         "final_centralized_accuracy": final["centralized_accuracy"],
         "final_centralized_loss": final["centralized_loss"],
         "best_centralized_accuracy": max((r["centralized_accuracy"] for r in rounds
@@ -61,6 +65,31 @@ def build_report(run_dir: str | Path, shared: Mapping[str, np.ndarray] | None = 
     }
 
 
+def write_report(run_dir: str | Path, *, shared: Mapping[str, np.ndarray] | None = None,
+                 discovery_problems: Sequence[str] = (), local_parameters: Sequence[str] = (),
+                 stopped_early: str | None = None) -> dict[str, Any]:
+    """Write report.json at the end of a run (the server loop's finish): `build_report` and
+    what the server knows of the run (nodes left out at discovery, the parameters kept on the
+    clients, why it stopped early); return the report."""
+    report = build_report(run_dir, shared=shared)
+    report.update(discovery_problems=list(discovery_problems),
+                  local_parameters=list(local_parameters), stopped_early=stopped_early)
+    rundir.write_report(run_dir, report)
+    return report
+
+
+def add_to_report(run_dir: str | Path, *, wall_clock_seconds: float | None = None,
+                  baseline: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Add what the caller of a finished run measured to its report.json: the run's wall-clock
+    time, the centralized baseline's figures (`engines.centralized_baseline`); return it."""
+    report = rundir.read_report(run_dir)
+    if wall_clock_seconds is not None:
+        report["wall_clock_seconds"] = wall_clock_seconds
+    report.update(baseline or {})
+    rundir.write_report(run_dir, report)
+    return report
+
+
 def shared_counts(shared: Mapping[str, np.ndarray] | None) -> dict[str, int]:
     """How much of the model is shared with the server: `shared_parameters`, the number of
     scalar values (weights and the float buffers such as BatchNorm statistics that travel with
@@ -82,10 +111,10 @@ def _last_quarter(rounds: list[dict]) -> list[dict]:
     return rounds[-max(1, len(rounds) // 4):]
 
 
-def _personalization_summary(config: Mapping[str, Any], rounds: list[dict]) -> dict[str, Any]:
+def _personalization_summary(config: RunConfig, rounds: list[dict]) -> dict[str, Any]:
     """Personalized (and locally adapted) accuracy beside the global model's, per client and as
     means; empty for runs without personalization."""
-    method = config.get("personalization", {}).get("method", "none")
+    method = config.personalization.method
     summary: dict[str, Any] = {}
     quarter = _last_quarter(rounds)
     for kind in ("personal", "adapted"):

@@ -6,7 +6,7 @@ Layout::
         config.json          the resolved run config
         partitions.json      per client: data sizes, label histogram, domain, modalities
         metrics.jsonl        one JSON object per completed round
-        checkpoints/round-NNNN.pkl  global shared arrays + strategy state after round N
+        checkpoints/round-NNNN.{safetensors,json}  global shared arrays + strategy state after round N
         client-state/        client state mirrors (simulation only; for resuming)
         final_model.pt       the final global model's state_dict
         report.json          summary of the run
@@ -15,8 +15,8 @@ Layout::
 
 from __future__ import annotations
 
+import logging
 import json
-import pickle
 import shutil
 import time
 from contextlib import contextmanager
@@ -26,8 +26,12 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
+from safetensors.numpy import load_file, save_file
 
 from fedmirasol.config import RunConfig, from_table, to_table
+from fedmirasol.errors import ConfigError
+
+log = logging.getLogger("fedmirasol.runs")
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -67,8 +71,7 @@ def removed_if_failed_early(run_dir: Path) -> Iterator[Path]:
     except BaseException:
         if run_dir.is_dir() and not completed_a_round(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
-            print(f"fedmirasol: removed {run_dir}: the run failed before its first round",
-                  flush=True)
+            log.info("fedmirasol: removed %s: the run failed before its first round", run_dir)
         raise
 
 
@@ -107,32 +110,74 @@ def truncate_metrics(run_dir: Path, last_round: int) -> None:
     (run_dir / METRICS_FILE).write_text(text)
 
 
+# A strategy's round-to-round state: attribute -> (kind, array names, arrays), kind one of
+# "dict" (name -> array), "record" (an ArrayRecord), "list" (arrays in order).
+StrategyState = dict[str, tuple[str, list[str], list[np.ndarray]]]
+
+
 @dataclass
 class Checkpoint:
     server_round: int
     global_shared: dict[str, np.ndarray]
-    strategy_state: bytes
+    strategy_state: StrategyState
     partitions: dict[int, int]  # node id -> partition id at the time (informational)
 
 
+CHECKPOINT_FORMAT = "fedmirasol-checkpoint-1"
+
+
 def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
+    """round-NNNN.safetensors (the global shared parameters and the strategy's arrays) and
+    round-NNNN.json (the round, the strategy state's layout, the partitions): no pickle."""
     directory = run_dir / CHECKPOINT_DIR
     directory.mkdir(exist_ok=True)
-    path = directory / f"round-{checkpoint.server_round:04d}.pkl"
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as handle:
-        pickle.dump(checkpoint, handle)
-    tmp.replace(path)
-    return path
+    stem = directory / f"round-{checkpoint.server_round:04d}"
+    tensors = {f"global/{name}": np.ascontiguousarray(value)
+               for name, value in checkpoint.global_shared.items()}
+    layout = {}
+    for attr, (kind, names, arrays) in checkpoint.strategy_state.items():
+        layout[attr] = {"kind": kind, "names": names}
+        tensors.update({f"strategy/{attr}/{i}": np.ascontiguousarray(a)
+                        for i, a in enumerate(arrays)})
+    meta = {"format": CHECKPOINT_FORMAT, "server_round": checkpoint.server_round,
+            "global": list(checkpoint.global_shared), "strategy": layout,
+            "partitions": {str(node): pid for node, pid in checkpoint.partitions.items()}}
+    arrays_tmp, meta_tmp = stem.with_suffix(".safetensors.tmp"), stem.with_suffix(".json.tmp")
+    save_file(tensors, str(arrays_tmp))
+    meta_tmp.write_text(json.dumps(meta, indent=1) + "\n")
+    arrays_tmp.replace(stem.with_suffix(".safetensors"))
+    meta_tmp.replace(stem.with_suffix(".json"))  # written last: marks the checkpoint complete
+    return stem.with_suffix(".json")
 
 
 def latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
     directory = Path(run_dir) / CHECKPOINT_DIR
-    paths = sorted(directory.glob("round-*.pkl")) if directory.is_dir() else []
-    if not paths:
+    if not directory.is_dir():
         return None
-    with paths[-1].open("rb") as handle:
-        return pickle.load(handle)
+    metas = sorted(directory.glob("round-*.json"))
+    if not metas:
+        old = sorted(directory.glob("round-*.pkl"))
+        if old:
+            raise ConfigError(f"{old[-1]} is a checkpoint of an older fedmirasol (a pickle); "
+                              "this version reads safetensors + JSON checkpoints only and does "
+                              "not unpickle files: start a new run")
+        return None
+    return read_checkpoint(metas[-1])
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """The checkpoint whose round-NNNN.json is `path`."""
+    meta = json.loads(path.read_text())
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    tensors = load_file(str(path.with_suffix(".safetensors")))
+    state = {attr: (entry["kind"], entry["names"],
+                    [tensors[f"strategy/{attr}/{i}"] for i in range(len(entry["names"]))])
+             for attr, entry in meta["strategy"].items()}
+    return Checkpoint(server_round=int(meta["server_round"]),
+                      global_shared={name: tensors[f"global/{name}"] for name in meta["global"]},
+                      strategy_state=state,
+                      partitions={int(node): int(pid) for node, pid in meta["partitions"].items()})
 
 
 def save_final_model(run_dir: Path, state_dict: Mapping[str, torch.Tensor],

@@ -16,7 +16,6 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedmirasol.client import handlers as client_handlers
 from fedmirasol.core.seeds import seed_for
 from fedmirasol.core.parameters import from_record, to_record
 from fedmirasol.secagg import keys
@@ -114,36 +113,34 @@ def _receive_shares(message: Message, state: ConfigRecord, record: ConfigRecord)
                   "held-key": [o[1] for o in opened]})
 
 
-TrainFn = Callable[[Message, Context], Message]
+TrainFn = Callable[[Message, Context], Message]  # the app's train handler
+RunSeedFn = Callable[[Message], int]  # the run's seed, from the config a message carries
 
 
-def _rounding_seed(message: Message, metrics: Mapping[str, Any]) -> int:
+def _rounding_seed(message: Message, metrics: Mapping[str, Any], run_seed: RunSeedFn) -> int:
     """Stochastic rounding seeded by (run seed, round, partition): a resumed run repeats."""
     record = message.content.config_records.get("config", {})
-    run_seed = 0
-    if client_handlers.CONFIG_KEY in record:
-        run_seed = client_handlers._run_config(message)[0]["seed"]
-    return seed_for(run_seed, int(record.get("server-round", 0)),
+    return seed_for(run_seed(message), int(record.get("server-round", 0)),
                     int(metrics.get("partition-id", 0)), ROUNDING_STREAM)
 
 
-def _train(message: Message, context: Context, train: TrainFn
+def _train(message: Message, context: Context, train: TrainFn, run_seed: RunSeedFn
            ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any], int]:
     """Run the app's train handler: (update or None, its metrics, the rounding seed)."""
     reply = train(message, context)
     metrics = dict(reply.content.metric_records["metrics"])
     arrays = reply.content.array_records.get("arrays")
     update = from_record(arrays) if arrays is not None else None
-    return update, metrics, _rounding_seed(message, metrics)
+    return update, metrics, _rounding_seed(message, metrics, run_seed)
 
 
-def handle_train(message: Message, context: Context,
-                 train: TrainFn = client_handlers.handle_train) -> Message:
+def handle_train(message: Message, context: Context, train: TrainFn,
+                 run_seed: RunSeedFn) -> Message:
     """Stage 3 (measured range only): train, keep the update, reply with its coarse bound."""
     record = _stage_record(message)
     state = _state(context, record)
     _receive_shares(message, state, record)
-    update, metrics, seed = _train(message, context, train)
+    update, metrics, seed = _train(message, context, train, run_seed)
     largest = max((float(np.max(np.abs(v))) for v in (update or {}).values() if v.size),
                   default=0.0)
     state["rounding-seed"] = seed
@@ -176,14 +173,14 @@ def _mask(update: dict[str, np.ndarray] | None, weight: int, state: ConfigRecord
     return vector
 
 
-def handle_mask(message: Message, context: Context,
-                train: TrainFn = client_handlers.handle_train) -> Message:
+def handle_mask(message: Message, context: Context, train: TrainFn,
+                run_seed: RunSeedFn) -> Message:
     """Stage 4: quantize and mask the update (training first unless stage 3 did)."""
     record = _stage_record(message)
     state = _state(context, record)
     if "src" in record:  # shares not yet delivered: train now (the bound is known)
         _receive_shares(message, state, record)
-        update, metrics, state["rounding-seed"] = _train(message, context, train)
+        update, metrics, state["rounding-seed"] = _train(message, context, train, run_seed)
     else:
         stored = context.state.array_records.get(UPDATE)
         if stored is None:
@@ -226,11 +223,12 @@ def handle_unmask(message: Message, context: Context) -> Message:
     return _reply(message, **{RECORD: ConfigRecord({"nodes": nodes, "shares": shares})})
 
 
-def register(app: ClientApp, train: TrainFn = client_handlers.handle_train) -> None:
+def register(app: ClientApp, train: TrainFn, run_seed: RunSeedFn) -> None:
     """Register the stage handlers on a ClientApp (message types in `protocol`); `train`
-    is the app's train handler whose update gets masked."""
+    is the app's train handler whose update gets masked, `run_seed` reads the run's seed from
+    a message (the client package provides both: secure aggregation does not depend on it)."""
     app.query(action(KEYS))(handle_keys)
     app.query(action(SHARES))(handle_shares)
-    app.train(action(TRAIN))(functools.partial(handle_train, train=train))
-    app.train(action(MASK))(functools.partial(handle_mask, train=train))
+    app.train(action(TRAIN))(functools.partial(handle_train, train=train, run_seed=run_seed))
+    app.train(action(MASK))(functools.partial(handle_mask, train=train, run_seed=run_seed))
     app.query(action(UNMASK))(handle_unmask)

@@ -24,7 +24,8 @@ from fedmirasol.secagg import keys, protocol, vector
 from fedmirasol.secagg.masking import apply_mask
 from fedmirasol.secagg.protocol import MASKED, RECORD, VECTOR
 from fedmirasol.secagg.quantization import CapacityExceeded, Quantizer
-from fedmirasol.secagg.settings import SecAggSettings, client_weighting, known_bound
+from fedmirasol.config.run import RunConfig
+from fedmirasol.config.secagg import SecAggConfig
 
 NumpyState = dict[str, np.ndarray]
 Screen = Callable[[Message], str | None]  # why a masked reply must stay out of the sum
@@ -62,7 +63,7 @@ class SecureRound:
 class SecureAggregator:
     """Runs the stages of `protocol` for the nodes a strategy sampled."""
 
-    def __init__(self, settings: SecAggSettings, spec: Sequence[tuple[str, tuple[int, ...]]],
+    def __init__(self, settings: SecAggConfig, spec: Sequence[tuple[str, tuple[int, ...]]],
                  bound: float | None, weighting: str, partitions: Mapping[int, int] | None = None
                  ) -> None:
         self.settings, self.spec, self.bound, self.weighting = settings, list(spec), bound, weighting
@@ -315,14 +316,13 @@ class SecureAggregator:
         return merged
 
 
-def build_aggregator(config: Mapping[str, object], global_shared: Mapping[str, np.ndarray]
+def build_aggregator(config: RunConfig, global_shared: Mapping[str, np.ndarray]
                      ) -> SecureAggregator | None:
     """The run's aggregator when ``secagg.enabled``, over the shared parameters only."""
-    settings = SecAggSettings.from_config(config)
-    if not settings.enabled:
+    if not config.secagg.enabled:
         return None
-    return SecureAggregator(settings, vector.layout(global_shared), known_bound(config),
-                            client_weighting(config))
+    return SecureAggregator(config.secagg, vector.layout(global_shared), config.secagg_bound(),
+                            config.secagg_weighting())
 
 
 def mean_reply(result: SecureRound, instruction: Message, as_sum: bool = False) -> Message:

@@ -11,17 +11,18 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from fedmirasol.config import RunConfig
 from fedmirasol.task import data as client_data
 from fedmirasol.task.model import init_model
 from fedmirasol.core.parameters import load_state, model_state
-from fedmirasol.config.legacy import parameter_split
+from fedmirasol.task.model import parameter_split
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate
 
 EvaluateFn = Callable[[Mapping[str, np.ndarray]], dict[str, float]]
 
 
-def make_evaluate_fn(config: Mapping[str, Any], device: str = "cpu") -> EvaluateFn:
+def make_evaluate_fn(config: RunConfig, device: str = "cpu") -> EvaluateFn:
     """`fn(global_shared) -> {"test-loss", "test-accuracy", "num-examples"}`.
 
     The model and the test set are built on the first call: a run that never evaluates
@@ -34,7 +35,7 @@ def make_evaluate_fn(config: Mapping[str, Any], device: str = "cpu") -> Evaluate
             built.update(model=model, target=resolve_device(device),
                          initial_local=model_state(model, parameter_split(model, config).local),
                          test_loader=client_data.loader(client_data.test_dataset(config),
-                                                        config["client"]["eval-batch-size"],
+                                                        config.client.eval_batch_size,
                                                         shuffle=False))
         model, initial_local, target = built["model"], built["initial_local"], built["target"]
         test_loader = built["test_loader"]
@@ -49,7 +50,7 @@ def make_evaluate_fn(config: Mapping[str, Any], device: str = "cpu") -> Evaluate
     return evaluate_global
 
 
-def full_state(config: Mapping[str, Any], global_shared: Mapping[str, np.ndarray]
+def full_state(config: RunConfig, global_shared: Mapping[str, np.ndarray]
                ) -> dict[str, torch.Tensor]:
     """A complete state_dict: the global shared parameters plus the initial local ones."""
     model = init_model(config)

@@ -1,10 +1,12 @@
 """The ServerApp's round loop around a Flower strategy, with checkpoints and resume.
 
-Each round: the strategy samples nodes and builds the train messages (Flower's code); replies
-are validated (bad ones rejected with their reason, missing ones recorded); the accepted
-updates (deltas) are turned back into weights and aggregated by the strategy; clients
-evaluate the new model on their validation splits; the server evaluates it on its test set;
-the round's record goes to metrics.jsonl and a checkpoint is written.
+Each round: the strategy samples nodes and builds the train messages (Flower's code); the
+run's aggregator (`fedmirasol.server.aggregators`, chosen once per run: the strategy's mean,
+client-level DP's noised mean, secure aggregation) sends them, passes the replies through the
+reply filters (`fedmirasol.server.filters`: bad ones rejected with their reason, missing ones
+recorded) and moves the global model; clients evaluate the new model on their validation
+splits; the server evaluates it on its test set; the round's record goes to metrics.jsonl and
+a checkpoint is written.
 
 The loop is the strategy's own `start()` cut open at the round boundary, which is what makes
 resuming after round N possible.
@@ -16,13 +18,12 @@ import logging
 import random
 import secrets
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
-import numpy as np
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
 
 from fedmirasol.errors import ConfigError
 from fedmirasol.task import data as client_data
@@ -31,6 +32,7 @@ from fedmirasol.core.wire import CONFIG_KEY, RUN_NAME_KEY, STATE_DIR_KEY
 from fedmirasol.core.seeds import seed_for
 from fedmirasol.task.model import init_model
 from fedmirasol.core.metrics import client_metrics, mean, message_array_bytes, weighted_mean
+from fedmirasol.server.exchange import destinations, missing, send_and_receive
 from fedmirasol.server.nodes import (
     PartitionOrderedGrid,
     ask_partitions,
@@ -38,29 +40,20 @@ from fedmirasol.server.nodes import (
     discover_partitions,
     registered_partitions,
 )
-from fedmirasol.core.parameters import (
-    NumpyState,
-    apply_delta,
-    canonical_name,
-    from_record,
-    model_state,
-    to_record,
-)
-from fedmirasol.runs.report import build_report
-from fedmirasol.core.reply_checks import (
-    Rejection,
-    validate_evaluate_replies,
-    validate_train_replies,
-)
-from fedmirasol.config.legacy import model_config, parameter_split, to_json
+from fedmirasol.core.parameters import canonical_name, model_state, to_record
+from fedmirasol.runs.report import write_report
+from fedmirasol.core.reply_checks import validate_evaluate_replies
+from fedmirasol.config import RunConfig, to_json
+from fedmirasol.task.model import parameter_split
+from fedmirasol.server.aggregators import choose_aggregator
 from fedmirasol.server.evaluation import full_state, make_evaluate_fn
+from fedmirasol.server.filters import reply_filters
 from fedmirasol.server.strategy import (
     build_strategy,
     restore_strategy_state,
     strategy_state,
 )
 from fedmirasol.privacy.server_side import EXHAUSTED_FIELD, ServerPrivacy
-from fedmirasol.secagg.server import build_aggregator, mean_reply
 
 log = logging.getLogger("fedmirasol.server")
 DISCOVERY_TIMEOUT_S = 300.0
@@ -73,87 +66,20 @@ DISCOVERY_TIMEOUT_S = 300.0
 Progress = Callable[[Mapping[str, Any]], None]
 
 
-def _pulls_replies(grid: Grid) -> bool:
-    """Whether `grid` is one of Flower's own Grids (simulation engine, SuperLink), whose
-    replies can be pulled one by one as they arrive, with send_and_receive not replaced."""
-    from flwr.superlink.grid import HttpGrid, InMemoryGrid
-
-    return isinstance(grid, (InMemoryGrid, HttpGrid)) and "send_and_receive" not in vars(grid)
-
-
-def send_and_receive(grid: Grid, messages: list[Message], timeout: float,
-                     on_reply: Callable[[Message], None] | None = None) -> list[Message]:
-    """Flower's `Grid.send_and_receive` (push, then pull until every message has its reply
-    or `timeout` has passed), telling `on_reply` of each reply as it arrives. Other Grids
-    (test grids that answer in send_and_receive) reply all at once, then `on_reply` is told."""
-    if on_reply is None or not _pulls_replies(grid):
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
-        for reply in replies if on_reply is not None else ():
-            on_reply(reply)
-        return replies
-    pending = set(grid.push_messages(messages))
-    interval = float(getattr(grid, "pull_interval", 1.0))  # the SuperLink's Grid: 1 s
-    end = time.time() + timeout
-    replies: list[Message] = []
-    while pending and time.time() < end:
-        arrived = list(grid.pull_messages(pending))
-        for reply in arrived:
-            pending.discard(reply.metadata.reply_to_message_id)
-            replies.append(reply)
-            on_reply(reply)
-        if pending:
-            time.sleep(interval)
-    return replies
+@contextmanager
+def _seeded_random(seed: int) -> Iterator[None]:
+    """Flower's strategies draw the round's clients with the `random` module: seed it for the
+    draw, and give the process its own random state back afterwards."""
+    saved = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved)
 
 
 def _sampled_partitions(messages: list[Message], partitions: Mapping[int, int]) -> list[int]:
     return sorted(partitions[m.metadata.dst_node_id] for m in messages)
-
-
-def _missing(messages: list[Message], replies: list[Message],
-             partitions: Mapping[int, int], timeout: float) -> list[Rejection]:
-    # The SuperLink answers for an unavailable node itself (its error reply comes from the
-    # SuperLink's id, in reply to the message): such a node has answered, with that error.
-    answered_nodes = {r.metadata.src_node_id for r in replies}
-    answered_ids = {r.metadata.reply_to_message_id for r in replies}
-    return [Rejection(m.metadata.dst_node_id, partitions.get(m.metadata.dst_node_id),
-                      f"no reply within round-timeout ({timeout:.0f} s)")
-            for m in messages if m.metadata.dst_node_id not in answered_nodes
-            and not (m.metadata.message_id and m.metadata.message_id in answered_ids)]
-
-
-def _destinations(messages: list[Message]) -> dict[str, int]:
-    """Sent message id -> the node it went to (to name the node behind a SuperLink error)."""
-    return {m.metadata.message_id: m.metadata.dst_node_id for m in messages
-            if m.metadata.message_id}
-
-
-def _to_weights(replies: list[Message], global_shared: NumpyState) -> None:
-    """Turn each accepted update (a delta) into weights, in place, for the strategy."""
-    for reply in replies:
-        update = from_record(reply.content.array_records["arrays"])
-        reply.content["arrays"] = to_record(apply_delta(global_shared, update))
-
-
-def _aggregate(strategy: Strategy, server_round: int, accepted: list[Message],
-               global_shared: NumpyState) -> tuple[NumpyState, str | None]:
-    """The strategy's aggregate, or the unchanged global model and the reason it was kept."""
-    if not accepted:
-        return global_shared, "no accepted updates"
-    _to_weights(accepted, global_shared)
-    try:
-        arrays, _ = strategy.aggregate_train(server_round, accepted)
-    except Exception as error:  # a strategy that cannot aggregate must not end the run
-        return global_shared, f"aggregation failed: {type(error).__name__}: {error}"
-    if arrays is None:
-        return global_shared, "the strategy returned no aggregate"
-    new = from_record(arrays)
-    if set(new) != set(global_shared):
-        return global_shared, "aggregate keys differ from the global model's"
-    bad = [k for k, v in new.items() if not np.isfinite(v).all()]
-    if bad:
-        return global_shared, f"aggregate holds NaN/Inf in {bad[0]!r}"
-    return {k: new[k].astype(global_shared[k].dtype) for k in global_shared}, None
 
 
 class FederatedRun:
@@ -165,7 +91,7 @@ class FederatedRun:
     every reply's own partition id checks them.
     """
 
-    def __init__(self, grid: Grid, config: Mapping[str, Any], run_dir: Path,
+    def __init__(self, grid: Grid, config: RunConfig, run_dir: Path,
                  progress: Progress | None = None, simulation_slots: int = 0) -> None:
         self.config = config
         self.simulation_slots = simulation_slots
@@ -175,16 +101,17 @@ class FederatedRun:
         self.per_reply = bool(getattr(progress, "per_reply", False))
         self.strategy = build_strategy(config)
         self.grid = grid
-        self.timeout = float(config["strategy"]["round-timeout"])
+        self.timeout = float(config.strategy.round_timeout)
         model = init_model(config)
         self.split = parameter_split(model, config)
         self.global_shared = model_state(model, self.split.shared)
         self.expected = {k: tuple(v.shape) for k, v in self.global_shared.items()}
         self.evaluate_global = make_evaluate_fn(config)
-        self.secagg = build_aggregator(config, self.global_shared)
+        self.aggregator = choose_aggregator(config, self.global_shared)
         self.privacy = ServerPrivacy(config, run_dir, [
             canonical_name(name) for name, param in model.named_parameters()
             if param.requires_grad and canonical_name(name) in self.global_shared])
+        self.filters = reply_filters(config, self.privacy, self.expected)
         self.start_round = 1
         self.discovery_problems: list[str] = []
         self.stopped_early: str | None = None
@@ -206,11 +133,11 @@ class FederatedRun:
         cfg = self.config
         # First contact starts the clients (imports, actors): give it more than a round.
         timeout = max(self.timeout, DISCOVERY_TIMEOUT_S)
-        partitions = registered_partitions(self.grid, cfg["data"]["num-clients"], timeout) \
+        partitions = registered_partitions(self.grid, cfg.data.num_clients, timeout) \
             if self.simulation_slots else None
         if partitions is None:
             partitions, self.discovery_problems = discover_partitions(
-                self.grid, cfg["data"]["num-clients"], self._config_record(), timeout)
+                self.grid, cfg.data.num_clients, self._config_record(), timeout)
         else:  # one query per virtual-client process starts them all, and checks the order
             self.partitions, self.partitions_registered = partitions, True
             first = sorted(partitions, key=partitions.__getitem__)[:self.simulation_slots]
@@ -227,17 +154,17 @@ class FederatedRun:
         self.ordered = PartitionOrderedGrid(self.grid, partitions)
         if self.start_round == 1:
             rundir.write_partitions(self.run_dir, client_data.partition_summary(cfg))
-        if self.start_round == 1 and cfg["server"]["evaluate-every"]:
+        if self.start_round == 1 and cfg.server.evaluate_every:
             initial = {"round": 0, **self.evaluate_global(self.global_shared)}
             rundir.append_metrics(self.run_dir, _rename_central(initial))
             self.progress(_rename_central(initial))
-        for server_round in range(self.start_round, cfg["num-rounds"] + 1):
+        for server_round in range(self.start_round, cfg.num_rounds + 1):
             if self._too_few_within_budget(server_round):
                 break
             record = self.run_round(server_round)
             rundir.append_metrics(self.run_dir, record)
-            if server_round % cfg["output"]["checkpoint-every"] == 0 \
-                    or server_round == cfg["num-rounds"]:
+            if server_round % cfg.output.checkpoint_every == 0 \
+                    or server_round == cfg.num_rounds:
                 rundir.save_checkpoint(self.run_dir, rundir.Checkpoint(
                     server_round, self.global_shared, strategy_state(self.strategy), partitions))
             self.progress(record)
@@ -248,38 +175,25 @@ class FederatedRun:
 
     def run_round(self, server_round: int) -> dict[str, Any]:
         started = time.perf_counter()
-        seed = self.config["seed"]
+        seed = self.config.seed
         record: dict[str, Any] = {"round": server_round}
 
         # Training: Flower's strategy samples (seeded per round) and builds the messages. Under
         # client-level DP the draw comes from a secret seed instead: its accounting counts on
         # sampling, which amplifies privacy only if nobody can tell who was drawn, and the
         # run's seed travels to every client.
-        random.seed(secrets.randbits(64) if self.privacy.client_level is not None
-                    else seed_for(seed, server_round, 1))
         train_grid = self._train_grid()
         population = len(list(train_grid.get_node_ids()))  # clients the draw is made from
-        messages = list(self.strategy.configure_train(
-            server_round, to_record(self.global_shared), self._config_record(), train_grid))
+        with _seeded_random(secrets.randbits(64) if self.privacy.client_level is not None
+                            else seed_for(seed, server_round, 1)):
+            messages = list(self.strategy.configure_train(
+                server_round, to_record(self.global_shared), self._config_record(),
+                train_grid))
         population = max(population, len(messages))  # never below the draw
-        if self.secagg is not None:  # the server learns only the survivors' mean update
-            accepted, exhausted, rejected, bytes_up, kept_reason = self._secure_train(
-                server_round, messages, population)
-        else:
-            replies = send_and_receive(self.grid, messages, self.timeout,
-                                       self._watch(server_round, "train", messages))
-            self._check_registered(replies)
-            others, exhausted, rejected = self.privacy.take_exhausted(replies, self.partitions)
-            accepted, invalid = validate_train_replies(others, self.expected, self.partitions,
-                                                        _destinations(messages))
-            self.privacy.record_clients(server_round, replies)
-            accepted, unreported = self.privacy.check_reported(server_round, accepted,
-                                                                self.partitions)
-            accepted, unclipped = self.privacy.check_clipped(accepted, self.partitions)
-            rejected += invalid + unreported + unclipped
-            rejected += _missing(messages, replies, self.partitions, self.timeout)
-            bytes_up = message_array_bytes(replies)
-            kept_reason = self._step(server_round, accepted, len(messages), population)
+        outcome = self.aggregator.train(self, server_round, messages, population)
+        self.global_shared = outcome.global_shared
+        accepted, exhausted, rejected = outcome.accepted, outcome.exhausted, outcome.rejected
+        bytes_up, kept_reason = outcome.bytes_up, outcome.kept_reason
         train_rows = {}
         for reply in accepted:
             row = client_metrics(reply)
@@ -298,15 +212,16 @@ class FederatedRun:
         )
 
         # Federated evaluation on the clients' validation splits.
-        random.seed(seed_for(seed, server_round, 2))
-        eval_messages = list(self.strategy.configure_evaluate(
-            server_round, to_record(self.global_shared), self._config_record(), self.ordered))
+        with _seeded_random(seed_for(seed, server_round, 2)):
+            eval_messages = list(self.strategy.configure_evaluate(
+                server_round, to_record(self.global_shared), self._config_record(),
+                self.ordered))
         eval_replies = send_and_receive(self.grid, eval_messages, self.timeout,
-                                        self._watch(server_round, "evaluate", eval_messages))
-        self._check_registered(eval_replies)
+                                        self.watch(server_round, "evaluate", eval_messages))
+        self.check_registered(eval_replies)
         eval_ok, eval_bad = validate_evaluate_replies(eval_replies, self.partitions,
-                                                       _destinations(eval_messages))
-        eval_bad += _missing(eval_messages, eval_replies, self.partitions, self.timeout)
+                                                       destinations(eval_messages))
+        eval_bad += missing(eval_messages, eval_replies, self.partitions, self.timeout)
         eval_rows = {int(row["partition-id"]): row for row in map(client_metrics, eval_ok)}
         record["bytes_down"] += message_array_bytes(eval_messages)
         record.update(
@@ -320,8 +235,8 @@ class FederatedRun:
         )
 
         # Centralized evaluation on the server's test set.
-        every = self.config["server"]["evaluate-every"]
-        if every and (server_round % every == 0 or server_round == self.config["num-rounds"]):
+        every = self.config.server.evaluate_every
+        if every and (server_round % every == 0 or server_round == self.config.num_rounds):
             central = self.evaluate_global(self.global_shared)
             record.update(centralized_accuracy=central["test-accuracy"],
                           centralized_loss=central["test-loss"])
@@ -330,7 +245,7 @@ class FederatedRun:
         record["duration_s"] = time.perf_counter() - started
         return record
 
-    def _watch(self, server_round: int, phase: str, messages: list[Message]
+    def watch(self, server_round: int, phase: str, messages: list[Message]
                ) -> Callable[[Message], None] | None:
         """Tell a per-reply progress callback that `messages` went out; the function that
         tells it of each reply (None when the callback only wants round records)."""
@@ -350,7 +265,7 @@ class FederatedRun:
 
         return on_reply
 
-    def _check_registered(self, replies: list[Message]) -> None:
+    def check_registered(self, replies: list[Message]) -> None:
         """Partitions taken from the simulation engine's registration order must be the ones
         the nodes reply with; otherwise the engine changed and the run stops here."""
         if not self.partitions_registered:
@@ -370,8 +285,8 @@ class FederatedRun:
         """True (and logged) when fewer nodes can train than a round needs (Flower's sampler
         would wait for them forever): the run ends here. Under DP those are the nodes within
         their privacy budget; without DP, the federation itself is too small."""
-        s = self.config["strategy"]
-        needed = max(s["min-train-nodes"], s["min-available-nodes"])
+        s = self.config.strategy
+        needed = max(s.min_train_nodes, s.min_available_nodes)
         eligible = len(self.privacy.eligible(self.partitions))
         if eligible >= needed:
             return False
@@ -381,67 +296,23 @@ class FederatedRun:
                                   f"within their privacy budget, the strategy needs {needed} "
                                   f"({keys})")
         else:  # some nodes left out at discovery (a config check refuses a smaller federation)
-            total = self.config["data"]["num-clients"]
+            total = self.config.data.num_clients
             self.stopped_early = (
                 f"stopped before round {server_round}: {eligible} of data.num-clients = "
                 f"{total} client(s) take part, the strategy needs {needed} ({keys})"
                 + (f"; left out: {'; '.join(self.discovery_problems)}"
                    if self.discovery_problems else ""))
         log.warning("%s", self.stopped_early)
-        print(f"fedmirasol: {self.stopped_early}", flush=True)
         return True
-
-    def _step(self, server_round: int, accepted: list[Message], num_sampled: int,
-              population: int) -> str | None:
-        """Move the global model from the accepted updates (under secure aggregation: one
-        reply holding their sum, or their mean); the reason it was kept, if it was.
-
-        Client-level DP replaces the strategy by the noised equal-weight mean over the
-        `num_sampled` clients drawn from `population`, accounted in the ledger.
-        """
-        if self.privacy.client_level is not None:
-            self.global_shared = self.privacy.aggregate(
-                server_round, accepted, self.global_shared, num_sampled=num_sampled,
-                population=population)
-            return None
-        self.global_shared, kept_reason = _aggregate(
-            self.strategy, server_round, accepted, self.global_shared)
-        return kept_reason
-
-    def _secure_train(self, server_round: int, messages: list[Message], population: int
-                      ) -> tuple[list[Message], list[Message], list[Rejection], int, str | None]:
-        """Secure aggregation's train stages: (accepted, budget-exhausted, rejected, bytes up,
-        why the model was kept).
-
-        DP applies as in the plain path: every survivor's DP figures go to the ledger; a
-        client out of budget trained nothing and masked nothing (zero, weight zero: it is
-        not a dropout, so the round does not fail for it), and is recorded as exhausted; a
-        malformed "exhausted" reply is left out of the sum. Client-level noise goes on the
-        secure sum of the clipped updates.
-        """
-        secure = self.secagg.run(self.ordered, messages, self.timeout, server_round,
-                                 self.partitions,
-                                 screen=self.privacy.secure_screen(server_round))
-        self._check_registered(secure.replies)
-        self.privacy.record_clients(server_round, secure.replies)
-        accepted, exhausted, _ = self.privacy.take_exhausted(secure.replies, self.partitions)
-        if secure.failure is not None:
-            return accepted, exhausted, secure.rejections, secure.bytes_up, secure.failure
-        client_level = self.privacy.client_level is not None
-        kept_reason = self._step(server_round, [mean_reply(secure, messages[0], client_level)],
-                                 len(messages), population)
-        return accepted, exhausted, secure.rejections, secure.bytes_up, kept_reason
 
     def finish(self) -> dict[str, Any]:
         """Write the final model and report.json; return the report."""
         rundir.save_final_model(self.run_dir, full_state(self.config, self.global_shared),
-                                model_config(self.config).to_dict())
-        report = build_report(self.run_dir, shared=self.global_shared)
-        report["discovery_problems"] = self.discovery_problems
-        report["local_parameters"] = list(self.split.local)
-        report["stopped_early"] = self.stopped_early
-        rundir.write_report(self.run_dir, report)
-        return report
+                                self.config.model.mirasol.to_dict())
+        return write_report(self.run_dir, shared=self.global_shared,
+                            discovery_problems=self.discovery_problems,
+                            local_parameters=list(self.split.local),
+                            stopped_early=self.stopped_early)
 
 
 def _rename_central(metrics: Mapping[str, Any]) -> dict[str, Any]:

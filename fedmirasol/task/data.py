@@ -19,7 +19,6 @@ from fedmirasol.data.batch import Sample, collate
 from fedmirasol.data.synthetic import DomainShift, SyntheticAVDataset, SyntheticConfig
 from fedmirasol.config.run import RunConfig
 from fedmirasol.data.partitioning import ClientSpec, client_specs, label_histogram
-from fedmirasol.config.legacy import model_config
 
 TEST_SEED_OFFSET = 1_000_003  # the test set never shares clips with the client pool
 
@@ -50,10 +49,10 @@ class Materialized(Dataset):
 def partition_summary(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Per client: sizes, label histogram, domain and missing modalities (for the run dir);
     empty when every site brings its own data (the server never sees it)."""
-    if config["data"]["source"] == "site":
+    if config.data.source == "site":
         return []
     labels = pool_labels(config)
-    num_classes = model_config(config).num_classes
+    num_classes = config.model.mirasol.num_classes
     return [{
         "partition-id": spec.partition_id, "train": len(spec.train_indices),
         "val": len(spec.val_indices),
@@ -63,12 +62,12 @@ def partition_summary(config: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def synthetic_config(config: Mapping[str, Any]) -> SyntheticConfig:
-    return SyntheticConfig.for_model(model_config(config))
+    return SyntheticConfig.for_model(config.model.mirasol)
 
 
 def pool_size(config: Mapping[str, Any]) -> int:
-    data = config["data"]
-    return data["num-clients"] * data["clips-per-client"]
+    data = config.data
+    return data.num_clients * data.clips_per_client
 
 
 def pool_labels(config: Mapping[str, Any]) -> np.ndarray:
@@ -82,13 +81,13 @@ def pool_labels(config: Mapping[str, Any]) -> np.ndarray:
 def domain_shift(config: Mapping[str, Any], domain: int | None) -> DomainShift | None:
     if domain is None:
         return None
-    seed = int(np.random.SeedSequence([config["seed"], domain, 0xD0]).generate_state(1)[0])
-    return DomainShift.random(seed, config["data"]["domain-strength"])
+    seed = int(np.random.SeedSequence([config.seed, domain, 0xD0]).generate_state(1)[0])
+    return DomainShift.random(seed, config.data.domain_strength)
 
 
 def specs(config: Mapping[str, Any]) -> list[ClientSpec]:
     """Every client's partition, from the config alone."""
-    return client_specs(pool_labels(config), config["data"], config["seed"])
+    return client_specs(pool_labels(config), config.data, config.seed)
 
 
 def _manifest_module() -> Any:
@@ -103,11 +102,11 @@ def _manifest_module() -> Any:
 
 def _pool_dataset(config: Mapping[str, Any], spec: ClientSpec | None) -> Dataset:
     """The client pool as client `spec` sees it (its domain, its missing modalities)."""
-    if config["data"]["source"] == "manifest":
+    if config.data.source == "manifest":
         # The manifest's clips form the pool; the media package decodes them (PyAV).
-        return _manifest_module().manifest_pool(config["data"]["manifest"], model_config(config))
+        return _manifest_module().manifest_pool(config.data.manifest, config.model.mirasol)
     return SyntheticAVDataset(
-        synthetic_config(config), pool_size(config), seed=config["seed"],
+        synthetic_config(config), pool_size(config), seed=config.seed,
         domain=domain_shift(config, spec.domain) if spec else None,
         drop_audio=bool(spec and spec.drop_audio), drop_video=bool(spec and spec.drop_video),
     )
@@ -115,13 +114,13 @@ def _pool_dataset(config: Mapping[str, Any], spec: ClientSpec | None) -> Dataset
 
 def _site_data(config: Mapping[str, Any], partition_id: int) -> ClientData:
     """A deployed site's own manifest, whole, split into train/validation."""
-    manifest = config["data"]["manifest"]
+    manifest = config.data.manifest
     if not manifest:
         raise ValueError("data.source = 'site' needs the site's manifest: start the SuperNode "
                          "with --node-config '... data.manifest=\"PATH\"'")
     train, val = _manifest_module().load_manifest_datasets(
-        manifest, model_config(config), val_fraction=config["data"]["val-fraction"],
-        seed=config["seed"])
+        manifest, config.model.mirasol, val_fraction=config.data.val_fraction,
+        seed=config.seed)
     spec = ClientSpec(partition_id, tuple(range(len(train))), tuple(range(len(val))), None,
                       False, False)
     return ClientData(spec=spec, train=train, val=val, skipped=train.skip_metrics())
@@ -129,7 +128,7 @@ def _site_data(config: Mapping[str, Any], partition_id: int) -> ClientData:
 
 @functools.lru_cache(maxsize=16)
 def _client_data_cached(config: RunConfig, partition_id: int) -> ClientData:
-    if config["data"]["source"] == "site":
+    if config.data.source == "site":
         return _site_data(config, partition_id)
     all_specs = _specs_cached(config)
     if not 0 <= partition_id < len(all_specs):
@@ -161,8 +160,8 @@ def client_data(config: Mapping[str, Any], partition_id: int) -> ClientData:
 
 @functools.lru_cache(maxsize=2)
 def _test_cached(config: RunConfig) -> Materialized:
-    dataset = SyntheticAVDataset(synthetic_config(config), config["data"]["test-clips"],
-                                 seed=config["seed"] + TEST_SEED_OFFSET)
+    dataset = SyntheticAVDataset(synthetic_config(config), config.data.test_clips,
+                                 seed=config.seed + TEST_SEED_OFFSET)
     return Materialized(dataset)
 
 
@@ -175,7 +174,7 @@ def pooled_train(config: Mapping[str, Any], partition_ids: Sequence[int] | None 
     """All clients' training data together (the centralized baseline's data)."""
     from torch.utils.data import ConcatDataset
 
-    ids = range(config["data"]["num-clients"]) if partition_ids is None else partition_ids
+    ids = range(config.data.num_clients) if partition_ids is None else partition_ids
     return ConcatDataset([client_data(config, pid).train for pid in ids])
 
 

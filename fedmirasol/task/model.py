@@ -7,7 +7,8 @@ from torch import nn
 
 from fedmirasol.config.run import RunConfig
 from fedmirasol.models import build_model
-from fedmirasol.pretrained.checkpoint import load_pretrained
+from fedmirasol.core.parameters import ParameterSplit
+from fedmirasol.pretrained.checkpoint import frozen_names, load_pretrained
 
 
 def init_model(config: RunConfig) -> nn.Module:
@@ -18,3 +19,10 @@ def init_model(config: RunConfig) -> nn.Module:
         model = build_model(config.model.mirasol)
     load_pretrained(model, config.pretrained)
     return model
+
+
+def parameter_split(model: nn.Module, config: RunConfig) -> ParameterSplit:
+    """The run's ParameterSplit of `model`: `config.local_selectors()` stay on the clients,
+    `pretrained.freeze`/`trainable` leave parameters neither shared nor local."""
+    return ParameterSplit.from_model(model, config.local_selectors(),
+                                     frozen_names(config.pretrained, model))

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import psutil
+
 from fedmirasol.deploy.certs import Credentials, make_credentials
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the Flower app (pyproject.toml)
@@ -47,28 +49,17 @@ def node_config_arg(values: Mapping[str, Any]) -> str:
     return " ".join(f"{key}={toml(value)}" for key, value in values.items())
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        tree.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    return tree
-
-
 def _kill_tree(root: int) -> None:
-    """SIGKILL `root`, its descendants and their process groups."""
-    tree, todo, found = _children(), [root], []
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += tree.get(pid, [])
+    """SIGKILL `root`, its descendants (psutil) and their process groups."""
+    try:
+        parent = psutil.Process(root)
+        found = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
     groups = set()
-    for pid in found:
+    for process in found:
         try:
-            groups.add(os.getpgid(pid))
+            groups.add(os.getpgid(process.pid))
         except ProcessLookupError:
             pass
     for group in groups - {os.getpgid(0)}:
@@ -76,10 +67,10 @@ def _kill_tree(root: int) -> None:
             os.killpg(group, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    for pid in found:
+    for process in found:
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+            process.kill()
+        except psutil.NoSuchProcess:
             pass
 
 

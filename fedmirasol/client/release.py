@@ -1,0 +1,72 @@
+"""The one release point: every reply a client sends is assembled here.
+
+`release_train`, `release_evaluate` and `release_partition` turn the task's results into the
+reply's records; no other code builds reply content (the secure-aggregation stages mask what
+`release_train` produced). A `ReleasePolicy`, chosen once from the run config, decides which
+metrics leave the client. Today's policies release the same figures (the update, the example
+count, losses, and under DP-SGD the accountant's public bookkeeping); a stricter DP policy
+goes into `RELEASE_POLICIES` beside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from flwr.app import Message, MetricRecord, RecordDict
+
+from fedmirasol.config.run import RunConfig
+from fedmirasol.core.parameters import NumpyState, to_record
+
+
+@dataclass(frozen=True)
+class ReleasePolicy:
+    """Which of the task's metrics a reply may carry (None: all of them)."""
+
+    name: str
+    allowed: Callable[[str], bool] | None = None
+
+    def metrics(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        if self.allowed is None:
+            return dict(values)
+        return {key: value for key, value in values.items() if self.allowed(key)}
+
+
+RELEASE_POLICIES: dict[str, ReleasePolicy] = {
+    "plain": ReleasePolicy("plain"),
+    "dp-sgd": ReleasePolicy("dp-sgd"),
+    "client-level-dp": ReleasePolicy("client-level-dp"),
+}
+
+
+def release_policy(config: RunConfig) -> ReleasePolicy:
+    if config.privacy.enabled:
+        return RELEASE_POLICIES["dp-sgd"]
+    if config.privacy.client_level:
+        return RELEASE_POLICIES["client-level-dp"]
+    return RELEASE_POLICIES["plain"]
+
+
+def release_train(message: Message, config: RunConfig, partition_id: int, num_examples: int,
+                  update: NumpyState | None, metrics: Mapping[str, Any]) -> Message:
+    """The train reply: ``metrics`` (``num-examples``, ``partition-id`` and the task's figures
+    the policy allows) and ``arrays`` (the update; absent when there is none, e.g. a client
+    whose DP budget is exhausted)."""
+    released = {"num-examples": num_examples, "partition-id": partition_id,
+                **release_policy(config).metrics(metrics)}
+    content = RecordDict({"metrics": MetricRecord(released)})
+    if update is not None:
+        content["arrays"] = to_record(update)
+    return Message(content=content, reply_to=message)
+
+
+def release_evaluate(message: Message, config: RunConfig, partition_id: int,
+                     metrics: Mapping[str, Any]) -> Message:
+    released = {"partition-id": partition_id, **release_policy(config).metrics(metrics)}
+    return Message(content=RecordDict({"metrics": MetricRecord(released)}), reply_to=message)
+
+
+def release_partition(message: Message, partition_id: int) -> Message:
+    """The answer to the server's question which partition this node holds."""
+    return Message(content=RecordDict({"metrics": MetricRecord({"partition-id": partition_id})}),
+                   reply_to=message)

@@ -1,0 +1,38 @@
+"""Aggregators, one per run: how a round's updates become the new global model.
+
+A new aggregator (homomorphic encryption, compressed updates, ...) is an `Aggregator` in its
+own module, one entry in `AGGREGATORS` and its rule in `choose_aggregator`.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from fedmirasol.config.run import RunConfig
+from fedmirasol.secagg.server import build_aggregator as build_secagg_protocol
+from fedmirasol.server.aggregators.base import Aggregator, TrainOutcome
+from fedmirasol.server.aggregators.client_level_dp import ClientLevelDPMean
+from fedmirasol.server.aggregators.mean import StrategyMean
+from fedmirasol.server.aggregators.secure import SecureMean
+
+AGGREGATORS: dict[str, type[Aggregator]] = {
+    StrategyMean.name: StrategyMean,
+    ClientLevelDPMean.name: ClientLevelDPMean,
+    SecureMean.name: SecureMean,
+}
+
+
+def choose_aggregator(config: RunConfig, global_shared: Mapping[str, np.ndarray]) -> Aggregator:
+    """The run's aggregator: the strategy's mean, or client-level DP's noised mean under
+    `privacy.client-level`; either of them over a secure sum under `secagg.enabled`."""
+    mean = AGGREGATORS[ClientLevelDPMean.name if config.privacy.client_level
+                       else StrategyMean.name]()
+    if config.secagg.enabled:
+        protocol = build_secagg_protocol(config, global_shared)
+        return AGGREGATORS[SecureMean.name](protocol, mean)  # type: ignore[call-arg]
+    return mean
+
+
+__all__ = ["AGGREGATORS", "Aggregator", "TrainOutcome", "choose_aggregator"]

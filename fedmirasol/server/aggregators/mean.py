@@ -1,0 +1,69 @@
+"""Plain aggregation: every update in the clear to the server, combined by the Flower
+strategy's rule (FedAvg, FedProx, FedAdam, robust means, ...)."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Message
+from flwr.serverapp.strategy import Strategy
+
+from fedmirasol.core.metrics import message_array_bytes
+from fedmirasol.core.parameters import NumpyState, apply_delta, from_record, to_record
+from fedmirasol.server.aggregators.base import Aggregator, Run, TrainOutcome
+from fedmirasol.server.exchange import destinations, missing, send_and_receive
+from fedmirasol.server.filters import Screening, screen
+
+
+def _to_weights(replies: list[Message], global_shared: NumpyState) -> None:
+    """Turn each accepted update (a delta) into weights, in place, for the strategy."""
+    for reply in replies:
+        update = from_record(reply.content.array_records["arrays"])
+        reply.content["arrays"] = to_record(apply_delta(global_shared, update))
+
+
+def strategy_step(strategy: Strategy, server_round: int, accepted: list[Message],
+                  global_shared: NumpyState) -> tuple[NumpyState, str | None]:
+    """The strategy's aggregate, or the unchanged global model and the reason it was kept."""
+    if not accepted:
+        return global_shared, "no accepted updates"
+    _to_weights(accepted, global_shared)
+    try:
+        arrays, _ = strategy.aggregate_train(server_round, accepted)
+    except Exception as error:  # a strategy that cannot aggregate must not end the run
+        return global_shared, f"aggregation failed: {type(error).__name__}: {error}"
+    if arrays is None:
+        return global_shared, "the strategy returned no aggregate"
+    new = from_record(arrays)
+    if set(new) != set(global_shared):
+        return global_shared, "aggregate keys differ from the global model's"
+    bad = [k for k, v in new.items() if not np.isfinite(v).all()]
+    if bad:
+        return global_shared, f"aggregate holds NaN/Inf in {bad[0]!r}"
+    return {k: new[k].astype(global_shared[k].dtype) for k in global_shared}, None
+
+
+class StrategyMean(Aggregator):
+    """Every update in the clear to the server, through the reply filters, combined by the
+    Flower strategy. Subclasses change only how the accepted updates move the model
+    (`step`)."""
+
+    name = "strategy"
+    takes_sum = False  # under secure aggregation, `step` gets the survivors' mean, not sum
+
+    def train(self, run: Run, server_round: int, messages: list[Message],
+              population: int) -> TrainOutcome:
+        replies = send_and_receive(run.grid, messages, run.timeout,
+                                   run.watch(server_round, "train", messages))
+        run.check_registered(replies)
+        s = screen(run.filters, Screening(server_round, replies, run.partitions,
+                                          destinations(messages), kept=list(replies)))
+        rejected = s.rejected + missing(messages, replies, run.partitions, run.timeout)
+        new, kept_reason = self.step(run, server_round, s.kept, len(messages), population)
+        return TrainOutcome(s.kept, s.exhausted, rejected, message_array_bytes(replies), new,
+                            kept_reason)
+
+    def step(self, run: Run, server_round: int, accepted: list[Message],
+             num_sampled: int, population: int) -> tuple[NumpyState, str | None]:
+        """The new global shared state from the accepted updates (under secure aggregation:
+        one reply holding their mean or sum), and why the previous one was kept, if it was."""
+        return strategy_step(run.strategy, server_round, accepted, run.global_shared)

@@ -1,0 +1,43 @@
+"""Secure aggregation (SecAgg+, fedmirasol.secagg): the server learns only the sum of the
+masked updates; the sum then moves the model through the plain step (the strategy's rule on
+the mean, or client-level DP's noise on the sum)."""
+
+from __future__ import annotations
+
+from flwr.app import Message
+
+from fedmirasol.secagg.server import SecureAggregator, mean_reply
+from fedmirasol.server.aggregators.base import Aggregator, Run, TrainOutcome
+from fedmirasol.server.aggregators.mean import StrategyMean
+from fedmirasol.server.filters import Screening, masked_check, screen_masked
+
+
+class SecureMean(Aggregator):
+    """The reply filters apply as far as masked replies allow: before unmasking, a reply a
+    filter refuses (a malformed "budget exhausted" reply, DP figures the ledger cannot record)
+    stays out of the sum; after it, every survivor's DP figures go to the ledger and a client
+    out of budget (it trained and masked nothing: zero, weight zero, not a dropout, so the
+    round does not fail for it) is recorded as exhausted."""
+
+    name = "secagg"
+
+    def __init__(self, protocol: SecureAggregator, step: StrategyMean) -> None:
+        self.protocol = protocol
+        self.mean = step  # how the secure sum moves the model
+
+    def train(self, run: Run, server_round: int, messages: list[Message],
+              population: int) -> TrainOutcome:
+        secure = self.protocol.run(run.ordered, messages, run.timeout, server_round,
+                                   run.partitions,
+                                   screen=masked_check(run.filters, server_round))
+        run.check_registered(secure.replies)
+        s = screen_masked(run.filters, Screening(server_round, secure.replies, run.partitions,
+                                                 {}, kept=list(secure.replies)))
+        if secure.failure is not None:
+            return TrainOutcome(s.kept, s.exhausted, secure.rejections, secure.bytes_up,
+                                run.global_shared, secure.failure)
+        new, kept_reason = self.mean.step(
+            run, server_round, [mean_reply(secure, messages[0], self.mean.takes_sum)],
+            len(messages), population)
+        return TrainOutcome(s.kept, s.exhausted, secure.rejections, secure.bytes_up, new,
+                            kept_reason)

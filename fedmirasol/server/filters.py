@@ -1,0 +1,158 @@
+"""The chain of reply filters a round's train replies pass, on every aggregation path.
+
+The chain of a run (`reply_filters`, built once): the clients out of their DP budget are taken
+out (recorded as exhausted, not rejected); the shape and finiteness checks; the privacy
+ledger (every reply's DP figures are recorded, and an update whose figures the ledger cannot
+record is rejected); the client-level clip bound. Each filter moves the replies it does not
+keep from `Screening.kept` to `exhausted` or `rejected` (with the reason).
+
+Under secure aggregation the server sees masked replies: a filter's `check_masked` says why a
+masked reply must stay out of the sum (the protocol asks it of each reply before unmasking),
+and `screen_masked` does what still applies after the protocol (recording). A filter that
+cannot judge a masked update (its shapes, its norm) leaves both as they are.
+
+A new check (e.g. robust screening) is a `ReplyFilter` here or in the feature's package and
+one line in `reply_filters`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from flwr.app import Message
+
+from fedmirasol.config.run import RunConfig
+from fedmirasol.core.reply_checks import Rejection, validate_train_replies
+from fedmirasol.privacy.server_side import ServerPrivacy
+
+
+@dataclass
+class Screening:
+    """One round's train replies going through the chain."""
+
+    server_round: int
+    replies: list[Message]  # every reply received (the privacy ledger records them all)
+    partitions: Mapping[int, int]  # node -> partition
+    destinations: Mapping[str, int]  # sent message id -> node
+    kept: list[Message]  # still in
+    exhausted: list[Message] = field(default_factory=list)  # out of DP budget: trained nothing
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+class ReplyFilter:
+    """One check of the chain; the defaults leave masked replies alone."""
+
+    def screen(self, s: Screening) -> None:
+        """Move the replies of `s.kept` this filter does not keep."""
+        raise NotImplementedError
+
+    def check_masked(self, server_round: int, reply: Message) -> str | None:
+        """Why a masked reply must stay out of the secure sum (None: it may go in)."""
+        return None
+
+    def screen_masked(self, s: Screening) -> None:
+        """After the secure sum: what applies to the masked replies that took part."""
+
+
+class TakeOutExhausted(ReplyFilter):
+    """Replies that say "budget exhausted" carry metrics only: recorded as exhausted (those
+    clients are left out of later rounds); a malformed one is rejected."""
+
+    def __init__(self, privacy: ServerPrivacy) -> None:
+        self.privacy = privacy
+
+    def screen(self, s: Screening) -> None:
+        s.kept, exhausted, rejected = self.privacy.take_exhausted(s.kept, s.partitions)
+        s.exhausted += exhausted
+        s.rejected += rejected
+
+    def check_masked(self, server_round: int, reply: Message) -> str | None:
+        return self.privacy.exhausted_problem(reply)
+
+    def screen_masked(self, s: Screening) -> None:
+        # a malformed "exhausted" reply was kept out of the sum (and named) by check_masked
+        s.kept, exhausted, _ = self.privacy.take_exhausted(s.kept, s.partitions)
+        s.exhausted += exhausted
+
+
+class Validation(ReplyFilter):
+    """An update of the global model's shapes, finite, from a node that was sent a message
+    (a masked vector is checked by the secure-aggregation protocol itself)."""
+
+    def __init__(self, expected: Mapping[str, tuple[int, ...]]) -> None:
+        self.expected = expected
+
+    def screen(self, s: Screening) -> None:
+        s.kept, rejected = validate_train_replies(s.kept, self.expected, s.partitions,
+                                                  s.destinations)
+        s.rejected += rejected
+
+
+class PrivacyLedger(ReplyFilter):
+    """Under DP-SGD: every reply's DP figures go to the ledger (rejected or not, the spend
+    happened), and an update whose figures the ledger cannot record is rejected: nothing is
+    aggregated whose privacy spend is not on record."""
+
+    def __init__(self, privacy: ServerPrivacy) -> None:
+        self.privacy = privacy
+
+    def screen(self, s: Screening) -> None:
+        self.privacy.record_clients(s.server_round, s.replies)
+        s.kept, rejected = self.privacy.check_reported(s.server_round, s.kept, s.partitions)
+        s.rejected += rejected
+
+    def check_masked(self, server_round: int, reply: Message) -> str | None:
+        if self.privacy.claims_exhausted(reply):  # judged by TakeOutExhausted
+            return None
+        return self.privacy.reported_problem(server_round, reply)
+
+    def screen_masked(self, s: Screening) -> None:
+        self.privacy.record_clients(s.server_round, s.replies)
+
+
+class ClipBound(ReplyFilter):
+    """Under client-level DP: an update within the clip norm (a masked update's norm cannot be
+    inspected: there only the quantization range bounds it)."""
+
+    def __init__(self, privacy: ServerPrivacy) -> None:
+        self.privacy = privacy
+
+    def screen(self, s: Screening) -> None:
+        s.kept, rejected = self.privacy.check_clipped(s.kept, s.partitions)
+        s.rejected += rejected
+
+
+def reply_filters(config: RunConfig, privacy: ServerPrivacy,
+                  expected: Mapping[str, tuple[int, ...]]) -> list[ReplyFilter]:
+    """The run's chain, in order. (The privacy filters do nothing in runs without DP.)"""
+    return [TakeOutExhausted(privacy), Validation(expected), PrivacyLedger(privacy),
+            ClipBound(privacy)]
+
+
+def screen(chain: list[ReplyFilter], s: Screening) -> Screening:
+    """Run the chain over `s` (plain replies)."""
+    for check in chain:
+        check.screen(s)
+    return s
+
+
+def screen_masked(chain: list[ReplyFilter], s: Screening) -> Screening:
+    """Run the chain's masked-reply part over `s` (after a secure sum)."""
+    for check in chain:
+        check.screen_masked(s)
+    return s
+
+
+def masked_check(chain: list[ReplyFilter], server_round: int
+                 ) -> Callable[[Message], str | None]:
+    """The per-reply check the secure-aggregation protocol applies before unmasking: the first
+    filter's reason to keep a masked reply out of the sum."""
+    def check(reply: Message) -> str | None:
+        for f in chain:
+            problem = f.check_masked(server_round, reply)
+            if problem is not None:
+                return problem
+        return None
+
+    return check
