@@ -124,6 +124,23 @@ def test_dirichlet_partition_skews_labels():
     assert top_share(skewed) > 0.6 > 0.35 > top_share(even)
 
 
+def test_manifest_split_is_the_runs_split():
+    """`fedmirasol data partition` and a run's pool split are one implementation."""
+    import numpy as np
+
+    from fedmirasol.config.sections import DataConfig
+    from fedmirasol.data.partitioning import split_pool
+
+    records = labelled(120, 4)
+    labels = np.array([r.label for r in records])
+    data = DataConfig(partitioner="dirichlet", num_clients=5, alpha=0.3, min_partition_size=4)
+    manifest_parts = partition_records(records, 5, "dirichlet", alpha=0.3, seed=7,
+                                       min_partition_size=4)
+    run_parts = split_pool(labels, data, 7)
+    assert [[r.path for r in part] for part in manifest_parts] == [
+        [records[i].path for i in sorted(part.tolist())] for part in run_parts]
+
+
 def test_site_partition_and_files(tmp_path):
     parts = partition_records(labelled(9, 3, sites=3), None, "site")
     assert [{r.site for r in p} for p in parts] == [{"s0"}, {"s1"}, {"s2"}]

@@ -21,17 +21,23 @@ if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
 
 
-class DataSettings(Protocol):
-    """What partitioning reads of the run config's ``[data]`` section (its DataConfig; this
-    layer does not import the config package)."""
+class PartitionKeys(Protocol):
+    """How a pool is split among clients: the partitioning keys of the run config's ``[data]``
+    section, or a `fedmirasol data partition` command line (this layer does not import the
+    config package)."""
 
-    source: str
     num_clients: int
     partitioner: str
     alpha: float
     min_partition_size: int
     classes_per_client: int
     quantity_alpha: float
+
+
+class DataSettings(PartitionKeys, Protocol):
+    """What client data reads of the run config's ``[data]`` section (its DataConfig)."""
+
+    source: str
     val_fraction: float
     drop_audio_prob: float
     drop_video_prob: float
@@ -66,8 +72,8 @@ def quantity_sizes(total: int, num_partitions: int, alpha: float, min_size: int,
     return [int(s) for s in sizes]
 
 
-def build_partitioner(data: DataSettings, num_labels: int, seed: int) -> Partitioner:
-    """The flwr-datasets partitioner a run config's `data` section describes."""
+def build_partitioner(data: PartitionKeys, num_labels: int, seed: int) -> Partitioner:
+    """The flwr-datasets partitioner the partitioning keys describe."""
     from flwr_datasets.partitioner import (
         DirichletPartitioner,
         IidPartitioner,
@@ -97,8 +103,8 @@ def build_partitioner(data: DataSettings, num_labels: int, seed: int) -> Partiti
     raise ConfigError(f"unknown data.partitioner {scheme!r}")
 
 
-def partition_indices(labels: np.ndarray, data: DataSettings, seed: int) -> list[np.ndarray]:
-    """Pool indices per client, in partition-id order."""
+def partition_indices(labels: np.ndarray, data: PartitionKeys, seed: int) -> list[np.ndarray]:
+    """Pool indices per client, in partition-id order, over the pool as ordered."""
     if data.partitioner == "iid":  # IidPartitioner's contiguous shards, without a table
         return list(np.array_split(np.arange(len(labels), dtype=np.int64), data.num_clients))
     from datasets import Dataset
@@ -109,6 +115,17 @@ def partition_indices(labels: np.ndarray, data: DataSettings, seed: int) -> list
     parts = [np.asarray(partitioner.load_partition(pid)["index"], dtype=np.int64)
              for pid in range(data.num_clients)]
     return parts
+
+
+def split_pool(labels: np.ndarray, data: PartitionKeys, seed: int, *,
+               shuffle_iid: bool = False) -> list[np.ndarray]:
+    """Pool indices per client. Quantity skew hands out contiguous ranges, so the pool is
+    shuffled first (seeded); so is an IID split when `shuffle_iid` (a manifest lists clips in
+    its own order, often sorted by label or source)."""
+    order = np.arange(len(labels))
+    if data.partitioner == "quantity" or (shuffle_iid and data.partitioner == "iid"):
+        order = np.random.default_rng([seed, 0x0DE]).permutation(len(labels))
+    return [order[part] for part in partition_indices(labels[order], data, seed)]
 
 
 def _pool_name(data: DataSettings) -> str:
@@ -146,11 +163,8 @@ def check_pool_size(num_clips: int, data: DataSettings) -> None:
 def client_specs(labels: np.ndarray, data: DataSettings, seed: int) -> list[ClientSpec]:
     """Every client's local train/validation split, domain and missing modalities."""
     check_pool_size(len(labels), data)
-    order = np.arange(len(labels))
-    if data.partitioner == "quantity":  # sizes come in contiguous ranges: shuffle first
-        order = np.random.default_rng([seed, 0x0DE]).permutation(len(labels))
     try:
-        parts = [order[part] for part in partition_indices(labels[order], data, seed)]
+        parts = split_pool(labels, data, seed)
     except ConfigError:
         raise
     except ValueError as error:  # flwr-datasets' message, which names no config key

@@ -1,21 +1,34 @@
 """Split a manifest into one manifest per client: by site, Dirichlet over labels, or IID.
 
-Dirichlet and IID use flwr-datasets' partitioners on a local `datasets.Dataset` built from the
-manifest (row index and label), so the splits match what Flower's own tooling produces.
+Dirichlet and IID are the run's own partitioning (`fedmirasol.data.partitioning`, flwr-datasets'
+partitioners), so a manifest split here is split the way `fedmirasol simulate` splits a pool;
+IID shuffles the manifest's order first (seeded).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import numpy as np
 
 from fedmirasol.data.media.manifest import ClipRecord, write_manifest
+from fedmirasol.data.partitioning import split_pool
 from fedmirasol.errors import ConfigError
 
-if TYPE_CHECKING:
-    from flwr_datasets.partitioner import Partitioner
-
 METHODS = ("site", "dirichlet", "iid")
+
+
+@dataclass(frozen=True)
+class _Split:
+    """The partitioning keys (`PartitionKeys`) of a `fedmirasol data partition` command line."""
+
+    partitioner: str
+    num_clients: int
+    alpha: float
+    min_partition_size: int
+    classes_per_client: int = 1
+    quantity_alpha: float = 1.0
 
 
 def partition_records(
@@ -39,28 +52,13 @@ def partition_records(
         per = f" x --min-size {min_partition_size}" if by == "dirichlet" else ""
         raise ConfigError(f"--clients {num_clients}{per} needs at least {num_clients * fewest} "
                           f"clips; the manifest has {len(records)}")
-    from datasets import Dataset
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
-
-    table = Dataset.from_dict({"row": list(range(len(records))), "label": [r.label for r in records]})
-    partitioner: Partitioner
-    if by == "iid":
-        partitioner = IidPartitioner(num_partitions=num_clients)
-        table = table.shuffle(seed=seed)
-    else:
-        if all(r.label < 0 for r in records):
-            raise ConfigError("--by dirichlet splits by label, but the manifest has no labels")
-        partitioner = DirichletPartitioner(
-            num_partitions=num_clients,
-            partition_by="label",
-            alpha=alpha,
-            min_partition_size=min_partition_size,
-            seed=seed,
-        )
-    partitioner.dataset = table
+    if by == "dirichlet" and all(r.label < 0 for r in records):
+        raise ConfigError("--by dirichlet splits by label, but the manifest has no labels")
+    labels = np.array([r.label for r in records], dtype=np.int64)
+    split = _Split(by, num_clients, alpha, min_partition_size)
     try:
-        return [[records[i] for i in sorted(partitioner.load_partition(c)["row"])]
-                for c in range(num_clients)]
+        return [[records[i] for i in sorted(part.tolist())]
+                for part in split_pool(labels, split, seed, shuffle_iid=True)]
     except ValueError as error:  # flwr-datasets' message names none of the flags
         flags = f" --alpha {alpha} --min-size {min_partition_size}" if by == "dirichlet" else ""
         raise ConfigError(f"--by {by} --clients {num_clients}{flags} cannot split the manifest's "
