@@ -14,6 +14,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.engines.apps import build_client_app
 from fedmirasol.config import load_config
+from fedmirasol.secagg.identity import provision
 from fedmirasol.server.loop import FederatedRun
 from fedmirasol.testing.local_grid import LocalGrid
 
@@ -26,18 +27,21 @@ def task_identity() -> None:
 
 
 def secagg_config(rounds: int, **overrides: Any):
-    """A run config for the three NODES with secure aggregation (threshold 2 of 3)."""
+    """A run config for the three NODES with secure aggregation (threshold 2 of 3: at least
+    2 contributors)."""
     base = {"num-rounds": rounds, "data.num-clients": 3, "data.clips-per-client": 6,
             "data.test-clips": 4, "model.num-frames": 8, "client.batch-size": 4,
             "client.local-epochs": 1, "client.threads": 1, "strategy.min-train-nodes": 2,
             "strategy.min-available-nodes": 2, "strategy.round-timeout": 60.0,
-            "secagg.reconstruction-fraction": 0.6} | overrides
+            "secagg.reconstruction-fraction": 0.6, "secagg.min-contributors": 2} | overrides
     return load_config(None, [f"{k}={json.dumps(v)}" for k, v in base.items()])
 
 
-def local_grid() -> LocalGrid:
-    return LocalGrid(build_client_app(), {node: {"partition-id": i, "num-partitions": 3}
-                                          for i, node in enumerate(NODES)})
+def local_grid(**options: Any) -> LocalGrid:
+    """The real ClientApp on the three NODES, with provisioned long-term identities."""
+    return LocalGrid(build_client_app(identities=provision(len(NODES))),
+                     {node: {"partition-id": i, "num-partitions": 3}
+                      for i, node in enumerate(NODES)}, **options)
 
 
 def run(cfg, run_dir: Path, grid: LocalGrid | None = None) -> FederatedRun:

@@ -13,7 +13,7 @@ from fedmirasol.deploy import certs
 from fedmirasol.deploy.certs import CredentialsExistError, credential_paths, make_credentials
 
 PRIVATE = ("ca.key", "server.key", "node-0", "node-1")
-PUBLIC = ("ca.crt", "server.crt", "node-0.pub", "node-1.pub")
+PUBLIC = ("ca.crt", "server.crt", "node-0.pub", "node-1.pub", "registry.pub")
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
@@ -57,7 +57,18 @@ def test_a_symlink_counts_as_existing(tmp_path):
 
 def test_credential_paths_lists_every_file_written(tmp_path):
     assert [p.name for p in credential_paths(tmp_path, 1)] == [
-        "ca.crt", "ca.key", "server.crt", "server.key", "node-0", "node-0.pub"]
+        "ca.crt", "ca.key", "server.crt", "server.key", "node-0", "node-0.pub", "registry.pub"]
+
+
+def test_registry_lists_every_node_key_as_an_identity(tmp_path):
+    from fedmirasol.secagg.identity import load_identity, read_registry
+
+    creds = make_credentials(tmp_path, nodes=3)
+    registry = read_registry(creds.registry)
+    assert len(registry) == 3
+    for private, _ in creds.node_keys:  # each SuperNode key is a registered identity
+        identity = load_identity(private, creds.registry)
+        assert identity.public in registry
 
 
 def test_force_overwrites_everything(tmp_path, capsys):

@@ -47,7 +47,8 @@ round-timeout = 300.0
 [output]
 runs-dir = "{root / 'runs'}"
 """ + ("[privacy]\nenabled = true\nnoise-multiplier = 1.0\nmax-grad-norm = 1.0\n" if dp else "")
-      + ("[secagg]\nenabled = true\nreconstruction-fraction = 0.6\n" if secagg else ""))
+      + ("[secagg]\nenabled = true\nreconstruction-fraction = 0.6\nmin-contributors = 2\n"
+         if secagg else ""))
     return path
 
 
@@ -164,7 +165,8 @@ def test_two_rounds_survive_node_restart_node_loss_and_superlink_restart(tmp_pat
 
 
 def test_secure_aggregation_survives_a_node_lost_in_round_2(tmp_path):
-    """SecAgg+ between separate SuperNode processes, with DP-SGD on the clients; node 2 dies
+    """SecAgg+ between separate SuperNode processes, each signing its round keys with its real
+    SuperNode key (checked against registry.pub), with DP-SGD on the clients; node 2 dies
     during round 2, the survivors' masked sum is still unmasked, and the privacy ledger has
     each survivor's row per round. With 3
     clients the default reconstruction fraction (0.67) needs all 3 share holders

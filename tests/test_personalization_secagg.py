@@ -16,6 +16,7 @@ from fedmirasol.runs import run_dir as rundir
 from fedmirasol.engines.apps import build_client_app
 from fedmirasol.config import load_config
 from fedmirasol.server.loop import FederatedRun
+from fedmirasol.secagg.identity import provision
 from fedmirasol.testing.local_grid import LocalGrid
 
 NODES = [21, 22, 23]
@@ -31,12 +32,14 @@ def one_round(method: str, secure: bool, run_dir: Path) -> tuple[FederatedRun, d
                 "data.test-clips": 4, "model.num-frames": 8, "client.batch-size": 4,
                 "client.local-epochs": 1, "data.partitioner": "pathological",
                 "strategy.round-timeout": 60.0, "secagg.reconstruction-fraction": 0.6,
+                "secagg.min-contributors": 2,
                 "secagg.enabled": secure, "personalization.method": method}
     cfg = load_config(None, [f"{k}={json.dumps(v)}" for k, v in settings.items()])
     run_dir.mkdir(parents=True)
     rundir.write_config(run_dir, cfg)
-    grid = LocalGrid(build_client_app(), {node: {"partition-id": i, "num-partitions": 3}
-                                          for i, node in enumerate(NODES)})
+    grid = LocalGrid(build_client_app(identities=provision(3)),
+                     {node: {"partition-id": i, "num-partitions": 3}
+                      for i, node in enumerate(NODES)})
     federated = FederatedRun(grid, cfg, run_dir)
     federated.run()
     return federated, rundir.read_metrics(run_dir)[-1]

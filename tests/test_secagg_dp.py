@@ -130,7 +130,8 @@ def test_config_checks_dp_with_secagg(tmp_path: Path) -> None:
                       [f'pretrained.checkpoint="{tiny_checkpoint(tmp_path)}"'])
     assert cfg.privacy.enabled and cfg.secagg.enabled
     assert cfg.strategy.name == "fedbn"
-    config(1, **{"secagg.enabled": True, "privacy.client-level": True})  # range: the clip norm
-    with pytest.raises(ValueError, match="secagg.range"):
-        config(1, **{"secagg.enabled": True, "privacy.client-level": True,
-                     "privacy.client-clip-norm": 1.0, "secagg.range": 0.5})
+    clipped = config(1, **{"secagg.enabled": True, "privacy.client-level": True,
+                           "privacy.client-clip-norm": 0.7, "secagg.range": 0.5})
+    assert clipped.secagg_bound() == 0.7  # under client-level DP the clip norm is the bound
+    with pytest.raises(ValueError, match="secagg.range' must be > 0: the bound"):
+        config(1, **{"secagg.enabled": True, "secagg.range": 0.0})  # no measured ranges

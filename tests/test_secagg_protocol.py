@@ -18,16 +18,11 @@ from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmirasol.core.seeds import seed_for
-from fedmirasol.core.parameters import to_record
 from fedmirasol.secagg import client, protocol
-from fedmirasol.testing.local_grid import LocalGrid
 from fedmirasol.secagg.quantization import CapacityExceeded, OutOfRange, Quantizer
-from fedmirasol.secagg.server import SecureAggregator
-from fedmirasol.config.secagg import SecAggConfig as SecAggSettings
 from secagg_app_fixtures import alter_replies
+from secagg_standins import NODES, Clients, aggregator, max_error, train_messages
 
-SPEC = [("a", (30, 20)), ("b", (50,))]
-NODES = [101, 102, 103, 104, 105]
 
 
 @pytest.fixture(autouse=True)
@@ -35,70 +30,30 @@ def task_identity() -> None:
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
 
 
-class Clients:
-    """Five clients whose 'training' returns a fixed random update and example count."""
-
-    def __init__(self, scale: float = 0.5) -> None:
-        rng = np.random.default_rng(0)
-        self.updates = {pid: {k: rng.uniform(-scale, scale, s).astype(np.float32)
-                              for k, s in SPEC} for pid in range(len(NODES))}
-        self.counts = {pid: 3 + 2 * pid for pid in self.updates}
-        self.received: list[Message] = []
-        app = ClientApp()
-        client.register(app, train=self.train, run_seed=lambda message: 0)
-        self.grid = LocalGrid(app, {node: {"partition-id": pid} for pid, node in
-                                    enumerate(NODES)}, observe=self.received.append)
-
-    def train(self, message: Message, context) -> Message:  # noqa: ANN001
-        pid = int(context.node_config["partition-id"])
-        return Message(RecordDict({"arrays": to_record(self.updates[pid]), "metrics":
-                                   MetricRecord({"num-examples": self.counts[pid],
-                                                 "partition-id": pid})}), reply_to=message)
-
-    def mean(self, pids: list[int], weighted: bool = True) -> dict[str, np.ndarray]:
-        weights = {p: self.counts[p] if weighted else 1 for p in pids}
-        return {k: sum(weights[p] * self.updates[p][k].astype(np.float64) for p in pids)
-                / sum(weights.values()) for k, _ in SPEC}
-
-
-def train_messages(server_round: int = 1) -> list[Message]:
-    model = to_record({k: np.zeros(s, np.float32) for k, s in SPEC})
-    return [Message(RecordDict({"arrays": model, "config": ConfigRecord(
-        {"server-round": server_round})}), dst_node_id=node, message_type=MessageType.TRAIN,
-        group_id=str(server_round)) for node in NODES]
-
-
-def aggregator(bound: float | None = 1.0, weighting: str = "examples", **settings: object
-               ) -> SecureAggregator:
-    settings = {"reconstruction_fraction": 0.6, **settings}  # t = 3 of 5: n - t = 2
-    return SecureAggregator(SecAggSettings(enabled=True, **settings), SPEC, bound, weighting)
-
-
-def max_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> float:
-    return max(float(np.abs(got[k] - want[k]).max()) for k in want)
-
-
 @pytest.mark.parametrize("bound,weighting,neighbours", [
-    (1.0, "examples", 0), (None, "examples", 0), (1.0, "equal", 2)])
-def test_secure_mean_equals_plain_mean(bound: float | None, weighting: str,
+    (1.0, "examples", 0), (0.5, "examples", 0), (1.0, "equal", 4)])
+def test_secure_mean_equals_plain_mean(bound: float, weighting: str,
                                        neighbours: int) -> None:
     clients = Clients()
     result = aggregator(bound, weighting, num_neighbours=neighbours).run(
         clients.grid, train_messages(), 10, 1)
     assert result.failure is None and not result.rejections
     assert sorted(result.survivors) == NODES
-    step = (bound or 0.5) / 2 ** 15  # one quantization step (measured: next power of two)
+    step = bound / 2 ** 15  # one quantization step
     assert max_error(result.mean, clients.mean(list(range(5)), weighting == "examples")) < step
     assert result.weight_sum == (sum(clients.counts.values()) if weighting == "examples" else 5)
+    # the contributor count and the mean train loss are secure sums too
+    assert result.contributors == 5
+    assert result.train_loss == pytest.approx(np.mean(list(clients.losses.values())), abs=1e-3)
 
 
 def test_server_never_receives_an_individual_update() -> None:
     clients = Clients()
-    result = aggregator(None).run(clients.grid, train_messages(), 10, 1)
+    result = aggregator(1.0).run(clients.grid, train_messages(), 10, 1)
     assert result.failure is None
-    quantizer = Quantizer(0.5, 16)
+    quantizer = Quantizer(1.0, 16)
     stages = {m.metadata.message_type for m in clients.received}
-    assert stages == {protocol.KEYS, protocol.SHARES, protocol.TRAIN, protocol.MASK,
+    assert stages == {protocol.KEYS, protocol.SHARES, protocol.MASK, protocol.CONSISTENCY,
                       protocol.UNMASK}
     for message in clients.received:
         assert "arrays" not in message.content.array_records  # no plain update record
@@ -121,22 +76,20 @@ def test_server_never_receives_an_individual_update() -> None:
             pid = int(message.content.metric_records["metrics"]["partition-id"])
             flat = np.concatenate([v.ravel() for v in clients.updates[pid].values()])
             # A masked vector looks uniform on Z_(2^32) and is uncorrelated with the update.
-            signed = masked[:-1].view(np.int32).astype(np.float64)
+            signed = masked[:-protocol.EXTRAS].view(np.int32).astype(np.float64)
             assert np.abs(signed).mean() > 2 ** 29
             assert abs(np.corrcoef(signed, flat)[0, 1]) < 0.15
 
 
-@pytest.mark.parametrize("bound,stage", [(1.0, protocol.MASK), (None, protocol.TRAIN),
-                                         (None, protocol.MASK)])
-def test_dropouts_after_key_sharing_leave_the_survivors_sum(bound: float | None,
-                                                            stage: str) -> None:
+@pytest.mark.parametrize("bound,stage", [(1.0, protocol.MASK), (0.5, protocol.MASK)])
+def test_dropouts_after_key_sharing_leave_the_survivors_sum(bound: float, stage: str) -> None:
     clients = Clients()
     clients.grid.drop([NODES[1], NODES[3]], stage)  # n - t = 2
     result = aggregator(bound).run(clients.grid, train_messages(), 10, 1)
     assert result.failure is None
     assert sorted(result.survivors) == [NODES[0], NODES[2], NODES[4]]
     assert {r.node_id for r in result.rejections} == {NODES[1], NODES[3]}
-    assert max_error(result.mean, clients.mean([0, 2, 4])) < (bound or 0.5) / 2 ** 15
+    assert max_error(result.mean, clients.mean([0, 2, 4])) < bound / 2 ** 15
     assert result.weight_sum == clients.counts[0] + clients.counts[2] + clients.counts[4]
 
 
@@ -201,8 +154,8 @@ def test_clients_refuse_to_unmask_both_ways() -> None:
     grid.send_and_receive = tamper
     result = secure.run(grid, train_messages(), 10, 1)
     assert sent and result.mean is None
-    assert result.rejections and all("refusing to unmask" in r.reason
-                                     for r in result.rejections)
+    assert result.rejections and all("refused: the server named nodes both surviving and "
+                                     "dropped" in r.reason for r in result.rejections)
 
 
 def replace_shares(change: Callable[[bytes], bytes]) -> Callable[[Message], None]:
@@ -222,7 +175,7 @@ def test_a_malformed_stage_reply_is_named_not_fatal() -> None:
     result = aggregator().run(clients.grid, train_messages(), 10, 1)
     assert result.failure is None and sorted(result.survivors) == NODES[:2] + NODES[3:]
     assert [(r.node_id, r.reason) for r in result.rejections] == [
-        (NODES[2], "secagg_keys: reply has no 'secagg' record")]
+        (NODES[2], "secagg_keys: reply carries neither keys nor bookkeeping")]
 
 
 def test_shares_that_do_not_combine_fail_the_round_not_the_run() -> None:

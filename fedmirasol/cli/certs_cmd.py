@@ -41,4 +41,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"SuperLink cert/key:  {creds.server_cert} {creds.server_key}")
     for private, public in creds.node_keys:
         print(f"SuperNode key pair:  {private} {public}")
+    print(f"Registry:            {creds.registry} (node config secagg-registry; secagg-key = "
+          "the node's key)")
     return 0

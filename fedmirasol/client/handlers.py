@@ -75,7 +75,7 @@ def _state_dir(context: Context, record: ConfigRecord) -> str:
     return own or str(record.get(STATE_DIR_KEY, ""))
 
 
-def _restore_state(context: Context, record: ConfigRecord, pid: int, server_round: int) -> None:
+def restore_state(context: Context, record: ConfigRecord, pid: int, server_round: int) -> None:
     directory = _state_dir(context, record)
     if directory:
         client_state.restore_from_disk(context.state, directory, pid, server_round - 1)
@@ -85,7 +85,7 @@ def handle_train(message: Message, context: Context) -> Message:
     config, record = run_config(message, context)
     pid = partition_id(context, config)
     server_round = int(record["server-round"])
-    _restore_state(context, record, pid, server_round)
+    restore_state(context, record, pid, server_round)
     global_shared = from_record(message.content.array_records["arrays"])
     result = client_task.train(config, pid, server_round, global_shared, context.state,
                                proximal_mu=float(record.get("proximal-mu", 0.0)))
@@ -100,7 +100,7 @@ def handle_evaluate(message: Message, context: Context) -> Message:
     config, record = run_config(message, context)
     pid = partition_id(context, config)
     # A node restarted since it trained this round evaluates with that round's state.
-    _restore_state(context, record, pid, int(record["server-round"]) + 1)
+    restore_state(context, record, pid, int(record["server-round"]) + 1)
     global_shared = from_record(message.content.array_records["arrays"])
     return release_evaluate(message, config, pid,
                             client_task.evaluate_local(config, pid, global_shared, context.state))

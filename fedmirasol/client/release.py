@@ -60,6 +60,15 @@ def release_train(message: Message, config: RunConfig, partition_id: int, num_ex
     return Message(content=content, reply_to=message)
 
 
+def release_exhausted(message: Message, partition_id: int, bookkeeping: Mapping[str, Any]
+                      ) -> Message:
+    """The reply of a client with nothing to contribute (its DP budget is spent): the
+    partition id and the accountant's public bookkeeping, no update and no example count."""
+    released = {"partition-id": partition_id,
+                **{key: value for key, value in bookkeeping.items() if key.startswith("dp-")}}
+    return Message(content=RecordDict({"metrics": MetricRecord(released)}), reply_to=message)
+
+
 def release_evaluate(message: Message, config: RunConfig, partition_id: int,
                      metrics: Mapping[str, Any]) -> Message:
     released = {"partition-id": partition_id, **release_policy(config).metrics(metrics)}

@@ -14,6 +14,9 @@
   ``data.val-fraction``); the run's ``data.source`` becomes ``"site"`` on this node.
 - ``client.*`` keys in `SITE_KEYS` (device, threads, batch sizes, local epochs) and
   ``privacy.budget-epsilon``: the site's hardware and privacy budget.
+- ``secagg-key``, ``secagg-registry``: the site's long-term key (its SuperNode key) and the
+  registry of public keys it accepts secure-aggregation peers from; ``secagg.min-contributors``
+  and ``secagg.reconstruction-fraction``: the least this site accepts (`fedmirasol.secagg`).
 - ``pretrained.checkpoint``: where this site keeps its copy of the run's pre-trained checkpoint
   (it must be the server's file: its SHA-256 is checked against ``pretrained.sha256``).
 - ``model.<field>``: model settings suited to the site that keep every parameter's shape (for
@@ -29,10 +32,11 @@ from typing import Any, Mapping
 
 from fedmirasol.config import RunConfig, with_values
 
-NODE_KEYS = ("partition-id", "num-partitions", "state-dir")
+NODE_KEYS = ("partition-id", "num-partitions", "state-dir", "secagg-key", "secagg-registry")
 SITE_KEYS = ("data.manifest", "client.device", "client.threads", "client.batch-size",
              "client.eval-batch-size", "client.local-epochs", "privacy.budget-epsilon",
-             "privacy.max-physical-batch-size", "pretrained.checkpoint")
+             "privacy.max-physical-batch-size", "pretrained.checkpoint",
+             "secagg.min-contributors", "secagg.reconstruction-fraction")
 
 
 def site_overrides(node_config: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from fedmirasol.personalization import (
 from fedmirasol.privacy.client_level import clip_update
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate, train_epochs
+
+if TYPE_CHECKING:
+    from fedmirasol.privacy.client_round import PrivateRound
 
 
 @dataclass(frozen=True)
@@ -104,13 +107,8 @@ def train(config: Mapping[str, Any], partition_id: int, server_round: int,
     torch.set_num_threads(client.threads)
     data = client_data.client_data(config, partition_id)
     privacy = config.privacy
-    private = None
-    if privacy.enabled:
-        from fedmirasol.privacy.client_round import PrivateRound  # Opacus: only under DP
-
-        private = PrivateRound.begin(state, privacy, num_examples=len(data.train),
-                                     batch_size=client.batch_size,
-                                     epochs=client.local_epochs, num_rounds=config.num_rounds)
+    private = _private_round(config, len(data.train), state) if privacy.enabled else None
+    if private is not None:
         if not private.budget.allowed:  # never trains past the budget
             return TrainResult(update=None, num_examples=len(data.train),
                                metrics=private.metrics())
@@ -153,6 +151,27 @@ def train(config: Mapping[str, Any], partition_id: int, server_round: int,
         update, reply["update-norm"] = clip_update(update, privacy.client_clip_norm)
     reply.update({name: float(count) for name, count in data.skipped.items()})
     return TrainResult(update=update, num_examples=len(data.train), metrics=reply)
+
+
+def _private_round(config: RunConfig, num_examples: int, state: RecordDict) -> PrivateRound:
+    """This round's DP-SGD plan, checked against the budget (nothing trained yet)."""
+    from fedmirasol.privacy.client_round import PrivateRound  # Opacus: only under DP
+
+    client = config.client
+    return PrivateRound.begin(state, config.privacy, num_examples=num_examples,
+                              batch_size=client.batch_size, epochs=client.local_epochs,
+                              num_rounds=config.num_rounds)
+
+
+def exhausted_bookkeeping(config: RunConfig, partition_id: int, state: RecordDict
+                          ) -> dict[str, Any] | None:
+    """Under DP-SGD, the public bookkeeping of a client whose next round would pass its
+    budget (so it trains nothing); None when it may train."""
+    if not config.privacy.enabled:
+        return None
+    data = client_data.client_data(config, partition_id)
+    private = _private_round(config, len(data.train), state)
+    return None if private.budget.allowed else private.metrics()
 
 
 def evaluate_local(config: Mapping[str, Any], partition_id: int,

@@ -47,12 +47,11 @@ class RunConfig(Section):
         if self.privacy.client_level and strategy not in CLIENT_LEVEL_STRATEGIES:
             raise ConfigError(f"config key 'privacy.client-level' needs strategy.name in "
                               f"{CLIENT_LEVEL_STRATEGIES}, got {strategy!r}")
-        if self.secagg.enabled and self.privacy.client_level \
-                and 0 < self.secagg.range < self.privacy.client_clip_norm:
-            # A clipped update may hold a value up to the clip norm; quantization never clamps.
-            raise ConfigError(f"config key 'secagg.range' ({self.secagg.range!r}) must be 0 (the "
-                              f"clip norm) or at least privacy.client-clip-norm "
-                              f"({self.privacy.client_clip_norm!r}) under client-level DP")
+        if self.secagg.enabled and not self.privacy.client_level and self.secagg.range <= 0:
+            raise ConfigError("config key 'secagg.range' must be > 0: the bound of every update "
+                              "value that all clients quantize to (a declared bound, not one "
+                              "measured from the updates; under privacy.client-level the clip "
+                              "norm is the bound)")
         if self.privacy.enabled and self.personalization.trains_beyond_local_pass():
             raise ConfigError(
                 f"personalization.method = {self.personalization.method!r} with adapt-steps = "
@@ -109,12 +108,10 @@ class RunConfig(Section):
         personal = self.personalization.personal_selectors()
         return ",".join(filter(None, [local, *personal]))
 
-    def secagg_bound(self) -> float | None:
-        """The bound of every update value, if known: `secagg.range` when set, else the
-        client-level DP clip norm (an L2 bound bounds every coordinate); None: measure it."""
-        if self.secagg.range > 0:
-            return self.secagg.range
-        return self.privacy.client_clip_norm if self.privacy.client_level else None
+    def secagg_bound(self) -> float:
+        """The declared bound of every update value: under client-level DP the clip norm (an
+        L2 bound bounds every coordinate), else `secagg.range`."""
+        return self.privacy.client_clip_norm if self.privacy.client_level else self.secagg.range
 
     def secagg_weighting(self) -> str:
         """Equal weights under client-level DP (its noise is calibrated to an equal-weight

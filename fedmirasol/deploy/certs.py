@@ -9,6 +9,9 @@ Layout written by `make_credentials(out)`::
                               `flower-supernode --auth-supernode-private-key` reads)
     node-<i>.pub              its public key, OpenSSH format (what
                               `flwr supernode register` reads)
+    registry.pub              every node's public key, one per line: the registry a site
+                              accepts secure-aggregation peers from (node config
+                              ``secagg-registry``; its own key is ``secagg-key`` = node-<i>)
 
 Flower's SuperNode authentication takes NIST elliptic-curve keys (P-384 here). These are test
 credentials: a production site uses its own PKI and generates its node key on the device.
@@ -20,6 +23,7 @@ with mode 0600 (`os.open(..., 0o600)`), so they are never readable by others, no
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import os
@@ -44,6 +48,7 @@ class Credentials:
     server_cert: Path
     server_key: Path
     node_keys: list[tuple[Path, Path]] = field(default_factory=list)  # (private, public)
+    registry: Path | None = None  # every node's public key, one per line
 
 
 def _name(common_name: str) -> x509.Name:
@@ -162,7 +167,7 @@ def credential_paths(out: str | Path, nodes: int = 3) -> list[Path]:
     paths = [out / name for name in ("ca.crt", "ca.key", "server.crt", "server.key")]
     for i in range(nodes):
         paths.extend(node_key_paths(out / f"node-{i}"))
-    return paths
+    return paths + [out / "registry.pub"]
 
 
 def make_credentials(out: str | Path, nodes: int = 3, hosts: Sequence[str] = (),
@@ -191,4 +196,5 @@ def make_credentials(out: str | Path, nodes: int = 3, hosts: Sequence[str] = (),
     _write(out / "ca.key", _pem_key(ca_key), private=True, force=force)
     creds.node_keys.extend(write_node_key(out / f"node-{i}", force=force)
                            for i in range(nodes))
-    return creds
+    lines = b"".join(public.read_bytes() for _, public in creds.node_keys)
+    return dataclasses.replace(creds, registry=_write(out / "registry.pub", lines, force=force))

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
 
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedmirasol.client import handlers as client_handlers
-from fedmirasol.client.mods import client_mods, with_faults
+from fedmirasol.client.mods import client_mods
+from fedmirasol.client.secure import secure_hooks
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.runs.report import print_progress
 from fedmirasol.runs.resume import OpenedRun, open_run
@@ -22,18 +24,20 @@ from fedmirasol.config import RunConfig, from_flower_run_config
 from fedmirasol.pretrained.checkpoint import with_digest
 from fedmirasol.server.loop import FederatedRun, Progress
 from fedmirasol.secagg import client as secagg_client
+from fedmirasol.secagg.identity import Identity
 
 log = logging.getLogger("fedmirasol.server")
 
 
-def build_client_app() -> ClientApp:
+def build_client_app(identities: Sequence[Identity] | None = None) -> ClientApp:
+    """The ClientApp (`identities`: a simulation's provisioned long-term keys by partition id,
+    for secure aggregation; None: each node's own, from its node config)."""
     app = ClientApp(mods=client_mods())
     app.train()(client_handlers.handle_train)
     app.evaluate()(client_handlers.handle_evaluate)
     app.query()(client_handlers.handle_query)
     # the secure-aggregation stages (used when secagg.enabled) mask what handle_train returns
-    secagg_client.register(app, with_faults(client_handlers.handle_train),
-                           client_handlers.run_seed)
+    secagg_client.register(app, secure_hooks(identities))
     return app
 
 

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from fedmirasol.config import RunConfig
 from fedmirasol.engines.apps import build_client_app, build_server_app
+from fedmirasol.secagg.identity import Identity, provision
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.runs.report import print_progress
 from fedmirasol.runs.resume import open_run
@@ -100,6 +101,12 @@ def simulate(config: RunConfig | None = None, *, resume: str | Path | None = Non
     return opened.run_dir
 
 
+def _identities(config: RunConfig) -> list[Identity] | None:
+    """Under secure aggregation, one long-term key per virtual client (this process is the
+    trusted harness that provisions them, as a deployment's `fedmirasol certs` would)."""
+    return provision(config.data.num_clients) if config.secagg.enabled else None
+
+
 def _simulate(config: RunConfig, run_dir: Path, checkpoint: rundir.Checkpoint | None,
               progress: Progress | None, quiet_flower: bool) -> None:
     if quiet_flower:
@@ -111,7 +118,7 @@ def _simulate(config: RunConfig, run_dir: Path, checkpoint: rundir.Checkpoint | 
     started_ray = start_ray(backend["init_args"])
     try:
         _run_simulation(
-            server_app=server_app, client_app=build_client_app(),
+            server_app=server_app, client_app=build_client_app(identities=_identities(config)),
             num_supernodes=config.data.num_clients, backend_config=backend,
         )
     except RuntimeError as error:

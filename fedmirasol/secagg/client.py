@@ -2,41 +2,65 @@
 
 A client's secrets for the round (private keys, self-mask seed, the shares it holds) live in
 its node state (`context.state`) between stages and are dropped after unmasking. Training runs
-through the app's ordinary train handler, so DP-SGD, client-level clipping (before masking),
-FedProx and FedBN's local layers apply exactly as without secure aggregation; only the
-update it would have sent is quantized and masked instead.
+through the app's ordinary train handler, so DP-SGD, client-level clipping, FedProx and FedBN's
+local layers apply exactly as without secure aggregation; only the reply it would have sent is
+replaced by the masked vector and the public bookkeeping.
+
+An honest client assumes the server may lie. It refuses (its reply is an error and it reveals
+nothing more) when: a peer's keys are not signed by a registered long-term key, or a key is
+listed twice; its share group or the threshold is below what its site set
+(`secagg.min-contributors`, `secagg.reconstruction-fraction`, read from the run config with the
+site's node config applied); fewer than threshold peers' shares reach it before masking; the
+survivor set is too small, names it dropped, or is not signed by a majority of the
+participants on exactly the set it signed itself.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedmirasol.config.secagg import SecAggConfig
+from fedmirasol.core.parameters import from_record
 from fedmirasol.core.seeds import seed_for
-from fedmirasol.core.parameters import from_record, to_record
 from fedmirasol.secagg import keys
+from fedmirasol.secagg.identity import Identity, transcript, verify
 from fedmirasol.secagg.masking import apply_mask
 from fedmirasol.secagg.protocol import (
-    KEYS,
-    MASK,
-    MASKED,
-    RECORD,
-    SHARES,
-    TRAIN,
-    UNMASK,
-    VECTOR,
-    action,
+    CONSISTENCY, CONTRIBUTORS, EXTRAS, KEYS, LOSS, LOSS_CAP, MASK, MASKED, RECORD, SHARES,
+    SIGNED_KEYS, SIGNED_SURVIVORS, UNMASK, VECTOR, WEIGHT, action, loss_scale,
 )
-from fedmirasol.secagg.quantization import Quantizer, measured_bound
+from fedmirasol.secagg.quantization import Quantizer
 
 STATE = "secagg-client"
-UPDATE = "secagg-update"
 WEIGHT_KEY = "num-examples"
 ROUNDING_STREAM = 7  # seeds stochastic rounding apart from the training streams
+
+TrainFn = Callable[[Message, Context], Message]  # the app's train handler
+RunSeedFn = Callable[[Message], int]  # the run's seed, from the config a message carries
+PUBLIC_METRICS = ("partition-id",)  # with the DP bookkeeping (`dp-*`): all a masked reply shows
+
+
+class Refused(ValueError):
+    """An honest client's refusal to go on with a round the server ran against the protocol."""
+
+
+@dataclass(frozen=True)
+class ClientHooks:
+    """What secure aggregation needs from the client package (it does not import it)."""
+
+    train: TrainFn  # the app's train handler: its update is what gets masked
+    run_seed: RunSeedFn
+    settings: Callable[[Message, Context], SecAggConfig]  # the site's effective rules
+    identity: Callable[[Message, Context], Identity]  # this node's long-term key and registry
+    # the public "budget exhausted" reply of a client with nothing to contribute, else None
+    nothing_to_contribute: Callable[[Message, Context], Message | None]
 
 
 def _reply(message: Message, **records: Any) -> Message:
@@ -58,161 +82,261 @@ def _state(context: Context, record: ConfigRecord) -> ConfigRecord:
     return state
 
 
-def handle_keys(message: Message, context: Context) -> Message:
-    """Stage 1: fresh key pairs and self-mask seed; reply with the public keys and a
-    commitment to the seed (its SHA-256), so a wrongly rebuilt seed is caught."""
+def _refuse(reason: str, context: Context) -> None:
+    """Forget the round's secrets and refuse."""
+    if STATE in context.state:
+        del context.state[STATE]
+    raise Refused(f"secure aggregation refused: {reason}")
+
+
+def handle_keys(message: Message, context: Context, hooks: ClientHooks) -> Message:
+    """Stage 1: fresh key pairs and self-mask seed, signed with the node's long-term key; or
+    the public "exhausted" reply of a client with nothing to contribute (no keys: it takes
+    no part in the round, so it cannot pad the survivor count)."""
     record = _stage_record(message)
+    if STATE in context.state:
+        del context.state[STATE]
+    exhausted = hooks.nothing_to_contribute(message, context)
+    if exhausted is not None:
+        return exhausted
+    identity = hooks.identity(message, context)
+    me = message.metadata.dst_node_id
     mask_private, mask_public = keys.new_key_pair()
     enc_private, enc_public = keys.new_key_pair()
     seed = keys.new_seed()
+    commitment = keys.seed_commitment(seed)
     context.state[STATE] = ConfigRecord({"round": record["round"], "sk-mask": mask_private,
-                                         "sk-enc": enc_private, "seed": seed})
-    if UPDATE in context.state:
-        del context.state[UPDATE]
+                                         "sk-enc": enc_private, "seed": seed,
+                                         "pk-mask-own": mask_public, "pk-enc-own": enc_public})
+    signature = identity.sign(transcript(SIGNED_KEYS, str(record["round"]), me, mask_public,
+                                         enc_public, commitment))
     return _reply(message, **{RECORD: ConfigRecord({
-        "pk-mask": mask_public, "pk-enc": enc_public,
-        "seed-commitment": keys.seed_commitment(seed)})})
+        "pk-mask": mask_public, "pk-enc": enc_public, "seed-commitment": commitment,
+        "identity": identity.public, "signature": signature})})
 
 
-def handle_shares(message: Message, context: Context) -> Message:
-    """Stage 2: Shamir-share the self-mask seed and the mask key among this node's group
-    (itself and its neighbours), each share encrypted for its holder."""
+def _check_peers(record: ConfigRecord, state: ConfigRecord, identity: Identity, me: int,
+                 group: Sequence[int], context: Context) -> None:
+    """Every listed key bundle of the group is signed by a distinct registered identity, and
+    this node's own bundle is the one it sent."""
+    nodes = [int(n) for n in record["nodes"]]
+    at = {node: i for i, node in enumerate(nodes)}
+    identities = list(record["identities"])
+    if len(set(identities)) != len(identities):
+        _refuse("one long-term key is listed for two participants", context)
+    mine = at[me]
+    if (record["pk-mask"][mine], record["pk-enc"][mine], identities[mine]) != (
+            state["pk-mask-own"], state["pk-enc-own"], identity.public):
+        _refuse("the server changed this node's own keys", context)
+    for node in group:
+        i = at[node]
+        if not identity.registered(identities[i]):
+            _refuse(f"participant {node}'s long-term key is not in this site's registry",
+                    context)
+        signed = transcript(SIGNED_KEYS, str(record["round"]), node, record["pk-mask"][i],
+                            record["pk-enc"][i], record["seed-commitments"][i])
+        if not verify(identities[i], signed, record["signatures"][i]):
+            _refuse(f"participant {node}'s keys are not signed by its long-term key", context)
+
+
+def handle_shares(message: Message, context: Context, hooks: ClientHooks) -> Message:
+    """Stage 2: check the participants, then Shamir-share the self-mask seed and the mask key
+    among this node's group (itself and its neighbours), each share encrypted for its holder."""
     record = _stage_record(message)
     state = _state(context, record)
+    rules = hooks.settings(message, context)
+    identity = hooks.identity(message, context)
     me = message.metadata.dst_node_id
     nodes = [int(n) for n in record["nodes"]]
-    if me not in nodes or len(set(nodes)) != len(nodes):
-        raise ValueError("the participant list must name this node once and no node twice")
-    enc_keys = dict(zip(nodes, record["pk-enc"]))
+    lists = ("pk-mask", "pk-enc", "seed-commitments", "identities", "signatures")
+    if me not in nodes or len(set(nodes)) != len(nodes) or any(
+            len(record[key]) != len(nodes) for key in lists):
+        raise ValueError("the participant list must name this node once and no node twice, "
+                         "with one key bundle each")
     group = sorted(keys.neighbours(me, nodes, int(record["num-neighbours"])) + [me])
     threshold = int(record["threshold"])
-    if not len(group) // 2 < threshold <= len(group):
-        raise ValueError(f"threshold {threshold} must be a majority of the {len(group)} "
-                         "share holders")
+    if len(group) < rules.min_contributors:
+        _refuse(f"a share group of {len(group)} is below secagg.min-contributors = "
+                f"{rules.min_contributors}", context)
+    if not max(rules.threshold(len(group)), len(group) // 2 + 1) <= threshold <= len(group):
+        _refuse(f"threshold {threshold} for a group of {len(group)} is below this site's "
+                f"{rules.threshold(len(group))} (secagg.reconstruction-fraction = "
+                f"{rules.reconstruction_fraction}, secagg.min-contributors = "
+                f"{rules.min_contributors}) or not a majority", context)
+    _check_peers(record, state, identity, me, group, context)
+    enc_keys = dict(zip(nodes, record["pk-enc"]))
     seed_shares = keys.split_secret(state["seed"], threshold, group)
     key_shares = keys.split_secret(state["sk-mask"], threshold, group)
     sealed = [keys.seal_shares(state["sk-enc"], enc_keys[dst], me, dst, seed_shares[dst],
                                key_shares[dst]) for dst in group]
     state.update({"nodes": nodes, "pk-mask": list(record["pk-mask"]),
-                  "pk-enc": list(record["pk-enc"]), "threshold": threshold, "group": group})
+                  "pk-enc": list(record["pk-enc"]), "identities": list(record["identities"]),
+                  "signatures": list(record["signatures"]),
+                  "commitments": list(record["seed-commitments"]),
+                  "threshold": threshold, "group": group,
+                  "min-contributors": rules.min_contributors})
     return _reply(message, **{RECORD: ConfigRecord({"dst": group, "ciphertexts": sealed})})
 
 
-def _receive_shares(message: Message, state: ConfigRecord, record: ConfigRecord) -> None:
-    """Decrypt and keep the shares the server forwards (their senders are the peers)."""
+def _receive_shares(message: Message, state: ConfigRecord, record: ConfigRecord,
+                    context: Context) -> None:
+    """Decrypt and keep the shares the server forwards; refuse unless at least threshold
+    group members' shares (this node's own among them) arrived."""
     me = message.metadata.dst_node_id
     enc_keys = dict(zip(state["nodes"], state["pk-enc"]))
     group = set(state["group"])
     senders = [int(s) for s in record["src"]]
-    if me not in senders or not set(senders) <= group:
-        raise ValueError("forwarded shares must include this node's own and come only from "
-                         "its neighbours")
+    if me not in senders or not set(senders) <= group or len(set(senders)) != len(senders):
+        _refuse("forwarded shares must include this node's own and come only from its "
+                "neighbours, once each", context)
+    if len(senders) < int(state["threshold"]):
+        _refuse(f"shares from {len(senders)} group members arrived, fewer than the threshold "
+                f"{state['threshold']}: masking with so few peers would expose this update",
+                context)
     opened = [keys.open_shares(state["sk-enc"], enc_keys[src], src, me, ct)
               for src, ct in zip(senders, record["ciphertexts"])]
     state.update({"held-src": senders, "held-seed": [o[0] for o in opened],
                   "held-key": [o[1] for o in opened]})
 
 
-TrainFn = Callable[[Message, Context], Message]  # the app's train handler
-RunSeedFn = Callable[[Message], int]  # the run's seed, from the config a message carries
-
-
-def _rounding_seed(message: Message, metrics: Mapping[str, Any], run_seed: RunSeedFn) -> int:
+def _rounding_seed(message: Message, partition_id: int, run_seed: RunSeedFn) -> int:
     """Stochastic rounding seeded by (run seed, round, partition): a resumed run repeats."""
     record = message.content.config_records.get("config", {})
-    return seed_for(run_seed(message), int(record.get("server-round", 0)),
-                    int(metrics.get("partition-id", 0)), ROUNDING_STREAM)
+    return seed_for(run_seed(message), int(record.get("server-round", 0)), partition_id,
+                    ROUNDING_STREAM)
 
 
-def _train(message: Message, context: Context, train: TrainFn, run_seed: RunSeedFn
-           ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any], int]:
-    """Run the app's train handler: (update or None, its metrics, the rounding seed)."""
-    reply = train(message, context)
-    metrics = dict(reply.content.metric_records["metrics"])
-    arrays = reply.content.array_records.get("arrays")
-    update = from_record(arrays) if arrays is not None else None
-    return update, metrics, _rounding_seed(message, metrics, run_seed)
+def _public(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures a masked reply may show in the clear: the partition id and the DP
+    accountant's bookkeeping."""
+    return {key: value for key, value in metrics.items()
+            if key in PUBLIC_METRICS or key.startswith("dp-")}
 
 
-def handle_train(message: Message, context: Context, train: TrainFn,
-                 run_seed: RunSeedFn) -> Message:
-    """Stage 3 (measured range only): train, keep the update, reply with its coarse bound."""
-    record = _stage_record(message)
-    state = _state(context, record)
-    _receive_shares(message, state, record)
-    update, metrics, seed = _train(message, context, train, run_seed)
-    largest = max((float(np.max(np.abs(v))) for v in (update or {}).values() if v.size),
-                  default=0.0)
-    state["rounding-seed"] = seed
-    context.state[UPDATE] = to_record(update) if update is not None else ArrayRecord()
-    context.state["secagg-metrics"] = MetricRecord(metrics)
-    return _reply(message, metrics=MetricRecord(metrics),
-                  **{RECORD: ConfigRecord({"bound": measured_bound(largest)})})
-
-
-def _mask(update: dict[str, np.ndarray] | None, weight: int, state: ConfigRecord,
-          record: ConfigRecord, me: int) -> np.ndarray:
-    """The masked vector: quantized weighted update, weight, self mask, pairwise masks.
-
-    A client with no update (its DP budget is exhausted: it trained nothing) masks zeros with
-    weight zero: it adds nothing to the sum, yet its masks cancel, so it is no dropout.
-    """
-    spec_size = int(record["size"])
-    vector = np.zeros(spec_size + 1, np.uint32)
-    if update is not None:
-        quantizer = Quantizer(float(record["bound"]), int(record["bits"]))
-        quantizer.encode(list(update.values()), weight, vector[:spec_size],
-                         np.random.default_rng(int(state["rounding-seed"])))
-    vector[spec_size] = weight if update is not None else 0
+def _mask(update: dict[str, np.ndarray], metrics: Mapping[str, Any], weight: int,
+          state: ConfigRecord, record: ConfigRecord, me: int, seed: int) -> np.ndarray:
+    """The masked vector: quantized weighted update and the extra sums, self mask, pairwise
+    masks."""
+    size = int(record["size"])
+    vector = np.zeros(size + EXTRAS, np.uint32)
+    rng = np.random.default_rng(seed)
+    quantizer = Quantizer(float(record["bound"]), int(record["bits"]))
+    quantizer.encode(list(update.values()), weight, vector[:size], rng)
+    loss = float(metrics.get("train-loss", 0.0))
+    loss = min(max(loss, 0.0), LOSS_CAP) if math.isfinite(loss) else LOSS_CAP
+    vector[size + WEIGHT] = weight
+    vector[size + CONTRIBUTORS] = 1
+    vector[size + LOSS] = int(math.floor(loss * loss_scale(int(record["clients"])) + rng.random()))
     apply_mask(vector, state["seed"])
     mask_keys = dict(zip(state["nodes"], state["pk-mask"]))
     for peer in state["held-src"]:
         if peer != me:
-            seed = keys.pairwise_seed(state["sk-mask"], mask_keys[peer])
-            apply_mask(vector, seed, 1 if me < peer else -1)
+            pairwise = keys.pairwise_seed(state["sk-mask"], mask_keys[peer])
+            apply_mask(vector, pairwise, 1 if me < peer else -1)
     return vector
 
 
-def handle_mask(message: Message, context: Context, train: TrainFn,
-                run_seed: RunSeedFn) -> Message:
-    """Stage 4: quantize and mask the update (training first unless stage 3 did)."""
+def handle_mask(message: Message, context: Context, hooks: ClientHooks) -> Message:
+    """Stage 3: take the shares, train, quantize and mask the update."""
     record = _stage_record(message)
     state = _state(context, record)
-    if "src" in record:  # shares not yet delivered: train now (the bound is known)
-        _receive_shares(message, state, record)
-        update, metrics, state["rounding-seed"] = _train(message, context, train, run_seed)
-    else:
-        stored = context.state.array_records.get(UPDATE)
-        if stored is None:
-            raise RuntimeError("no trained update kept for masking (the train stage was missed)")
-        update = from_record(stored) or None
-        metrics = dict(context.state.metric_records["secagg-metrics"])
-        del context.state[UPDATE]
+    _receive_shares(message, state, record, context)
+    reply = hooks.train(message, context)
+    metrics = dict(reply.content.metric_records["metrics"])
+    arrays = reply.content.array_records.get("arrays")
+    if arrays is None:  # it said it could contribute at stage 1
+        _refuse("this client has no update to contribute (its DP budget ran out after key "
+                "sharing)", context)
+    update = from_record(arrays)
     me = message.metadata.dst_node_id
-    weight = int(metrics[WEIGHT_KEY]) if record["weighting"] == "examples" else 1
-    if update is not None and set(update) != set(record["names"]):
+    if set(update) != set(record["names"]):
         raise ValueError("the update's parameters differ from the ones the server aggregates")
-    if update is not None:
-        update = {name: update[name] for name in record["names"]}
-    vector = _mask(update, weight, state, record, me)
+    update = {name: update[name] for name in record["names"]}
+    weight = int(metrics[WEIGHT_KEY]) if record["weighting"] == "examples" else 1
+    seed = _rounding_seed(message, int(metrics.get("partition-id", 0)), hooks.run_seed)
+    vector = _mask(update, metrics, weight, state, record, me, seed)
     del update
-    return _reply(message, metrics=MetricRecord(metrics),
+    return _reply(message, metrics=MetricRecord(_public(metrics)),
                   **{MASKED: ArrayRecord({VECTOR: Array(vector)})})
 
 
-def handle_unmask(message: Message, context: Context) -> Message:
-    """Stage 5: reveal seed shares of survivors and key shares of dropouts, never both."""
+def _survivor_sets(record: ConfigRecord, state: ConfigRecord, me: int,
+                   context: Context) -> tuple[list[int], list[int]]:
+    """The announced (survivors, dropouts), checked against what this node knows."""
+    active = sorted({int(n) for n in record["active"]})
+    dropped = sorted({int(n) for n in record["dropped"]})
+    nodes = set(state["nodes"])
+    if set(active) & set(dropped):
+        _refuse("the server named nodes both surviving and dropped", context)
+    if not set(active) | set(dropped) <= nodes:
+        _refuse("the survivor list names nodes that never shared keys", context)
+    if me not in active:
+        _refuse("this node is not among the survivors", context)
+    group = set(state["group"])
+    if len(group & set(active)) < int(state["threshold"]):
+        _refuse(f"only {len(group & set(active))} of this node's group survive, fewer than "
+                f"the threshold {state['threshold']}", context)
+    if len(active) < int(state["min-contributors"]):
+        _refuse(f"{len(active)} survivors, fewer than secagg.min-contributors = "
+                f"{state['min-contributors']}", context)
+    return active, dropped
+
+
+def handle_consistency(message: Message, context: Context, hooks: ClientHooks) -> Message:
+    """Stage 4: sign the survivor set (once per round: a second, different set is refused)."""
     record = _stage_record(message)
     state = _state(context, record)
     me = message.metadata.dst_node_id
-    active, dropped = {int(n) for n in record["active"]}, {int(n) for n in record["dropped"]}
-    if active & dropped:
-        raise ValueError("the server named nodes both surviving and dropped; refusing to unmask")
-    if me not in active:
-        raise ValueError("this node is not among the survivors; refusing to unmask")
-    if len(active) < int(state["threshold"]):
-        raise ValueError(f"only {len(active)} survivors, fewer than the threshold "
-                         f"{state['threshold']}; refusing to unmask")
+    active, dropped = _survivor_sets(record, state, me, context)
+    if "signed-active" in state:
+        if (list(state["signed-active"]), list(state["signed-dropped"])) != (active, dropped):
+            _refuse("the server asked this node to sign a second, different survivor set",
+                    context)
+    state.update({"signed-active": active, "signed-dropped": dropped})
+    identity = hooks.identity(message, context)
+    signature = identity.sign(transcript(SIGNED_SURVIVORS, str(record["round"]), active,
+                                         dropped))
+    return _reply(message, **{RECORD: ConfigRecord({"signature": signature})})
+
+
+def _check_survivor_signatures(record: ConfigRecord, state: ConfigRecord,
+                               active: Sequence[int], dropped: Sequence[int],
+                               context: Context, identity: Identity) -> None:
+    """A majority of all participants (at least the threshold) signed exactly this set, each
+    with the registered key its signed round keys name."""
+    nodes = list(state["nodes"])
+    at = {node: i for i, node in enumerate(nodes)}
+    signed = transcript(SIGNED_SURVIVORS, str(record["round"]), active, dropped)
+    signers = [int(n) for n in record["signers"]]
+    valid = set()
+    for signer, signature in zip(signers, record["signatures"]):
+        if signer not in active or signer in valid:
+            continue
+        i = at[signer]
+        bundle = transcript(SIGNED_KEYS, str(record["round"]), signer, state["pk-mask"][i],
+                            state["pk-enc"][i], state["commitments"][i])
+        public = state["identities"][i]
+        if identity.registered(public) and verify(public, bundle, state["signatures"][i]) \
+                and verify(public, signed, signature):
+            valid.add(signer)
+    needed = max(int(state["threshold"]), len(nodes) // 2 + 1)
+    if len(valid) < needed:
+        _refuse(f"{len(valid)} valid survivor signatures on this set, fewer than {needed} (a "
+                "majority of the participants and the threshold)", context)
+
+
+def handle_unmask(message: Message, context: Context, hooks: ClientHooks) -> Message:
+    """Stage 5: with the survivors' signatures on the set this node signed, reveal seed shares
+    of survivors and key shares of dropouts, never both."""
+    record = _stage_record(message)
+    state = _state(context, record)
+    me = message.metadata.dst_node_id
+    active, dropped = _survivor_sets(record, state, me, context)
+    if "signed-active" not in state or (list(state["signed-active"]),
+                                        list(state["signed-dropped"])) != (active, dropped):
+        _refuse("the survivor set to unmask is not the one this node signed", context)
+    _check_survivor_signatures(record, state, active, dropped, context,
+                               hooks.identity(message, context))
     nodes, shares = [], []
     for src, seed_share, key_share in zip(state["held-src"], state["held-seed"],
                                           state["held-key"]):
@@ -223,12 +347,10 @@ def handle_unmask(message: Message, context: Context) -> Message:
     return _reply(message, **{RECORD: ConfigRecord({"nodes": nodes, "shares": shares})})
 
 
-def register(app: ClientApp, train: TrainFn, run_seed: RunSeedFn) -> None:
-    """Register the stage handlers on a ClientApp (message types in `protocol`); `train`
-    is the app's train handler whose update gets masked, `run_seed` reads the run's seed from
-    a message (the client package provides both: secure aggregation does not depend on it)."""
-    app.query(action(KEYS))(handle_keys)
-    app.query(action(SHARES))(handle_shares)
-    app.train(action(TRAIN))(functools.partial(handle_train, train=train, run_seed=run_seed))
-    app.train(action(MASK))(functools.partial(handle_mask, train=train, run_seed=run_seed))
-    app.query(action(UNMASK))(handle_unmask)
+def register(app: ClientApp, hooks: ClientHooks) -> None:
+    """Register the stage handlers on a ClientApp (message types in `protocol`)."""
+    for stage, handler, kind in ((KEYS, handle_keys, app.query), (SHARES, handle_shares, app.query),
+                                 (MASK, handle_mask, app.train),
+                                 (CONSISTENCY, handle_consistency, app.query),
+                                 (UNMASK, handle_unmask, app.query)):
+        kind(action(stage))(functools.partial(handler, hooks=hooks))

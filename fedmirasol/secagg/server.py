@@ -1,10 +1,13 @@
 """The server-side driver: runs the secure-aggregation stages over a Grid for one round and
 returns the weighted mean of the survivors' updates, which is all the server learns.
 
-The server never sees an individual update: only public keys, encrypted shares, masked
-vectors (uniformly random in Z_(2^32) to anyone without the masks), plain train metrics, and,
-at the end, the shares needed to remove the masks from the *sum*. A round fails (the caller
-keeps the previous model and records why) when too few clients are left to reconstruct.
+The server sees public keys, signatures, encrypted shares, masked vectors (uniformly random in
+Z_(2^32) to anyone without the masks), public bookkeeping (partition ids, DP accountant
+figures) and, at the end, the shares needed to remove the masks from the *sum*: the sum of the
+updates, of the weights, of the contributor count and of the (clipped) train losses. A round
+fails (the caller keeps the previous model and records why) when too few clients are left to
+reconstruct, fewer than `secagg.min-contributors` contributed, or the honest clients refuse a
+stage (see `fedmirasol.secagg.client`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ _KINDS: dict[str, Callable[[object], bool]] = {
 }
 
 
+KEY_FIELDS = {"pk-mask": BYTES, "pk-enc": BYTES, "seed-commitment": BYTES,
+              "identity": BYTES, "signature": BYTES}
+
+
 class RoundFailed(RuntimeError):
     """Secure aggregation cannot complete this round (the reason is the message)."""
 
@@ -53,7 +60,10 @@ class SecureRound:
     mean: NumpyState | None = None  # weighted mean of the survivors' updates
     weight_sum: int = 0
     survivors: list[int] = field(default_factory=list)  # node ids inside the sum
-    replies: list[Message] = field(default_factory=list)  # survivors' plain train metrics
+    replies: list[Message] = field(default_factory=list)  # survivors' and exhausted clients'
+    # public bookkeeping (partition ids, DP figures): nothing data-dependent
+    contributors: int = 0  # securely summed count of the clients inside the sum
+    train_loss: float | None = None  # mean of the contributors' clipped train losses (secure)
     rejections: list[Rejection] = field(default_factory=list)
     failure: str | None = None
     bytes_up: int = 0
@@ -143,25 +153,45 @@ class SecureAggregator:
         round_id = f"{server_round}-{time.time_ns()}"
         train = {m.metadata.dst_node_id: m.content for m in train_messages}
         sampled = len(train)
+        minimum = self.settings.min_contributors
 
-        # 1. Public keys.
-        base = {node: RecordDict({RECORD: ConfigRecord({"round": round_id})}) for node in train}
-        replies = self._exchange(grid, protocol.KEYS, base, timeout, result, group,
-                                 {"pk-mask": BYTES, "pk-enc": BYTES, "seed-commitment": BYTES})
-        nodes = sorted(replies)
-        self._require(len(nodes) >= 2, f"only {len(nodes)} of {sampled} clients sent keys "
-                      "(secure aggregation needs at least 2)")
-        pk_mask = [self._record(replies[n])["pk-mask"] for n in nodes]
-        pk_enc = [self._record(replies[n])["pk-enc"] for n in nodes]
-        commitments = {n: self._record(replies[n])["seed-commitment"] for n in nodes}
+        # 1. Signed public keys; clients with nothing to contribute say so and are left out.
+        base = {node: self._with_config(content, {"round": round_id})
+                for node, content in train.items()}
+        replies = self._exchange(grid, protocol.KEYS, base, timeout, result, group)
+        bundles: dict[int, ConfigRecord] = {}
+        for node, reply in sorted(replies.items()):
+            if RECORD not in reply.content.config_records:
+                problem = screen(reply) if screen else None
+                if problem or not reply.content.metric_records:
+                    self._reject(result, node, protocol.KEYS,
+                                 problem or "reply carries neither keys nor bookkeeping")
+                else:
+                    result.replies.append(reply)  # nothing to contribute (e.g. DP budget spent)
+                continue
+            problem = self._lacks(reply, KEY_FIELDS)
+            if problem:
+                self._reject(result, node, protocol.KEYS, problem)
+            else:
+                bundles[node] = self._record(reply)
+        nodes = sorted(bundles)
+        self._require(len(nodes) >= minimum, f"only {len(nodes)} of {sampled} sampled clients "
+                      f"can contribute, fewer than secagg.min-contributors = {minimum}")
+        column = lambda key: [bundles[n][key] for n in nodes]  # noqa: E731
+        pk_mask, commitments = column("pk-mask"), dict(zip(nodes, column("seed-commitment")))
         groups = {n: keys.neighbours(n, nodes, self.settings.num_neighbours) + [n] for n in nodes}
         threshold = self.settings.threshold(len(groups[nodes[0]]))
+        self._require(threshold <= len(groups[nodes[0]]),
+                      f"a share group of {len(groups[nodes[0]])} cannot meet the threshold "
+                      f"{threshold} (secagg.min-contributors = {minimum})")
 
         # 2. Encrypted shares, to be forwarded to their holders.
-        record = {"round": round_id, "nodes": nodes, "pk-mask": pk_mask, "pk-enc": pk_enc,
+        record = {"round": round_id, "nodes": nodes, "pk-mask": pk_mask,
+                  "pk-enc": column("pk-enc"), "seed-commitments": column("seed-commitment"),
+                  "identities": column("identity"), "signatures": column("signature"),
                   "num-neighbours": self.settings.num_neighbours, "threshold": threshold}
         replies = self._exchange(grid, protocol.SHARES, {
-            n: RecordDict({RECORD: ConfigRecord(record)}) for n in nodes}, timeout, result, group,
+            n: self._with_config(train[n], record) for n in nodes}, timeout, result, group,
             {"dst": INTS, "ciphertexts": BYTES_LIST})
         inbox: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         for src, reply in sorted(replies.items()):
@@ -172,41 +202,18 @@ class SecureAggregator:
         shared = sorted(replies)
         self._check_holders(shared, shared, groups, threshold, "after key sharing")
 
-        def forwarded(node: int) -> dict[str, object]:
-            return {"src": [s for s, _ in inbox[node]], "ciphertexts": [c for _, c in inbox[node]]}
-
-        # 3. (measured range) Train first and agree on the bound.
+        # 3. Train and mask, summed as the masked vectors are checked.
         mask_record = {"round": round_id, "bits": self.settings.bits, "weighting": self.weighting,
-                       "names": [name for name, _ in self.spec], "size": self.size}
-        bound = self.bound
-        with_train: dict[int, dict[str, object]] = {}
-        if bound is None:
-            replies = self._exchange(grid, protocol.TRAIN, {
-                n: self._with(train[n], {"round": round_id, **forwarded(n)}) for n in shared},
-                timeout, result, group, {"bound": NUMBER})
-            for node, reply in list(replies.items()):
-                claimed = self._record(reply)["bound"]
-                if not isinstance(claimed, (int, float)) or not 0 < claimed < float("inf"):
-                    self._reject(result, node, protocol.TRAIN,
-                                 f"bound must be a positive finite number, got {claimed!r}")
-                    del replies[node]
-            bounds = [float(self._record(r)["bound"]) for r in replies.values()]
-            bound = max(bounds, default=1.0)
-            mask_nodes = sorted(replies)
-        else:
-            with_train = {n: forwarded(n) for n in shared}
-            mask_nodes = shared
-        self._check_holders(mask_nodes, shared, groups, threshold, "during training")
-
-        # 4. Masked updates, summed as they are checked.
-        quantizer = Quantizer(bound, self.settings.bits)
-        contents = {n: (self._with(train[n], {**mask_record, **with_train[n], "bound": bound})
-                        if with_train else
-                        RecordDict({RECORD: ConfigRecord({**mask_record, "bound": bound})}))
-                    for n in mask_nodes}
+                       "names": [name for name, _ in self.spec], "size": self.size,
+                       "bound": self.bound, "clients": len(shared)}
+        quantizer = Quantizer(self.bound, self.settings.bits)
+        contents = {n: self._with(train[n], {**mask_record,
+                                             "src": [s for s, _ in inbox[n]],
+                                             "ciphertexts": [c for _, c in inbox[n]]})
+                    for n in shared}
         replies = self._exchange(grid, protocol.MASK, contents, timeout, result, group)
         del contents
-        total = np.zeros(self.size + 1, np.uint32)
+        total = np.zeros(self.size + protocol.EXTRAS, np.uint32)
         for node, reply in sorted(replies.items()):
             problem = self._check_masked(reply) or (screen(reply) if screen else None)
             if problem:
@@ -218,15 +225,28 @@ class SecureAggregator:
             result.survivors.append(node)
             result.replies.append(reply)
         del replies
-        active = result.survivors
+        active = sorted(result.survivors)
         dropped = sorted(set(shared) - set(active))
         self._check_holders(active, shared, groups, threshold, "after masking")
+        self._require(len(active) >= minimum, f"{len(active)} clients masked an update, fewer "
+                      f"than secagg.min-contributors = {minimum}")
+
+        # 4. Every survivor signs the survivor set.
+        sets = {"round": round_id, "active": active, "dropped": dropped}
+        replies = self._exchange(grid, protocol.CONSISTENCY, {
+            n: RecordDict({RECORD: ConfigRecord(sets)}) for n in active}, timeout, result,
+            group, {"signature": BYTES})
+        signers = sorted(replies)
+        needed = max(threshold, len(nodes) // 2 + 1)
+        self._require(len(signers) >= needed, f"{len(signers)} survivors signed the survivor "
+                      f"set, fewer than the {needed} the clients require")
 
         # 5. Unmask the sum.
         replies = self._exchange(grid, protocol.UNMASK, {
-            n: RecordDict({RECORD: ConfigRecord({"round": round_id, "active": active,
-                                                 "dropped": dropped})}) for n in active},
-            timeout, result, group, {"nodes": INTS, "shares": BYTES_LIST})
+            n: RecordDict({RECORD: ConfigRecord({
+                **sets, "signers": signers,
+                "signatures": [self._record(replies[s])["signature"] for s in signers]})})
+            for n in active}, timeout, result, group, {"nodes": INTS, "shares": BYTES_LIST})
         revealed: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         for holder, reply in sorted(replies.items()):
             record = self._record(reply)
@@ -253,7 +273,12 @@ class SecureAggregator:
                     if peer in active:
                         seed = keys.pairwise_seed(secret, masks[peer])
                         apply_mask(total, seed, -1 if peer < node else 1)
-        weight_sum = int(total[self.size:].view(np.int32)[0])
+        extras = total[self.size:].view(np.int32)
+        weight_sum = int(extras[protocol.WEIGHT])
+        result.contributors = int(extras[protocol.CONTRIBUTORS])
+        self._require(result.contributors >= minimum,
+                      f"the secure sum counts {result.contributors} contributors, fewer than "
+                      f"secagg.min-contributors = {minimum}")
         self._require(weight_sum > 0, "the survivors' total weight is not positive (no "
                       "client contributed an update)")
         try:
@@ -261,6 +286,8 @@ class SecureAggregator:
         except CapacityExceeded as error:
             raise RoundFailed(str(error)) from None
         result.weight_sum = weight_sum
+        result.train_loss = (int(extras[protocol.LOSS]) / protocol.loss_scale(len(shared))
+                             / result.contributors)
         result.mean = vector.unflatten(quantizer.decode(total[:self.size], weight_sum), self.spec)
 
     def _rebuild(self, node: int, shares: Sequence[tuple[int, bytes]], threshold: int,
@@ -303,10 +330,19 @@ class SecureAggregator:
         if MASKED not in records or VECTOR not in records[MASKED]:
             return "reply carries no masked vector"
         masked = records[MASKED][VECTOR]
-        if masked.dtype != "uint32" or tuple(masked.shape) != (self.size + 1,):
+        expected = (self.size + protocol.EXTRAS,)
+        if masked.dtype != "uint32" or tuple(masked.shape) != expected:
             return (f"masked vector has dtype {masked.dtype} and shape {tuple(masked.shape)}, "
-                    f"expected uint32 and ({self.size + 1},)")
+                    f"expected uint32 and {expected}")
         return check_metrics(reply.content, ("partition-id",))
+
+    @staticmethod
+    def _with_config(content: RecordDict, record: Mapping[str, object]) -> RecordDict:
+        """This stage's record plus the run config of the train message (no arrays)."""
+        merged = RecordDict({RECORD: ConfigRecord(dict(record))})
+        if "config" in content.config_records:
+            merged["config"] = content.config_records["config"]
+        return merged
 
     @staticmethod
     def _with(content: RecordDict, record: Mapping[str, object]) -> RecordDict:

@@ -205,7 +205,8 @@ class FederatedRun:
             **{EXHAUSTED_FIELD: sorted(int(client_metrics(r)["partition-id"])
                                        for r in exhausted)},
             aggregate_kept_previous=kept_reason,
-            train_loss=weighted_mean(train_rows.values(), "train-loss"),
+            train_loss=(outcome.train_loss if outcome.train_loss is not None
+                        else weighted_mean(train_rows.values(), "train-loss")),
             skipped_files=int(sum(row.get("skipped_files", 0) for row in train_rows.values())),
             bytes_down=message_array_bytes(messages),
             bytes_up=bytes_up,
@@ -323,8 +324,10 @@ def _rename_central(metrics: Mapping[str, Any]) -> dict[str, Any]:
 def _client_row(train: Mapping[str, float] | None, val: Mapping[str, float] | None
                 ) -> dict[str, float]:
     row: dict[str, float] = {}
-    if train:
-        row.update({"train_loss": train["train-loss"], "train_examples": train["num-examples"]})
+    if train:  # a securely aggregated client shows neither (they are in the secure sums)
+        row.update({name: train[key] for name, key in (("train_loss", "train-loss"),
+                                                       ("train_examples", "num-examples"))
+                    if key in train})
         if "skipped_files" in train:
             row["skipped_files"] = int(train["skipped_files"])
     if val:

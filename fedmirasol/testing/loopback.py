@@ -173,6 +173,9 @@ class Loopback:
                         insecure: bool = False, max_retries: int | None = None
                         ) -> subprocess.Popen:
         private, _ = self.creds.node_keys[i]
+        if not insecure:  # its SuperNode key is also its secure-aggregation identity
+            node_config = {"secagg-key": str(private),
+                           "secagg-registry": str(self.creds.registry), **node_config}
         args = [_tool("flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
                 "--port", str(self.node_ports[i]), "--node-config", node_config_arg(node_config)]
         args += (["--insecure"] if insecure else

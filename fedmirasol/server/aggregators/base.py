@@ -48,6 +48,8 @@ class TrainOutcome:
     bytes_up: int
     global_shared: NumpyState  # the new global shared parameters
     kept_reason: str | None  # why the previous model was kept, if it was
+    # the accepted clients' mean train loss when the replies do not show it (a secure sum)
+    train_loss: float | None = None
 
 
 class Aggregator(ABC):

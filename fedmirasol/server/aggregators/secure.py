@@ -16,8 +16,8 @@ class SecureMean(Aggregator):
     """The reply filters apply as far as masked replies allow: before unmasking, a reply a
     filter refuses (a malformed "budget exhausted" reply, DP figures the ledger cannot record)
     stays out of the sum; after it, every survivor's DP figures go to the ledger and a client
-    out of budget (it trained and masked nothing: zero, weight zero, not a dropout, so the
-    round does not fail for it) is recorded as exhausted."""
+    out of budget (it said so instead of sending keys, so it took no part in the protocol) is
+    recorded as exhausted. The round's train loss is the secure mean over the contributors."""
 
     name = "secagg"
 
@@ -40,4 +40,4 @@ class SecureMean(Aggregator):
             run, server_round, [mean_reply(secure, messages[0], self.mean.takes_sum)],
             len(messages), population)
         return TrainOutcome(s.kept, s.exhausted, secure.rejections, secure.bytes_up, new,
-                            kept_reason)
+                            kept_reason, train_loss=secure.train_loss)
