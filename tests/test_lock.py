@@ -31,11 +31,22 @@ def read_lock(path: Path = ROOT / "requirements.lock") -> dict[str, str]:
 
 
 def project_requirements(extras: tuple[str, ...] = ("test",)) -> list[Requirement]:
+    """The project's requirements with `extras`; an extra that names the project's own extras
+    (`fedmirasol[tracking]`) brings in theirs."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    texts = list(project["dependencies"])
-    for extra in extras:
-        texts += project["optional-dependencies"][extra]
-    return [Requirement(text) for text in texts]
+    requirements = [Requirement(text) for text in project["dependencies"]]
+    pending, seen = list(extras), set()
+    while pending:
+        extra = pending.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for requirement in map(Requirement, project["optional-dependencies"][extra]):
+            if canonicalize_name(requirement.name) == canonicalize_name(project["name"]):
+                pending.extend(requirement.extras)
+            else:
+                requirements.append(requirement)
+    return requirements
 
 
 def test_lock_pins_every_project_requirement_within_its_range() -> None:

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "fedmirasol.cli.data_cmd",
     "fedmirasol.cli.simulate_cmd",
     "fedmirasol.cli.report_cmd",
+    "fedmirasol.cli.compare_cmd",
     "fedmirasol.cli.privacy_report_cmd",
     "fedmirasol.cli.certs_cmd",
 )

@@ -55,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from fedmirasol.engines.simulation import simulate
     from fedmirasol.runs import run_dir as rundir
     from fedmirasol.runs.report import add_to_report, summary_table
+    from fedmirasol.runs.trackers import require_packages
 
+    # a tracker whose package is missing fails here, before Ray starts
+    require_packages(config if config is not None else rundir.read_config(args.resume))
     started = time.perf_counter()
     run_dir = simulate(resume=args.resume) if args.resume else simulate(config)
     elapsed = time.perf_counter() - started

@@ -7,16 +7,17 @@ composes the sections and checks the rules that span several.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_serializer, field_validator, model_validator
 
 from fedmirasol.config.base import Section
-from fedmirasol.errors import ConfigError
+from fedmirasol.errors import ConfigError, did_you_mean
 
 SOURCES = ("synthetic", "manifest", "site")
 PARTITIONERS = ("iid", "dirichlet", "pathological", "quantity")
 OPTIMIZERS = ("adam", "sgd")
+TRACKERS = ("tensorboard", "mlflow")  # fedmirasol.runs.trackers
 STRATEGIES = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "fedadagrad", "fedavgm",
               "trimmed-mean", "median", "krum", "multikrum", "bulyan")
 # Strategies that only need the (weighted) mean of the updates, which is what secure
@@ -159,6 +160,33 @@ class OutputConfig(Section):
     runs_dir: str = "runs"
     checkpoint_every: int = Field(1, ge=1)
     plots: bool = True  # write plots/*.png at the end of a run (`fedmirasol report` can later)
+    # Experiment trackers fed every round (fedmirasol.runs.trackers; the `tracking` extra):
+    # "tensorboard" (event files in the run directory), "mlflow". A TOML list or a
+    # comma-separated string; Flower's flat run config holds the string form.
+    trackers: tuple[str, ...] = ()
+    # MLflow tracking URI; "" = a SQLite store <runs-dir>/mlflow.db, artifacts in
+    # <runs-dir>/mlartifacts
+    mlflow_uri: str = ""
     # A run directory to resume after its last checkpoint (a deployed ServerApp or SuperLink
     # that died: `flwr run . --run-config 'output.resume-from="DIR"'`).
     resume_from: str = ""
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _tracker_names(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"config key 'output.trackers' must be a list of tracker names "
+                              f"(e.g. [\"tensorboard\", \"mlflow\"]), got {value!r}")
+        names = tuple(dict.fromkeys(filter(None, (v.strip() for v in value))))
+        for name in names:
+            if name not in TRACKERS:
+                raise ConfigError(f"config key 'output.trackers': unknown tracker {name!r}"
+                                  f"{did_you_mean(name, TRACKERS)}; known: {', '.join(TRACKERS)}")
+        return names
+
+    @field_serializer("trackers")
+    def _trackers_text(self, names: tuple[str, ...]) -> str:
+        """One string ("tensorboard,mlflow"): Flower's run config holds no lists."""
+        return ",".join(names)

@@ -34,8 +34,8 @@ def round_axis(ax: plt.Axes) -> None:
 
 
 def legend_outside(ax: plt.Axes, where: str = "right", **kwargs: Any) -> None:
-    """A legend outside the axes (right of them, or below), so it never covers data; `_save`
-    keeps it in the image (bbox_inches="tight")."""
+    """A legend outside the axes (right of them, or below), so it never covers data;
+    `save_figure` keeps it in the image (bbox_inches="tight")."""
     if not ax.get_legend_handles_labels()[0]:
         return
     if where == "below":
@@ -121,7 +121,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     for ax in (acc, loss):
         round_axis(ax)
         legend_outside(ax, "below", ncol=1, fontsize="small")
-    paths.append(_save(fig, out / "accuracy_loss.png"))
+    paths.append(save_figure(fig, out / "accuracy_loss.png"))
 
     fig, ax = plt.subplots(figsize=(8, 4))
     clients = sorted({pid for r in rounds for pid in r.get("clients", {})}, key=int)
@@ -135,7 +135,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
                                           f": median and spread of {len(clients)} clients"))
     round_axis(ax)
     legend_outside(ax, fontsize="small")
-    paths.append(_save(fig, out / "client_accuracy.png"))
+    paths.append(save_figure(fig, out / "client_accuracy.png"))
 
     fig, ax = plt.subplots(figsize=(8, 4))
     trained = [r for r in rounds if r["round"] > 0]
@@ -145,7 +145,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     ax.set(ylabel="MB", title="Bytes per round")
     round_axis(ax)
     legend_outside(ax)
-    paths.append(_save(fig, out / "bytes.png"))
+    paths.append(save_figure(fig, out / "bytes.png"))
     if any(r.get("personal_accuracy_client_mean") is not None for r in rounds):
         paths.append(_plot_personalization(rounds, out / "personalization.png"))
     return paths
@@ -176,10 +176,10 @@ def _plot_personalization(rounds: list[dict], path: Path) -> Path:
     bars.set(xlabel="client", ylabel="accuracy", ylim=(0, 1),
              title=f"Per client, round {rounds[-1]['round']}")
     legend_outside(bars, "below", fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     # bbox_inches="tight": the image grows to hold legends placed outside the axes.
     fig.savefig(path, dpi=100, bbox_inches="tight")

@@ -6,7 +6,8 @@ client-level DP's noised mean, secure aggregation) sends them, passes the replie
 reply filters (`fedmirasol.server.filters`: bad ones rejected with their reason, missing ones
 recorded) and moves the global model; clients evaluate the new model on their validation
 splits; the server evaluates it on its test set; the round's record goes to metrics.jsonl and
-a checkpoint is written.
+a checkpoint is written, and the record goes to the run's experiment trackers
+(`output.trackers`) and the progress callback.
 
 The loop is the strategy's own `start()` cut open at the round boundary, which is what makes
 resuming after round N possible.
@@ -42,6 +43,7 @@ from fedmirasol.server.nodes import (
 )
 from fedmirasol.core.parameters import canonical_name, model_state, to_record
 from fedmirasol.runs.report import write_report
+from fedmirasol.runs.trackers import RunTrackers, open_trackers
 from fedmirasol.core.reply_checks import validate_evaluate_replies
 from fedmirasol.config import RunConfig, to_json
 from fedmirasol.task.model import parameter_split
@@ -115,6 +117,7 @@ class FederatedRun:
         self.start_round = 1
         self.discovery_problems: list[str] = []
         self.stopped_early: str | None = None
+        self.trackers = RunTrackers(run_dir)  # opened by run()
 
     def _config_record(self) -> ConfigRecord:
         return ConfigRecord({CONFIG_KEY: to_json(self.config),
@@ -130,6 +133,17 @@ class FederatedRun:
         self.privacy.resume(rundir.read_metrics(self.run_dir), checkpoint.server_round)
 
     def run(self) -> dict[str, Any]:
+        """Run the rounds to the end with the config's trackers open; return the report."""
+        with open_trackers(self.config, self.run_dir, self.start_round) as self.trackers:
+            return self._run()
+
+    def _round_done(self, record: Mapping[str, Any]) -> None:
+        """A round's record is in metrics.jsonl (and checkpointed): tell the trackers, then
+        the progress callback (which may stop the run)."""
+        self.trackers.log_round(record)
+        self.progress(record)
+
+    def _run(self) -> dict[str, Any]:
         cfg = self.config
         # First contact starts the clients (imports, actors): give it more than a round.
         timeout = max(self.timeout, DISCOVERY_TIMEOUT_S)
@@ -157,7 +171,7 @@ class FederatedRun:
         if self.start_round == 1 and cfg.server.evaluate_every:
             initial = {"round": 0, **self.evaluate_global(self.global_shared)}
             rundir.append_metrics(self.run_dir, _rename_central(initial))
-            self.progress(_rename_central(initial))
+            self._round_done(_rename_central(initial))
         for server_round in range(self.start_round, cfg.num_rounds + 1):
             if self._too_few_within_budget(server_round):
                 break
@@ -167,7 +181,7 @@ class FederatedRun:
                     or server_round == cfg.num_rounds:
                 rundir.save_checkpoint(self.run_dir, rundir.Checkpoint(
                     server_round, self.global_shared, strategy_state(self.strategy), partitions))
-            self.progress(record)
+            self._round_done(record)
         if self.stopped_early and self.start_round == 1 \
                 and not any(r["round"] >= 1 for r in rundir.read_metrics(self.run_dir)):
             raise ConfigError(self.stopped_early)  # nothing ran: no report to write
@@ -310,10 +324,12 @@ class FederatedRun:
         """Write the final model and report.json; return the report."""
         rundir.save_final_model(self.run_dir, full_state(self.config, self.global_shared),
                                 self.config.model.mirasol.to_dict())
-        return write_report(self.run_dir, shared=self.global_shared,
-                            discovery_problems=self.discovery_problems,
-                            local_parameters=list(self.split.local),
-                            stopped_early=self.stopped_early)
+        report = write_report(self.run_dir, shared=self.global_shared,
+                              discovery_problems=self.discovery_problems,
+                              local_parameters=list(self.split.local),
+                              stopped_early=self.stopped_early)
+        self.trackers.log_finished()
+        return report
 
 
 def _rename_central(metrics: Mapping[str, Any]) -> dict[str, Any]:
