@@ -190,6 +190,8 @@ def plot_comparison(runs: Sequence[ComparedRun], metric: str, path: str | Path) 
                 points = [(sent[rnd], value) for rnd, value in points if rnd in sent]
             if points:
                 axis.plot(*zip(*points), **style)
+            elif panel == "round":  # still in the legend, saying why no curve shows
+                axis.plot([], [], **(style | {"label": f"{style['label']} (no {name})"}))
     for axis, panel in zip(axes[0], panels):
         if panel == "round":
             axis.set(ylabel=name, title=f"{name} per round")

@@ -11,6 +11,8 @@ Layout::
         final_model.pt       the final global model's state_dict
         report.json          summary of the run
         plots/*.png
+        tensorboard/         TensorBoard event files (output.trackers = ["tensorboard"])
+        mlflow.json          the MLflow store and run it continues (output.trackers = ["mlflow"])
 """
 
 from __future__ import annotations
