@@ -6,14 +6,15 @@ import argparse
 from pathlib import Path
 
 
+DESCRIPTION = ("Put run directories side by side: print a table (rounds, final and best "
+               "accuracy, MB sent, wall time, worst client's epsilon) and write it as CSV, and "
+               "plot the runs' per-round curves in one PNG. Each run is labelled by the config "
+               "keys whose values differ between the runs.")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "compare", help="compare run directories: a table and a PNG of their curves",
-        description="Put run directories side by side: print a table (rounds, final and best "
-        "accuracy, MB sent, wall time, worst client's epsilon) and write it as CSV, and plot "
-        "the runs' per-round curves in one PNG. Each run is labelled by the config keys whose "
-        "values differ between the runs.",
-    )
+    parser = subparsers.add_parser("compare", description=DESCRIPTION,
+                                   help="compare run directories: a table and a PNG")
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     parser.add_argument("--metric", default="centralized_accuracy",
                         help="the per-round metric to plot: a key of metrics.jsonl (e.g. "
