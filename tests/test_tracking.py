@@ -260,6 +260,15 @@ def test_a_missing_tracker_package_is_a_config_error_naming_the_extra(
     assert "[tracking]" in capsys.readouterr().err and not runs_dir.exists()
 
 
+def test_an_mlflow_store_that_cannot_be_opened_names_the_key(tmp_path: Path) -> None:
+    wanted = config(tmp_path, {"output.trackers": ["mlflow"],
+                               "output.mlflow-uri": "nosuchscheme://x"})
+    with pytest.raises(ConfigError, match=r"'output.mlflow-uri' = 'nosuchscheme://x'"):
+        with open_trackers(wanted, tmp_path, 1):
+            pass
+    assert not (tmp_path / "mlflow.json").exists()
+
+
 def test_a_tracker_that_fails_mid_run_is_switched_off_and_the_run_goes_on(
         tmp_path: Path, caplog) -> None:
     class Broken:

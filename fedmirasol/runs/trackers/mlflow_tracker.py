@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -50,14 +51,18 @@ class MlflowTracker:
         saved = run_dir / RUN_FILE
         uri = config.output.mlflow_uri
         try:
-            if saved.is_file():
-                tracker = cls._continue(json.loads(saved.read_text()), first_step)
-                if tracker is not None:
-                    return tracker
-            tracker = cls._start(config, run_dir)
+            with warnings.catch_warnings():
+                # MLflow's SQL store asks SQLAlchemy 2.1 for a loader strategy it deprecated
+                warnings.filterwarnings("ignore", "The ``noload`` loader strategy",
+                                        DeprecationWarning)
+                tracker = (saved.is_file() and cls._continue(json.loads(saved.read_text()),
+                                                             first_step)) \
+                    or cls._start(config, run_dir)
         except (MlflowException, OSError, ImportError) as error:
-            raise ConfigError(f"output.trackers = mlflow: cannot open the MLflow store "
-                              f"{uri or 'output.mlflow-uri (default)'}: {error}") from error
+            where = f"config key 'output.mlflow-uri' = {uri!r}" if uri \
+                else f"the default store {default_store(run_dir)[0]}"
+            raise ConfigError(f"output.trackers names 'mlflow', but MLflow cannot open {where}: "
+                              f"{error}") from error
         store = tracker.client.tracking_uri
         saved.write_text(json.dumps({"tracking-uri": store, "run-id": tracker.run_id},
                                     indent=1) + "\n")
