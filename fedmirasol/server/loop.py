@@ -5,8 +5,8 @@ run's aggregator (`fedmirasol.server.aggregators`, chosen once per run: the stra
 client-level DP's noised mean, secure aggregation) sends them, passes the replies through the
 reply filters (`fedmirasol.server.filters`: bad ones rejected with their reason, missing ones
 recorded) and moves the global model; clients evaluate the new model on their validation
-splits; the server evaluates it on its test set; the round's record goes to metrics.jsonl and
-a checkpoint is written, and the record goes to the run's experiment trackers
+splits; the server evaluates it on its test set; the round's record goes to metrics.jsonl, a
+checkpoint is written, and the record goes on to the run's experiment trackers
 (`output.trackers`) and the progress callback.
 
 The loop is the strategy's own `start()` cut open at the round boundary, which is what makes
