@@ -75,8 +75,8 @@ def test_head_is_the_published_one_at_768_and_scales_with_the_width():
 def test_invalid_late_fusion_configs_are_refused():
     with pytest.raises(ValueError, match="alpha_modality"):
         tiny(alpha_modality="text")
-    with pytest.raises(ValueError, match="text_weight"):
-        tiny(text_weight=0.2)
+    with pytest.raises(ValueError, match="latent_weight"):
+        tiny(latent_weight=0.1)
     with pytest.raises(ValueError, match="video_patch"):
         tiny(video_patch=5)
 

@@ -29,6 +29,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--config", "--model", dest="config", default="tiny",
         help="model config name, e.g. tiny or latefusion-tiny (default: tiny)",
     )
+    parser.add_argument("--task", choices=("classification", "videoqa"), default="classification",
+                        help="classification (default) or videoqa: a question or 'caption:' per "
+                        "clip, answered by the text decoder; reports exact match per question "
+                        "type, CIDEr and BLEU-4")
+    qa = parser.add_argument_group("videoqa (--task videoqa)")
+    qa.add_argument("--questions", help="question types, comma-separated (default "
+                    "caption,shape,pitch,sync,count,order; also first, last)")
+    qa.add_argument("--late-tone", action="store_true",
+                    help="every clip ends with an extra tone in its last quarter (ask 'last')")
+    qa.add_argument("--num-beams", type=int, default=1,
+                    help="evaluation decoding: 1 greedy (default), more: beam search")
+    parser.add_argument("--frames", type=int, help="frames per clip (model num_frames; "
+                        "a multiple of its frames per chunk)")
+    parser.add_argument("--text-weight", type=float, help="weight of the text loss")
     parser.add_argument("--combiner", choices=("transformer", "ttm"), help="override the combiner")
     parser.add_argument("--fusion", choices=("chunked", "joint"), help="override the fusion")
     late = parser.add_argument_group("late-fusion models (latefusion-*)")
@@ -68,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fedmirasol.models import get_config
     from fedmirasol.models.summary import describe
-    from fedmirasol.training.centralized import TrainSettings, train_centralized
+    from fedmirasol.training.centralized import TrainSettings, VideoQASettings, train_centralized
     from fedmirasol.training.device import resolve_device
 
     try:
@@ -81,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     options = ("combiner", "fusion", "alpha", "alpha_modality", "learn_alpha", "freeze_encoders")
     overrides = {k: getattr(args, k) for k in options if getattr(args, k) is not None}
+    if args.frames is not None:
+        overrides["num_frames"] = args.frames
+    if args.text_weight is not None:
+        overrides["text_weight"] = args.text_weight
     try:
         model_config = get_config(model_config_name(args.config, "--config"), **overrides)
     except ValueError as error:  # the config's own checks of the flags above
@@ -92,11 +110,35 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1, got {chosen[flag]}")
     settings = TrainSettings(device=args.device, drop_modality=args.drop_modality,
                              public=args.public, **chosen)
+    videoqa = _videoqa_settings(args, model_config)
     suffix = f"-no-{args.drop_modality}" if args.drop_modality else ""
     suffix += "-public" if args.public else ""
+    suffix += "-videoqa" if videoqa else ""
     out = args.out or Path("runs") / f"train-{args.config}{suffix}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"training {model_config.name} ({describe(model_config)}) -> {out}")
-    summary = train_centralized(model_config, settings, out)
+    summary = train_centralized(model_config, settings, out, videoqa=videoqa)
     print(json.dumps(summary, indent=2))
     print(f"run directory: {out}")
     return 0
+
+
+def _videoqa_settings(args: argparse.Namespace, model_config) -> object | None:  # noqa: ANN001
+    """The videoqa flags as VideoQASettings (None for classification), checked."""
+    from fedmirasol.data.questions import DEFAULT_TYPES, parse_question_types
+    from fedmirasol.training.centralized import VideoQASettings
+
+    if args.task != "videoqa":
+        if args.questions or args.late_tone:
+            raise ConfigError("--questions and --late-tone need --task videoqa")
+        return None
+    if model_config.text_weight <= 0:
+        raise ConfigError(f"--task videoqa trains the text decoder: {model_config.name} has "
+                          "text_weight 0; pass --text-weight 1")
+    if args.num_beams < 1:
+        raise ConfigError(f"--num-beams must be at least 1, got {args.num_beams}")
+    try:
+        questions = parse_question_types(args.questions) if args.questions else DEFAULT_TYPES
+    except ValueError as error:
+        raise ConfigError(f"--questions: {error}") from error
+    return VideoQASettings(questions=questions, late_tone=args.late_tone,
+                           num_beams=args.num_beams)

@@ -40,6 +40,7 @@ from fedmirasol.personalization import (
 from fedmirasol.privacy.client_level import clip_update
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate, train_epochs
+from fedmirasol.training.text_eval import text_reply_metrics
 
 if TYPE_CHECKING:
     from fedmirasol.privacy.client_round import PrivateRound
@@ -144,6 +145,8 @@ def train(config: Mapping[str, Any], partition_id: int, server_round: int,
                                "steps": metrics["steps"]}
     if "loss_class" in metrics:
         reply["train-class-loss"] = metrics["loss_class"]
+    if "loss_text" in metrics:
+        reply["train-text-loss"] = metrics["loss_text"]
     reply.update(reply_metrics(metrics))
     if private is not None:
         reply.update(private.metrics())
@@ -185,9 +188,10 @@ def evaluate_local(config: Mapping[str, Any], partition_id: int,
     device = resolve_device(client.device)
     model.to(device)
     val = client_data.loader(data.val, client.eval_batch_size, shuffle=False)
-    result = evaluate(model, val, device=device)
+    result = evaluate(model, val, device=device, generation=config.task.generation())
     metrics: dict[str, float] = {"val-loss": result["loss"], "val-accuracy": result["accuracy"],
-                                 "num-examples": int(result["num_examples"])}
+                                 "num-examples": int(result["num_examples"]),
+                                 **text_reply_metrics(result, "val-")}
     train = client_data.loader(data.train, client.batch_size, shuffle=True,
                                seed=seed_for(config.seed, partition_id, 3))
     metrics.update(evaluate_personal(config.personalization, model, train,

@@ -9,6 +9,7 @@ from fedmirasol.config.model import ModelConfig
 from fedmirasol.config.personalization import PersonalizationConfig
 from fedmirasol.config.privacy import PrivacyConfig
 from fedmirasol.config.secagg import SecAggConfig
+from fedmirasol.config.task import TaskConfig
 from fedmirasol.config.sections import (
     CLIENT_LEVEL_STRATEGIES, SECAGG_STRATEGIES, ClientConfig, DataConfig, FaultsConfig,
     OutputConfig, PretrainedConfig, ServerConfig, SimulationConfig, SplitConfig, StrategyConfig,
@@ -24,6 +25,7 @@ class RunConfig(Section):
     seed: int = 0
     num_rounds: int = Field(20, ge=1)
     model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
     data: DataConfig = DataConfig()
     client: ClientConfig = ClientConfig()
     strategy: StrategyConfig = StrategyConfig()
@@ -58,8 +60,20 @@ class RunConfig(Section):
                 f"{self.personalization.adapt_steps} trains on the client's data outside its "
                 "DP-SGD round, which the privacy ledger would not cover; with privacy.enabled "
                 "use personalization.method = 'none' or 'fedper' and adapt-steps = 0")
+        if self.task.name == "videoqa":
+            self._check_videoqa()
         self._check_federation_size()
         return self
+
+    def _check_videoqa(self) -> None:
+        """The answers are generated text: the model must train its text decoder, and the
+        questions come with the built-in synthetic clips."""
+        if self.model.mirasol.text_weight <= 0:
+            raise ConfigError("task.name = 'videoqa' trains the text decoder: set "
+                              "model.text-weight > 0 (e.g. 1.0)")
+        if self.data.source != "synthetic":
+            raise ConfigError("task.name = 'videoqa' asks its questions about the built-in "
+                              "synthetic clips: data.source must be 'synthetic'")
 
     def _check_federation_size(self) -> None:
         """A federation of `data.num-clients` clients must be able to fill every round the

@@ -9,8 +9,14 @@ A sample is a dict:
 - ``label``: int64 scalar, or -1 when the sample has no label.
 - ``text``: int64 tensor ``L`` of caption tokens (BOS ... EOS, padded with PAD), or all PAD
   when the sample has no caption.
+- ``prompt_length`` (optional, default 0): int64 scalar, how many leading tokens of ``text``
+  (BOS included) are a prompt, e.g. a question: the decoder reads them and is not trained to
+  predict them.
+- ``question_type`` (optional, default -1): int64 scalar, the index of the sample's question
+  type in its dataset's ``question_types`` (`fedmirasol.data.videoqa`); -1 for no question.
 
-`collate` stacks samples into the same keys with a leading batch axis.
+`collate` stacks samples into the same keys with a leading batch axis, filling an optional
+key a sample lacks with its default.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ Sample = dict[str, torch.Tensor]
 Batch = dict[str, torch.Tensor]
 
 BATCH_KEYS = ("video", "audio", "video_present", "audio_present", "label", "text")
+# Keys every batch carries, with the value of a sample that does not set them.
+OPTIONAL_KEYS = {"prompt_length": 0, "question_type": -1}
 
 # ImageNet statistics: what video encoders are conventionally normalized with.
 VIDEO_MEAN = (0.485, 0.456, 0.406)
@@ -47,6 +55,9 @@ def collate(samples: Sequence[Mapping[str, torch.Tensor]]) -> Batch:
         if len(shapes) > 1:
             raise ValueError(f"samples disagree on the shape of {key!r}: {sorted(shapes)}")
         batch[key] = torch.stack(values)
+    for key, default in OPTIONAL_KEYS.items():
+        batch[key] = torch.tensor([int(sample.get(key, default)) for sample in samples],
+                                  dtype=torch.long)
     return batch
 
 

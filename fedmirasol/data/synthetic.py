@@ -152,11 +152,11 @@ class SyntheticConfig:
 
     def describe(self, label: int) -> str:
         shape, pitch, in_sync = self.decompose(label)
-        pitch_names = _pitch_names(self.attribute_counts[1])
-        return f"{self.shape_names[shape]}, {pitch_names[pitch]} tones, {'in sync' if in_sync else 'off beat'}"
+        names = pitch_names(self.attribute_counts[1])
+        return f"{self.shape_names[shape]}, {names[pitch]} tones, {'in sync' if in_sync else 'off beat'}"
 
 
-def _pitch_names(count: int) -> list[str]:
+def pitch_names(count: int) -> list[str]:
     return {1: ["mid"], 2: ["low", "high"], 3: ["low", "mid", "high"]}.get(
         count, ["low", "mid-low", "mid-high", "high"]
     )
@@ -174,6 +174,18 @@ class RawClip:
     sample_rate: int
     event_frames: list[int] = field(default_factory=list)
     tone_frames: list[int] = field(default_factory=list)
+    colour: str = ""
+    scene: "Scene | None" = None
+
+
+@dataclass
+class Scene:
+    """What happens in a clip before it is drawn: its label and when the events fall."""
+
+    label: int
+    event_frames: list[int]  # first frame of each flash
+    tone_frames: list[int]  # first frame of each tone burst
+    tone_pitches_hz: list[float]  # the pitch of each tone burst
 
 
 def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, radius: float) -> np.ndarray:
@@ -219,30 +231,39 @@ class SyntheticAVDataset(Dataset):
 
     def render_clip(self, index: int) -> RawClip:
         """Render clip `index` as uint8 frames and a float waveform."""
-        cfg, domain = self.config, self.domain
         rng = np.random.default_rng([self.seed, index])
         label = int(self.labels[index])
-        shape_index, pitch_index, in_sync = cfg.decompose(label)
+        return self.render_scene(rng, self.draw_scene(rng, label))
 
-        # When things happen: flashes in some slots; tones in the same or in other slots.
+    def draw_scene(self, rng: np.random.Generator, label: int) -> Scene:
+        """When things happen: flashes in some slots; tones in the same or in other slots."""
+        cfg = self.config
+        _, pitch_index, in_sync = cfg.decompose(label)
         slots = rng.permutation(cfg.num_slots)
         event_slots = np.sort(slots[: cfg.events_per_clip])
         tone_slots = event_slots if in_sync else np.sort(slots[cfg.events_per_clip : 2 * cfg.events_per_clip])
         phase = rng.integers(0, cfg.slot_frames - FLASH_FRAMES + 1, size=cfg.events_per_clip)
         event_frames = [int(s * cfg.slot_frames + p) for s, p in zip(event_slots, phase)]
         tone_frames = [int(s * cfg.slot_frames + p) for s, p in zip(tone_slots, phase)]
+        pitch = cfg.pitches_hz()[pitch_index]
+        return Scene(label, event_frames, tone_frames, [pitch] * len(tone_frames))
 
-        frames = self._render_video(rng, cfg.shape_names[shape_index], event_frames)
-        audio = self._render_audio(rng, cfg.pitches_hz()[pitch_index], tone_frames)
+    def render_scene(self, rng: np.random.Generator, scene: Scene) -> RawClip:
+        """Frames and sound of `scene`, in the dataset's domain (draws from `rng`)."""
+        cfg, domain = self.config, self.domain
+        shape_index, _, _ = cfg.decompose(scene.label)
+        frames = self._render_video(rng, cfg.shape_names[shape_index], scene.event_frames)
+        audio = self._render_audio(rng, scene.tone_pitches_hz, scene.tone_frames)
 
         colour = rng.choice(list(COLOURS))
         article = "an" if colour[0] in "aeiou" else "a"
-        caption = f"{article} {colour} {cfg.describe(label)}"
-        frames = self._apply_colour(frames, COLOURS[colour], event_frames)
+        caption = f"{article} {colour} {cfg.describe(scene.label)}"
+        frames = self._apply_colour(frames, COLOURS[colour], scene.event_frames)
         frames = np.clip(frames * np.asarray(domain.colour) + domain.brightness, 0.0, 1.0)
         frames = frames + rng.normal(0.0, domain.camera_noise, size=frames.shape)
         frames_u8 = np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return RawClip(frames_u8, audio, label, caption, cfg.fps, cfg.sample_rate, event_frames, tone_frames)
+        return RawClip(frames_u8, audio, scene.label, caption, cfg.fps, cfg.sample_rate,
+                       list(scene.event_frames), list(scene.tone_frames), str(colour), scene)
 
     def _render_video(self, rng: np.random.Generator, shape: str, event_frames: list[int]) -> np.ndarray:
         """Object mask per frame (N x H x W) moving with bounces; returned as a float mask."""
@@ -278,13 +299,15 @@ class SyntheticAVDataset(Dataset):
         object_colour = background + brightness * (np.asarray(colour, dtype=np.float32) - background)
         return background + masks[..., None] * (object_colour - background)
 
-    def _render_audio(self, rng: np.random.Generator, pitch_hz: float, tone_frames: list[int]) -> np.ndarray:
+    def _render_audio(self, rng: np.random.Generator, pitches_hz: list[float], tone_frames: list[int]) -> np.ndarray:
+        """Noise with a tone burst at each of `tone_frames`, of the matching pitch."""
         cfg, domain = self.config, self.domain
         audio = rng.normal(0.0, domain.audio_noise, size=cfg.num_samples)
         tone_len = round(TONE_SECONDS * cfg.sample_rate)
         t = np.arange(tone_len) / cfg.sample_rate
-        tone = 0.5 * np.sin(2 * np.pi * pitch_hz * t + rng.uniform(0, 2 * np.pi)) * np.hanning(tone_len)
-        for frame in tone_frames:
+        tone_phase = rng.uniform(0, 2 * np.pi)
+        for frame, pitch_hz in zip(tone_frames, pitches_hz):
+            tone = 0.5 * np.sin(2 * np.pi * pitch_hz * t + tone_phase) * np.hanning(tone_len)
             start = round(frame / cfg.fps * cfg.sample_rate)
             end = min(start + tone_len, cfg.num_samples)
             audio[start:end] += tone[: end - start]
@@ -293,7 +316,10 @@ class SyntheticAVDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < len(self):
             raise IndexError(f"clip {index} out of range for {len(self)} clips")
-        clip = self.render_clip(index)
+        return self.to_sample(self.render_clip(index))
+
+    def to_sample(self, clip: RawClip) -> Sample:
+        """A rendered clip as the model's sample (its caption as the text)."""
         video = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float().div_(255.0)
         return {
             "video": torch.zeros_like(video) if self.drop_video else normalize_video(video),

@@ -14,6 +14,7 @@ from fedmirasol.task.model import init_model
 from fedmirasol.training.centralized import TrainSettings, one_cycle_optimizer
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate, train_epochs
+from fedmirasol.training.text_eval import count_key
 
 
 def centralized_baseline(config: RunConfig, epochs: int | None = None
@@ -38,8 +39,10 @@ def centralized_baseline(config: RunConfig, epochs: int | None = None
                                  scheduler=scheduler)
     test = evaluate(model, client_data.loader(client_data.test_dataset(config),
                                               client.eval_batch_size, shuffle=False),
-                    device=device)
+                    device=device, generation=config.task.generation())
+    text = {key: value for key, value in test.items() if count_key(key)}
     return {"centralized_baseline_accuracy": test["accuracy"],
+            **({"centralized_baseline_text": text} if text else {}),
             "centralized_baseline_loss": test["loss"],
             "centralized_baseline_train_loss": train_metrics["loss"],
             "centralized_baseline_epochs": float(settings.epochs),

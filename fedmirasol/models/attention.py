@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from fedmirasol.models.kv_cache import AttentionCache, BlockCache
+
 
 class Attention(nn.Module):
     """Multi-head attention; self-attention when `context` is None, else cross-attention."""
@@ -30,12 +32,21 @@ class Attention(nn.Module):
         context: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         causal: bool = False,
+        cache: AttentionCache | None = None,
     ) -> torch.Tensor:
         """`mask` is boolean, True where a query may attend to a key (broadcast over heads);
-        `causal` masks future positions with the fast fused kernel instead."""
+        `causal` masks future positions with the fast fused kernel instead. With a `cache`,
+        self-attention appends this call's keys and values to the cached ones and attends to
+        all of them; cross-attention computes the context's once and reuses them."""
+        cross = context is not None
         context = x if context is None else context
         q = rearrange(self.query(x), "... l (h d) -> ... h l d", h=self.heads)
-        k, v = rearrange(self.key_value(context), "... l (two h d) -> two ... h l d", two=2, h=self.heads)
+        if cross and cache is not None and cache.filled:
+            k, v = cache.key, cache.value  # the same context at every decoding step
+        else:
+            k, v = rearrange(self.key_value(context), "... l (two h d) -> two ... h l d", two=2, h=self.heads)
+            if cache is not None:
+                k, v = cache.append(k, v)
         attended = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
             is_causal=causal,
@@ -72,12 +83,15 @@ class Block(nn.Module):
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
         causal: bool = False,
+        cache: BlockCache | None = None,
     ) -> torch.Tensor:
-        x = x + self.self_attention(self.norm_self(x), mask=mask, causal=causal)
+        x = x + self.self_attention(self.norm_self(x), mask=mask, causal=causal,
+                                    cache=cache.self_attention if cache else None)
         if self.cross_attention is not None:
             if context is None:
                 raise ValueError("this block cross-attends and needs a context")
-            x = x + self.cross_attention(self.norm_cross(x), context=context, mask=context_mask)
+            x = x + self.cross_attention(self.norm_cross(x), context=context, mask=context_mask,
+                                         cache=cache.cross_attention if cache else None)
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -106,9 +120,12 @@ class Transformer(nn.Module):
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
         causal: bool = False,
+        cache: list[BlockCache] | None = None,
     ) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x, mask=mask, context=context, context_mask=context_mask, causal=causal)
+        """`cache`: one `BlockCache` per block (incremental decoding)."""
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask=mask, context=context, context_mask=context_mask, causal=causal,
+                      cache=cache[i] if cache is not None else None)
         return self.norm(x)
 
 

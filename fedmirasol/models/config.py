@@ -37,7 +37,8 @@ class MirasolConfig:
     more frames means more chunks, each processed by the same weights.
     `architecture = "latefusion"` builds the TimeSformer + AST baseline (late_fusion.py) from the
     same geometry and widths (`video_depth`/`audio_depth` are its encoders' depths,
-    `audio_patch` its spectrogram patches) plus the late-fusion fields below.
+    `audio_patch` its spectrogram patches) plus the late-fusion fields below; with
+    `text_weight` > 0 it also gets a text decoder over its two pooled features.
     """
 
     name: str = "custom"
@@ -116,10 +117,9 @@ class MirasolConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of video_patch {self.video_patch}")
         if min(self.audio_stride) < 1:
             raise ValueError(f"audio_stride must be positive, got {self.audio_stride}")
-        if self.text_weight or self.latent_weight:
+        if self.latent_weight:
             raise ValueError(
-                "the late-fusion model has no text decoder and no latent prediction: "
-                "text_weight and latent_weight must be 0"
+                "the late-fusion model predicts nothing across time: latent_weight must be 0"
             )
 
     @property

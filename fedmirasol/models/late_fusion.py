@@ -5,7 +5,8 @@ r"""The late-fusion baseline: TimeSformer + AST, each pooled, fused by a weighte
     audio -> AST         -> a  /
 
 alpha weighs one modality (audio by default, video if the config says so) and is either fixed
-or learned. A sample that lacks a modality gets a learned 'absent' feature in its place, as in
+or learned. With `text_weight` > 0 a `TextDecoder` (Mirasol's) cross-attends to the two pooled
+features, so late fusion answers questions and captions through its own decoder. A sample that lacks a modality gets a learned 'absent' feature in its place, as in
 Mirasol: the placeholder tensor is never read as data.
 """
 
@@ -17,7 +18,8 @@ from torch import nn
 from fedmirasol.models.ast_encoder import AudioSpectrogramTransformer
 from fedmirasol.models.attention import LearnedTokens
 from fedmirasol.models.config import MirasolConfig
-from fedmirasol.models.mirasol import MirasolOutput, ModalityGate, check_batch_sizes
+from fedmirasol.models.mirasol import MirasolOutput, ModalityGate, check_batch_sizes, generate_text
+from fedmirasol.models.text_decoder import TextDecoder
 from fedmirasol.models.timesformer import TimeSformer
 
 # Hidden sizes of the published head (1536 -> 1024 -> 512 -> classes at width 768), as
@@ -82,6 +84,8 @@ class LateFusion(nn.Module):
         self.audio_gate = ModalityGate(config.width)
         self.modality_weight = ModalityWeight(config.alpha, config.learn_alpha)
         self.head = FusionHead(config.width, config.num_classes, config.head_dropout)
+        if config.text_weight > 0:
+            self.text_decoder = TextDecoder(config)
         if config.freeze_encoders:
             for encoder in (self.video_encoder, self.audio_encoder):
                 encoder.requires_grad_(False)
@@ -98,5 +102,12 @@ class LateFusion(nn.Module):
         weighted = self.config.alpha_modality
         features[weighted] = self.modality_weight(features[weighted])
         fused = torch.cat([features["video"], features["audio"]], dim=-1)
-        latents = torch.stack([features["video"], features["audio"]], dim=1)
+        latents = torch.stack([features["video"], features["audio"]], dim=1)  # B x 2 x d
         return MirasolOutput(self.head(fused), latents, None)
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, torch.Tensor], **kwargs) -> list[str]:
+        """Generated answers or captions (needs the text decoder: `text_weight` > 0)."""
+        if not hasattr(self, "text_decoder"):
+            raise ValueError("this late-fusion model has no text decoder (text_weight = 0)")
+        return generate_text(self, batch, **kwargs)

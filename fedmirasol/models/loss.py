@@ -20,7 +20,8 @@ def mirasol_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted sum of the terms this batch supports, and each term's value.
 
-    Classification needs labels (label >= 0), text needs captions (non-PAD tokens), the latent
+    Classification needs labels (label >= 0), text needs captions or answers (non-PAD tokens
+    after the prompt), the latent
     term needs at least two chunks; a term the batch cannot support is skipped, not zeroed in.
     """
     config = model.config
@@ -34,7 +35,7 @@ def mirasol_loss(
         terms["class"] = (config.class_weight, term)
 
     if config.text_weight > 0:
-        text_loss, has_text = model.text_decoder.loss_per_sample(batch["text"], output.latents)
+        text_loss, has_text = model.text_decoder.batch_loss(batch, output.latents)
         if (term := masked_mean(text_loss, has_text)) is not None:
             terms["text"] = (config.text_weight, term)
 

@@ -110,5 +110,15 @@ class Mirasol(nn.Module):
 
     @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor], **kwargs) -> list[str]:
-        """Captions for a batch (see `TextDecoder.generate` for the decoding options)."""
-        return self.text_decoder.generate(self(batch).latents, **kwargs)
+        """Generated text for a batch: each sample's answer to its prompt (``text`` up to
+        ``prompt_length``), or a caption where it has none (see `TextDecoder.generate` for
+        the decoding options)."""
+        return generate_text(self, batch, **kwargs)
+
+
+def generate_text(model: nn.Module, batch: dict[str, torch.Tensor], **kwargs) -> list[str]:
+    """`model`'s text decoder continues each sample's prompt, reading the model's latents."""
+    latents = model(batch).latents
+    prompt_length = batch.get("prompt_length")
+    prompts = batch["text"] if prompt_length is not None else None
+    return model.text_decoder.generate(latents, prompts, prompt_length, **kwargs)

@@ -23,7 +23,7 @@ def per_sample_loss(model: Mirasol, batch: dict[str, torch.Tensor],
     class_loss = F.cross_entropy(output.logits.float(), labels.clamp(min=0), reduction="none")
     total = config.class_weight * class_loss * labelled
     if config.text_weight > 0:
-        text_loss, has_text = model.text_decoder.loss_per_sample(batch["text"], output.latents)
+        text_loss, has_text = model.text_decoder.batch_loss(batch, output.latents)
         total = total + config.text_weight * text_loss.float() * has_text.to(total.dtype)
     if config.latent_weight > 0 and output.latent_loss is not None:
         total = total + config.latent_weight * output.latent_loss.float()

@@ -148,7 +148,41 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     paths.append(save_figure(fig, out / "bytes.png"))
     if any(r.get("personal_accuracy_client_mean") is not None for r in rounds):
         paths.append(_plot_personalization(rounds, out / "personalization.png"))
+    if any(r.get("centralized_exact_match") is not None or r.get("federated_exact_match")
+           is not None for r in rounds):
+        paths.append(_plot_text(rounds, out / "text_metrics.png"))
     return paths
+
+
+def _plot_text(rounds: list[dict], path: Path) -> Path:
+    """The videoqa task: exact match per question type and captioning CIDEr per round, on the
+    server's test set (solid) and over the clients (dashed)."""
+    fig, (em, cap) = plt.subplots(1, 2, figsize=(12, 4))
+    kinds = sorted({key[len("centralized_em_"):] for r in rounds for key in r
+                    if key.startswith("centralized_em_")}
+                   | {key[len("federated_em_"):] for r in rounds for key in r
+                      if key.startswith("federated_em_")})
+    for i, kind in enumerate(["exact_match", *kinds]):
+        name = kind if kind == "exact_match" else f"em_{kind}"
+        label = "all questions" if kind == "exact_match" else kind
+        for where, style in (("centralized", "-"), ("federated", "--")):
+            xs, ys = _series(rounds, f"{where}_{name}")
+            if xs:
+                em.plot(xs, ys, style, color=f"C{i % 10}", marker=MARKERS[i % len(MARKERS)],
+                        markersize=4, label=f"{label} ({where})")
+    em.set(ylabel="exact match", ylim=(0, 1), title="QA exact match per question type")
+    for where, style in (("centralized", "-"), ("federated", "--")):
+        for i, key in enumerate(("cider", "bleu4")):
+            xs, ys = _series(rounds, f"{where}_{key}")
+            if xs:
+                values = ys if key == "cider" else [y / 100 for y in ys]
+                cap.plot(xs, values, style, color=f"C{i}", marker="o", markersize=4,
+                         label=f"{'CIDEr' if key == 'cider' else 'BLEU-4 / 100'} ({where})")
+    cap.set(ylabel="score", title="Captioning")
+    for ax in (em, cap):
+        round_axis(ax)
+        legend_outside(ax, "below", ncol=2, fontsize="small")
+    return _save(fig, path)
 
 
 def _plot_personalization(rounds: list[dict], path: Path) -> Path:

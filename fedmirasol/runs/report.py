@@ -17,6 +17,7 @@ from fedmirasol.runs import run_dir as rundir
 from fedmirasol.core.metrics import mean
 from fedmirasol.privacy import ledger
 from fedmirasol.privacy.report import run_summary, worst_client_line
+from fedmirasol.training.text_eval import count_key
 
 
 def build_report(run_dir: str | Path, shared: Mapping[str, np.ndarray] | None = None
@@ -54,6 +55,7 @@ def build_report(run_dir: str | Path, shared: Mapping[str, np.ndarray] | None = 
         "final_client_accuracy": {pid: row["val_accuracy"] for pid, row in clients.items()
                                   if "val_accuracy" in row},
         **_personalization_summary(config, rounds),
+        **_text_summary(rounds),
         **_privacy_summary(run_dir),
         **shared_counts(shared if shared is not None else _checkpointed_shared(run_dir)),
         "total_bytes_down": sum(r["bytes_down"] for r in rounds),
@@ -131,6 +133,24 @@ def _personalization_summary(config: RunConfig, rounds: list[dict]) -> dict[str,
         })
     if summary or method != "none":
         summary["personalization_method"] = method
+    return summary
+
+
+def _text_summary(rounds: list[dict]) -> dict[str, Any]:
+    """The videoqa task's final scores (exact match overall and per question type, CIDEr,
+    BLEU-4) on the server's test set, over the clients and per client; empty otherwise."""
+    final, summary = rounds[-1], {}
+    for where in ("centralized", "federated"):
+        scores = {key[len(where) + 1:]: value for key, value in final.items()
+                  if key.startswith(f"{where}_") and value is not None
+                  and count_key(key[len(where) + 1:])}
+        if scores:
+            summary[f"final_{where}_text"] = scores
+    clients = {pid: {key[len("val_"):]: value for key, value in row.items()
+                     if key.startswith("val_") and count_key(key[len("val_"):])}
+               for pid, row in final.get("clients", {}).items()}
+    if any(clients.values()):
+        summary["final_client_text"] = clients
     return summary
 
 
@@ -235,7 +255,8 @@ def _print_round(record: Mapping[str, Any]) -> None:
               flush=True)
         return
     print(f"round {record['round']:>3}  train loss {fmt('train_loss', '.4f')}  "
-          f"centralized acc {fmt('centralized_accuracy')}  federated acc "
+          + (f"CIDEr {fmt('centralized_cider')}  " if "centralized_cider" in record else "")
+          + f"centralized acc {fmt('centralized_accuracy')}  federated acc "
           f"{fmt('federated_accuracy')}  clients {len(record['participants'])}/"
           f"{len(record['sampled'])}  rejected {len(record['rejected'])}  "
           f"{record['duration_s']:.1f}s"

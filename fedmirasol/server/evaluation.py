@@ -18,12 +18,15 @@ from fedmirasol.core.parameters import load_state, model_state
 from fedmirasol.task.model import parameter_split
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate
+from fedmirasol.training.text_eval import text_reply_metrics
 
 EvaluateFn = Callable[[Mapping[str, np.ndarray]], dict[str, float]]
 
 
 def make_evaluate_fn(config: RunConfig, device: str = "cpu") -> EvaluateFn:
-    """`fn(global_shared) -> {"test-loss", "test-accuracy", "num-examples"}`.
+    """`fn(global_shared) -> {"test-loss", "test-accuracy", "num-examples"}` and, for the
+    videoqa task, the generated text's scores (``test-exact-match``, ``test-em-<type>``,
+    ``test-cider``, ``test-bleu4``, with their counts).
 
     The model and the test set are built on the first call: a run that never evaluates
     centrally (`server.evaluate-every = 0`) never renders the test set."""
@@ -42,10 +45,11 @@ def make_evaluate_fn(config: RunConfig, device: str = "cpu") -> EvaluateFn:
         load_state(model, global_shared)
         load_state(model, initial_local)
         model.to(target)
-        result = evaluate(model, test_loader, device=target)
+        result = evaluate(model, test_loader, device=target,
+                          generation=config.task.generation())
         model.to("cpu")
         return {"test-loss": result["loss"], "test-accuracy": result["accuracy"],
-                "num-examples": result["num_examples"]}
+                "num-examples": result["num_examples"], **text_reply_metrics(result, "test-")}
 
     return evaluate_global
 

@@ -50,6 +50,7 @@ from fedmirasol.task.model import parameter_split
 from fedmirasol.server.aggregators import choose_aggregator
 from fedmirasol.server.evaluation import full_state, make_evaluate_fn
 from fedmirasol.server.filters import reply_filters
+from fedmirasol.server.text_metrics import central_text, client_text, federated_text
 from fedmirasol.server.strategy import (
     build_strategy,
     restore_strategy_state,
@@ -244,6 +245,7 @@ class FederatedRun:
             federated_loss=weighted_mean(eval_rows.values(), "val-loss"),
             federated_accuracy_client_mean=mean(r["val-accuracy"] for r in eval_rows.values()),
             **_personal_means(eval_rows.values()),
+            **federated_text(eval_rows.values()),
             evaluate_rejected=[r.to_json() for r in eval_bad],
             clients={str(pid): _client_row(train_rows.get(pid), eval_rows.get(pid))
                      for pid in sorted(set(train_rows) | set(eval_rows))},
@@ -254,7 +256,7 @@ class FederatedRun:
         if every and (server_round % every == 0 or server_round == self.config.num_rounds):
             central = self.evaluate_global(self.global_shared)
             record.update(centralized_accuracy=central["test-accuracy"],
-                          centralized_loss=central["test-loss"])
+                          centralized_loss=central["test-loss"], **central_text(central))
         else:
             record.update(centralized_accuracy=None, centralized_loss=None)
         record["duration_s"] = time.perf_counter() - started
@@ -334,7 +336,7 @@ class FederatedRun:
 
 def _rename_central(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {"round": metrics["round"], "centralized_accuracy": metrics["test-accuracy"],
-            "centralized_loss": metrics["test-loss"]}
+            "centralized_loss": metrics["test-loss"], **central_text(metrics)}
 
 
 def _client_row(train: Mapping[str, float] | None, val: Mapping[str, float] | None
@@ -350,6 +352,7 @@ def _client_row(train: Mapping[str, float] | None, val: Mapping[str, float] | No
         row.update({"val_accuracy": val["val-accuracy"], "val_loss": val["val-loss"],
                     "val_examples": val["num-examples"]})
         row.update({key.replace("-", "_"): val[key] for key in PERSONAL_EVAL_KEYS if key in val})
+        row.update(client_text(val))
     return row
 
 

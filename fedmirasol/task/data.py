@@ -1,8 +1,9 @@
 """Each client's local train/validation data and the server's held-out test set.
 
 Both ends rebuild the same data from the run config alone (seeded), so nothing but the config
-travels. `data.source = "synthetic"` renders procedural clips; `data.source = "manifest"`
-hands over to the media ingestion package (PyAV) when it is installed.
+travels. `data.source = "synthetic"` renders procedural clips (with `task.name = "videoqa"`, a
+question about each, `fedmirasol.data.videoqa`); `data.source = "manifest"` hands over to the
+media ingestion package (PyAV) when it is installed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fedmirasol.data.batch import Sample, collate
+from fedmirasol.data.questions import QUESTION_TYPES
 from fedmirasol.data.synthetic import DomainShift, SyntheticAVDataset, SyntheticConfig
 from fedmirasol.config.run import RunConfig
 from fedmirasol.data.partitioning import ClientSpec, client_specs, label_histogram
@@ -52,13 +54,20 @@ def partition_summary(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     if config.data.source == "site":
         return []
     labels = pool_labels(config)
-    num_classes = config.model.mirasol.num_classes
+    num_classes = partition_classes(config)
     return [{
         "partition-id": spec.partition_id, "train": len(spec.train_indices),
         "val": len(spec.val_indices),
         "labels": label_histogram(labels, spec.train_indices + spec.val_indices, num_classes),
         "domain": spec.domain, "drop-audio": spec.drop_audio, "drop-video": spec.drop_video,
     } for spec in specs(config)]
+
+
+def partition_classes(config: Mapping[str, Any]) -> int:
+    """How many values the pool's partition key takes: classes, or question types (videoqa)."""
+    if config.task.name == "videoqa":
+        return len(QUESTION_TYPES)
+    return config.model.mirasol.num_classes
 
 
 def synthetic_config(config: Mapping[str, Any]) -> SyntheticConfig:
@@ -105,11 +114,24 @@ def _pool_dataset(config: Mapping[str, Any], spec: ClientSpec | None) -> Dataset
     if config.data.source == "manifest":
         # The manifest's clips form the pool; the media package decodes them (PyAV).
         return _manifest_module().manifest_pool(config.data.manifest, config.model.mirasol)
-    return SyntheticAVDataset(
-        synthetic_config(config), pool_size(config), seed=config.seed,
+    return synthetic_dataset(
+        config, pool_size(config), seed=config.seed,
         domain=domain_shift(config, spec.domain) if spec else None,
         drop_audio=bool(spec and spec.drop_audio), drop_video=bool(spec and spec.drop_video),
     )
+
+
+def synthetic_dataset(config: Mapping[str, Any], size: int, seed: int, **kwargs: Any) -> Dataset:
+    """`size` synthetic clips for the run's task: labelled clips, or one question per clip
+    (`task.name = "videoqa"`, partitioned by question type)."""
+    if config.task.name == "videoqa":
+        from fedmirasol.data.videoqa import SyntheticVideoQA
+
+        task = config.task
+        return SyntheticVideoQA(synthetic_config(config), size, seed=seed,
+                                question_types=task.question_types, late_tone=task.late_tone,
+                                **kwargs)
+    return SyntheticAVDataset(synthetic_config(config), size, seed=seed, **kwargs)
 
 
 def _site_data(config: Mapping[str, Any], partition_id: int) -> ClientData:
@@ -150,7 +172,8 @@ def _specs_cached(config: RunConfig) -> tuple[ClientSpec, ...]:
 def data_key(config: RunConfig) -> RunConfig:
     """The part of the config that determines the data (a cache key): its seed, data and
     model sections, everything else at the defaults (not validated again)."""
-    return RunConfig.model_construct(seed=config.seed, data=config.data, model=config.model)
+    return RunConfig.model_construct(seed=config.seed, data=config.data, model=config.model,
+                                     task=config.task)
 
 
 def client_data(config: Mapping[str, Any], partition_id: int) -> ClientData:
@@ -160,8 +183,8 @@ def client_data(config: Mapping[str, Any], partition_id: int) -> ClientData:
 
 @functools.lru_cache(maxsize=2)
 def _test_cached(config: RunConfig) -> Materialized:
-    dataset = SyntheticAVDataset(synthetic_config(config), config.data.test_clips,
-                                 seed=config.seed + TEST_SEED_OFFSET)
+    dataset = synthetic_dataset(config, config.data.test_clips,
+                                seed=config.seed + TEST_SEED_OFFSET)
     return Materialized(dataset)
 
 

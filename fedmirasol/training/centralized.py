@@ -9,14 +9,17 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from fedmirasol.data.batch import collate
+from fedmirasol.data.questions import DEFAULT_TYPES
 from fedmirasol.data.synthetic import SyntheticAVDataset, SyntheticConfig
+from fedmirasol.data.videoqa import SyntheticVideoQA
 from fedmirasol.models import MirasolConfig, build_model
 from fedmirasol.training.checkpoint import save_checkpoint
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate, train_epochs
+from fedmirasol.training.text_eval import count_key
 
 MODALITIES = ("video", "audio")
 
@@ -41,6 +44,16 @@ class TrainSettings:
             raise ValueError(f"drop_modality must be one of {MODALITIES}, got {self.drop_modality!r}")
 
 
+@dataclass(frozen=True)
+class VideoQASettings:
+    """The videoqa task instead of classification: a question (or "caption:") per clip, the
+    answers generated (`fedmirasol.data.videoqa`)."""
+
+    questions: tuple[str, ...] = DEFAULT_TYPES
+    late_tone: bool = False
+    num_beams: int = 1  # evaluation decoding: 1 greedy, more: beam search
+
+
 def one_cycle_optimizer(
     model: torch.nn.Module, settings: TrainSettings, steps_per_epoch: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -56,14 +69,20 @@ def one_cycle_optimizer(
 
 
 def synthetic_split(
-    model_config: MirasolConfig, settings: TrainSettings
-) -> tuple[SyntheticAVDataset, SyntheticAVDataset]:
-    """Disjoint train and validation clips (different seeds) in the model's geometry."""
+    model_config: MirasolConfig, settings: TrainSettings, videoqa: VideoQASettings | None = None
+) -> tuple[Dataset, Dataset]:
+    """Disjoint train and validation clips (different seeds) in the model's geometry: labelled
+    clips, or (`videoqa`) one question per clip."""
     data_config = SyntheticConfig.for_model(model_config, public=settings.public)
     drop = {"drop_video": settings.drop_modality == "video", "drop_audio": settings.drop_modality == "audio"}
-    train = SyntheticAVDataset(data_config, settings.train_clips, seed=2 * settings.seed + 1, **drop)
-    val = SyntheticAVDataset(data_config, settings.val_clips, seed=2 * settings.seed + 2, **drop)
-    return train, val
+
+    def clips(count: int, seed: int) -> Dataset:
+        if videoqa is None:
+            return SyntheticAVDataset(data_config, count, seed=seed, **drop)
+        return SyntheticVideoQA(data_config, count, seed=seed, question_types=videoqa.questions,
+                                late_tone=videoqa.late_tone, **drop)
+
+    return clips(settings.train_clips, 2 * settings.seed + 1), clips(settings.val_clips, 2 * settings.seed + 2)
 
 
 def train_centralized(
@@ -71,12 +90,17 @@ def train_centralized(
     settings: TrainSettings,
     out_dir: Path,
     progress: Callable[[str], None] = print,
+    videoqa: VideoQASettings | None = None,
 ) -> dict[str, float]:
-    """Train, evaluate after every epoch, write metrics.jsonl and checkpoints; return the summary."""
+    """Train, evaluate after every epoch, write metrics.jsonl and checkpoints; return the summary.
+
+    With `videoqa` the clips come with questions; "accuracy" is then the QA exact match and
+    the summary adds the final scores of the generated text (`final_val_text`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
     device = resolve_device(settings.device)
-    train_set, val_set = synthetic_split(model_config, settings)
+    train_set, val_set = synthetic_split(model_config, settings, videoqa)
+    generation = {"num_beams": videoqa.num_beams} if videoqa else None
     train_loader = DataLoader(
         train_set, batch_size=settings.batch_size, shuffle=True, collate_fn=collate,
         generator=torch.Generator().manual_seed(settings.seed),
@@ -85,14 +109,15 @@ def train_centralized(
     model = build_model(model_config).to(device)
     optimizer, scheduler = one_cycle_optimizer(model, settings, len(train_loader))
     (out_dir / "config.json").write_text(
-        json.dumps({"model": model_config.to_dict(), "train": asdict(settings)}, indent=2)
+        json.dumps({"model": model_config.to_dict(), "train": asdict(settings),
+                    **({"videoqa": asdict(videoqa)} if videoqa else {})}, indent=2)
     )
     started = time.perf_counter()
     best = {"accuracy": -1.0}
     with (out_dir / "metrics.jsonl").open("w") as metrics_file:
         for epoch in range(1, settings.epochs + 1):
             train_metrics = train_epochs(model, train_loader, optimizer, device=device, scheduler=scheduler)
-            val_metrics = evaluate(model, val_loader, device=device)
+            val_metrics = evaluate(model, val_loader, device=device, generation=generation)
             record = {
                 "epoch": epoch,
                 "seconds": round(time.perf_counter() - started, 2),
@@ -104,7 +129,9 @@ def train_centralized(
             progress(
                 f"epoch {epoch}/{settings.epochs}  train loss {train_metrics['loss']:.3f}  "
                 f"val loss {val_metrics['loss']:.3f}  val accuracy {val_metrics['accuracy']:.3f}  "
-                f"({record['seconds']:.0f} s)"
+                + "".join(f"{key} {val_metrics[key]:.3f}  " for key in sorted(val_metrics)
+                          if key.startswith("em_") or key in ("cider", "bleu4"))
+                + f"({record['seconds']:.0f} s)"
             )
             if val_metrics["accuracy"] > best["accuracy"]:
                 best = dict(val_metrics, epoch=epoch)
@@ -118,5 +145,9 @@ def train_centralized(
         "drop_modality": settings.drop_modality,
         "public": settings.public,
     }
+    if videoqa is not None:
+        summary["task"] = "videoqa"
+        summary["final_val_text"] = {key: value for key, value in val_metrics.items()
+                                     if count_key(key)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -11,6 +11,7 @@ from torch import nn
 from fedmirasol.data.batch import Batch, to_device
 from fedmirasol.models.loss import mirasol_loss
 from fedmirasol.training.device import autocast
+from fedmirasol.training.text_eval import TextScores
 
 ExtraLoss = Callable[[nn.Module], torch.Tensor]
 StepCallback = Callable[[int, float], None]
@@ -68,17 +69,25 @@ def train_epochs(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Iterable[Batch], *, device: torch.device | str = "cpu"
+    model: nn.Module, loader: Iterable[Batch], *, device: torch.device | str = "cpu",
+    generation: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Classification loss and accuracy over `loader` (labelled samples only)."""
+    """Classification loss and accuracy over `loader`'s labelled samples and, for samples that
+    ask a question or want a caption (``question_type`` >= 0), the generated text's scores
+    (`fedmirasol.training.text_eval`; `generation`: the decoding options of
+    `TextDecoder.generate`). On data of questions only (the videoqa task) ``loss`` is the
+    answers' cross-entropy and ``accuracy`` the QA exact match."""
     device = torch.device(device)
     model.eval()
     loss_sum = 0.0
     correct = count = 0
+    text = TextScores()
     for batch in loader:
         batch = to_device(batch, device)
         with autocast(device):
-            logits = model(batch).logits.float()
+            output = model(batch)
+            text.add_batch(model, batch, output.latents, generation)
+        logits = output.logits.float()
         labelled = batch["label"] >= 0
         if not bool(labelled.any()):
             continue
@@ -86,6 +95,12 @@ def evaluate(
         loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
         correct += int((logits.argmax(dim=-1) == labels).sum())
         count += int(labelled.sum())
-    if count == 0:
-        raise ValueError("the evaluation loader holds no labelled samples")
-    return {"loss": loss_sum / count, "accuracy": correct / count, "num_examples": float(count)}
+    scores = text.metrics()
+    if count:
+        return {"loss": loss_sum / count, "accuracy": correct / count, "num_examples": float(count),
+                **scores}
+    if "text_loss" in scores:
+        examples = scores.get("n_questions", 0.0) + scores.get("n_caption", 0.0)
+        return {"loss": scores["text_loss"], "accuracy": scores.get("exact_match", 0.0),
+                "num_examples": examples, **scores}
+    raise ValueError("the evaluation loader holds no labelled samples and no questions")
