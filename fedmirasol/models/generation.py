@@ -11,10 +11,14 @@ against).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from fedmirasol.models.kv_cache import DecoderCache
-from fedmirasol.models.text_decoder import TextDecoder
+
+if TYPE_CHECKING:
+    from fedmirasol.models.text_decoder import TextDecoder
 
 
 def left_aligned_prompts(
