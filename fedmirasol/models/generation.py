@@ -11,14 +11,12 @@ against).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
+from torch import nn
 
 from fedmirasol.models.kv_cache import DecoderCache
 
-if TYPE_CHECKING:
-    from fedmirasol.models.text_decoder import TextDecoder
+TextDecoder = nn.Module  # a fedmirasol.models.text_decoder.TextDecoder (which imports this module)
 
 
 def left_aligned_prompts(
