@@ -66,7 +66,8 @@ def test_samples_carry_prompt_answer_and_type():
         length = int(sample["prompt_length"])
         assert bytes(tokens[1:length]).decode() == prompt == QUESTIONS[kind]
         assert bytes(tokens[length:length + len(answer)]).decode() == answer
-        assert QUESTION_TYPES[int(sample["question_type"])] == kind and sample["label"] == -1
+        assert QUESTION_TYPES[int(sample["question_type"])] == kind
+        assert sample["label"] == data.clips.labels[index]  # the clip's class, for the class term
     assert set(data.labels) == {QUESTION_TYPES.index("shape"), QUESTION_TYPES.index("count")}
     with pytest.raises(ValueError, match="question types"):
         parse_question_types("shape, colour")
@@ -188,8 +189,12 @@ def test_evaluate_scores_each_question_type():
     assert result["n_caption"] == kinds.count("caption")
     for kind in ("shape", "sync"):
         assert result[f"n_{kind}"] == kinds.count(kind) and 0 <= result[f"em_{kind}"] <= 1
-    assert result["accuracy"] == result["exact_match"] and result["loss"] == result["text_loss"]
-    assert {"cider", "bleu4"} <= set(result)
+    assert {"cider", "bleu4", "text_loss"} <= set(result)
+    assert result["num_examples"] == 12  # the clips' class accuracy beside the text scores
+    unlabelled = dict(batch, label=torch.full_like(batch["label"], -1))
+    text_only = evaluate(model(), [unlabelled])
+    assert text_only["accuracy"] == text_only["exact_match"] == result["exact_match"]
+    assert text_only["loss"] == pytest.approx(result["text_loss"])
 
 
 def test_dp_per_sample_gradients_of_the_qa_loss_equal_single_sample_ones():

@@ -116,9 +116,10 @@ def answers(config: SyntheticConfig, clip: RawClip) -> dict[str, str]:
 
 class SyntheticVideoQA(Dataset):
     """`num_items` (clip, question) items: item i asks the question of type `labels[i]` (an
-    index into `QUESTION_TYPES`, drawn from `question_types`) about clip i. Samples carry
-    ``label`` -1 (no class), ``text`` = BOS question answer EOS, ``prompt_length`` and
-    ``question_type`` (= `labels[i]`)."""
+    index into `QUESTION_TYPES`, drawn from `question_types`) about clip i. Samples carry the
+    clip's class ``label`` (trained with the model's `class_weight`: 0 for text alone),
+    ``text`` = BOS question answer EOS, ``prompt_length`` and ``question_type``
+    (= `labels[i]`)."""
 
     def __init__(
         self,
@@ -162,7 +163,6 @@ class SyntheticVideoQA(Dataset):
             raise ValueError(f"question {kind!r} and its answer {answer!r} exceed max_text_len "
                              f"{self.config.max_text_len}")
         sample.update(
-            label=torch.tensor(-1, dtype=torch.long),
             text=tokenizer.encode(prompt + answer, self.config.max_text_len),
             prompt_length=torch.tensor(prompt_length, dtype=torch.long),
             question_type=torch.tensor(type_index, dtype=torch.long),

@@ -255,7 +255,8 @@ def _print_round(record: Mapping[str, Any]) -> None:
               flush=True)
         return
     print(f"round {record['round']:>3}  train loss {fmt('train_loss', '.4f')}  "
-          + (f"CIDEr {fmt('centralized_cider')}  " if "centralized_cider" in record else "")
+          + (f"centralized EM {fmt('centralized_exact_match')}  CIDEr {fmt('centralized_cider')}  "
+             if "centralized_exact_match" in record else "")
           + f"centralized acc {fmt('centralized_accuracy')}  federated acc "
           f"{fmt('federated_accuracy')}  clients {len(record['participants'])}/"
           f"{len(record['sampled'])}  rejected {len(record['rejected'])}  "

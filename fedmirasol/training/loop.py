@@ -75,8 +75,8 @@ def evaluate(
     """Classification loss and accuracy over `loader`'s labelled samples and, for samples that
     ask a question or want a caption (``question_type`` >= 0), the generated text's scores
     (`fedmirasol.training.text_eval`; `generation`: the decoding options of
-    `TextDecoder.generate`). On data of questions only (the videoqa task) ``loss`` is the
-    answers' cross-entropy and ``accuracy`` the QA exact match."""
+    `TextDecoder.generate`). On data without labels ``loss`` is the text cross-entropy and
+    ``accuracy`` the QA exact match."""
     device = torch.device(device)
     model.eval()
     loss_sum = 0.0
