@@ -79,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     parser.add_argument("--device", default="cpu")
+    # the videoqa task (`fedmirasol train --task videoqa`): questions about the public clips
+    parser.add_argument("--task", choices=("classification", "videoqa"), default="classification")
+    parser.add_argument("--frames", type=int)
+    parser.add_argument("--text-weight", type=float)
     return parser
 
 
@@ -95,6 +99,9 @@ class Recipe:
     seed: int
     threads: int
     device: str
+    task: str = "classification"
+    frames: int | None = None  # the model's num_frames, if not its named config's
+    text_weight: float | None = None  # the model's text_weight, if not its named config's
 
     @classmethod
     def parse(cls, checkpoint: str, model_name: str) -> "Recipe":
@@ -107,23 +114,37 @@ class Recipe:
             recipe = cls(model=args.config or model_name, epochs=args.epochs,
                          batch_size=args.batch_size, learning_rate=args.lr,
                          train_clips=args.train_clips, val_clips=args.val_clips, seed=args.seed,
-                         threads=args.threads, device=args.device)
+                         threads=args.threads, device=args.device, task=args.task,
+                         frames=args.frames, text_weight=args.text_weight)
             recipe.check()
         except (ValueError, KeyError) as error:
             reason = error.args[0] if isinstance(error, KeyError) and error.args else error
             raise ConfigError(f"config key 'pretrained.checkpoint' = {checkpoint!r}: {reason} "
                              f"(a recipe takes fedmirasol train's flags --config, --epochs, "
                              f"--batch-size, --lr, --train-clips, --val-clips, --seed, "
-                             f"--threads, --device)") from error
+                             f"--threads, --device, --task, --frames, --text-weight)") from error
         return recipe
 
     def check(self) -> None:
         for name in ("epochs", "batch_size", "train_clips", "val_clips", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        model = self.model_config()  # raises for an unknown name or bad overrides
+        if self.task == "videoqa" and model.text_weight <= 0:
+            raise ConfigError("--task videoqa trains the text decoder: add --text-weight 1")
+
+    def model_config(self):
+        """The named model config with the recipe's --frames / --text-weight."""
         from fedmirasol.models import get_config
 
-        get_config(self.model)  # raises for an unknown model config name
+        overrides = {"num_frames": self.frames, "text_weight": self.text_weight}
+        return get_config(self.model, **{k: v for k, v in overrides.items() if v is not None})
+
+    def videoqa(self):
+        """VideoQASettings for --task videoqa (all default question types), else None."""
+        from fedmirasol.training.centralized import VideoQASettings
+
+        return VideoQASettings() if self.task == "videoqa" else None
 
     def settings(self):
         from fedmirasol.training.centralized import TrainSettings
@@ -136,15 +157,17 @@ class Recipe:
     def description(self) -> dict[str, Any]:
         """Everything the checkpoint depends on: the cache key is its digest."""
         from fedmirasol.data.synthetic import SyntheticConfig
-        from fedmirasol.models import get_config
         from fedmirasol.training.device import resolve_device
 
-        model_config = get_config(self.model)
+        model_config = self.model_config()
         settings = asdict(self.settings())
         settings["device"] = resolve_device(self.device).type
-        return {"format": FORMAT, "model": model_config.to_dict(), "train": settings,
-                "threads": self.threads,
-                "data": asdict(SyntheticConfig.for_model(model_config, public=True))}
+        description = {"format": FORMAT, "model": model_config.to_dict(), "train": settings,
+                       "threads": self.threads,
+                       "data": asdict(SyntheticConfig.for_model(model_config, public=True))}
+        if self.task != "classification":  # classification recipes keep their keys
+            description["videoqa"] = asdict(self.videoqa())
+        return description
 
     def key(self) -> str:
         text = json.dumps(self.description(), sort_keys=True)
@@ -155,7 +178,13 @@ class Recipe:
         return (f"fedmirasol train --public --config {self.model} --threads {self.threads} "
                 f"--device {self.device} --epochs {self.epochs} --batch-size {self.batch_size} "
                 f"--lr {self.learning_rate:g} --train-clips {self.train_clips} "
-                f"--val-clips {self.val_clips} --seed {self.seed} --out {out}")
+                f"--val-clips {self.val_clips} --seed {self.seed}{self.task_flags()} --out {out}")
+
+    def task_flags(self) -> str:
+        """The --task / --frames / --text-weight flags that differ from the defaults."""
+        flags = f" --task {self.task}" if self.task != "classification" else ""
+        flags += f" --frames {self.frames}" if self.frames is not None else ""
+        return flags + (f" --text-weight {self.text_weight:g}" if self.text_weight is not None else "")
 
 
 def entry_dir(recipe: Recipe, root: Path | None = None) -> Path:
@@ -197,19 +226,20 @@ def recipe_text(recipe: Recipe) -> str:
     return (f"{PREFIX} --config {recipe.model} --epochs {recipe.epochs} "
             f"--batch-size {recipe.batch_size} --lr {recipe.learning_rate:g} "
             f"--train-clips {recipe.train_clips} --val-clips {recipe.val_clips} "
-            f"--seed {recipe.seed} --threads {recipe.threads} --device {recipe.device}")
+            f"--seed {recipe.seed} --threads {recipe.threads} --device {recipe.device}"
+            f"{recipe.task_flags()}")
 
 
 def _train(recipe: Recipe, out: Path, progress: Callable[[str], None]) -> dict[str, Any]:
     import torch
 
-    from fedmirasol.models import get_config
     from fedmirasol.training.centralized import train_centralized
 
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe.threads)
     try:
-        return train_centralized(get_config(recipe.model), recipe.settings(), out, progress)
+        return train_centralized(recipe.model_config(), recipe.settings(), out, progress,
+                                 videoqa=recipe.videoqa())
     finally:
         torch.set_num_threads(threads)
 
