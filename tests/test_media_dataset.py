@@ -19,7 +19,9 @@ from fedmirasol.data.media.dataset import (
 )
 from fedmirasol.data.media.decode import DecodeSettings
 from fedmirasol.data.media.evaluate import evaluate_dense
-from fedmirasol.data.media.manifest import ClipRecord, write_manifest
+from fedmirasol.data.media.manifest import ClipRecord, read_manifest, write_manifest
+from fedmirasol.data.questions import QUESTION_TYPES
+from fedmirasol.errors import ConfigError
 from fedmirasol.models.config import get_config
 from fedmirasol.models.tokenizer import ByteTokenizer
 
@@ -218,3 +220,22 @@ def test_dense_evaluation_averages_clips_and_leaves_out_bad_videos(media_files):
     assert result == {"accuracy": 1.0, "num_videos": 2.0, "clips_per_video": 2.0, "skipped_files": 1.0}
     single = MediaClipDataset(records(media_files, names), CONFIG, strategy="dense", num_clips=1)
     assert evaluate_dense(SplitVote(), single)["accuracy"] == 0.0  # one centre clip: the late vote
+
+
+def test_manifest_questions_and_scored_captions_for_videoqa(media_files, tmp_path):
+    manifest = tmp_path / "qa.csv"
+    manifest.write_text(f"path,caption,question,answer\n{media_files['h264_30']},,what is it?,a disc\n"
+                        f"{media_files['h264_30']},a red disc,,\n")
+    data = MediaClipDataset(read_manifest(manifest), CONFIG, score_captions=True)
+    question, caption = data[0], data[1]
+    prompt = "what is it? "
+    assert int(question["prompt_length"]) == 1 + len(prompt)
+    assert ByteTokenizer().decode(question["text"][1:]) == prompt + "a disc"
+    assert QUESTION_TYPES[int(question["question_type"])] == "open"
+    assert QUESTION_TYPES[int(caption["question_type"])] == "caption"
+    assert ByteTokenizer().decode(caption["text"][int(caption["prompt_length"]):]) == "a red disc"
+    plain = MediaClipDataset(read_manifest(manifest), CONFIG)[1]  # classification: as before
+    torch.testing.assert_close(plain["text"], ByteTokenizer().encode("a red disc", CONFIG.max_text_len))
+    manifest.write_text(f"path,question\n{media_files['h264_30']},what is it?\n")
+    with pytest.raises(ConfigError, match="needs an answer"):
+        read_manifest(manifest)

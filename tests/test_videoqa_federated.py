@@ -76,7 +76,7 @@ def test_text_path_composes_with_fedbn_personal_head_dp_and_secagg(tmp_path: Pat
     assert 0 <= record["centralized_exact_match"] <= 1
 
 
-def test_videoqa_needs_the_text_decoder_and_synthetic_clips() -> None:
+def test_videoqa_needs_the_text_decoder_and_known_question_types() -> None:
     with pytest.raises(ConfigError, match="model.text-weight"):
         load_config(None, ["task.name='videoqa'", "model.name='latefusion-tiny'"])
     with pytest.raises(ConfigError, match="task.questions"):

@@ -66,14 +66,10 @@ class RunConfig(Section):
         return self
 
     def _check_videoqa(self) -> None:
-        """The answers are generated text: the model must train its text decoder, and the
-        questions come with the built-in synthetic clips."""
+        """The answers are generated text: the model must train its text decoder."""
         if self.model.mirasol.text_weight <= 0:
             raise ConfigError("task.name = 'videoqa' trains the text decoder: set "
                               "model.text-weight > 0 (e.g. 1.0)")
-        if self.data.source != "synthetic":
-            raise ConfigError("task.name = 'videoqa' asks its questions about the built-in "
-                              "synthetic clips: data.source must be 'synthetic'")
 
     def _check_federation_size(self) -> None:
         """A federation of `data.num-clients` clients must be able to fill every round the

@@ -16,8 +16,9 @@ TASKS = ("classification", "videoqa")
 class TaskConfig(Section):
     """classification: the clip's class (accuracy). videoqa: a question (or "caption:") per
     clip, answered by the text decoder and scored on the generated text (exact match per
-    question type, CIDEr and BLEU-4 of the captions); `data.partitioner` then splits the pool
-    by question type."""
+    question type, CIDEr and BLEU-4 of the captions). Synthetic clips get the questions of
+    `questions` (the pool is then split by question type); a manifest's rows bring their own
+    `question`/`answer` columns, and their captions are scored."""
 
     name: Literal[TASKS] = "classification"  # type: ignore[valid-type]
     # videoqa: the question types asked (fedmirasol.data.questions), comma-separated

@@ -16,7 +16,8 @@ QUESTIONS: dict[str, str] = {
     "first": "what pitch is the first tone? ",
     "last": "what pitch is the last tone? ",
 }
-QUESTION_TYPES = tuple(QUESTIONS)
+OPEN = "open"  # a manifest's own question (its `question` column), scored by exact match
+QUESTION_TYPES = (*QUESTIONS, OPEN)
 CAPTION = "caption"  # the one type scored as a caption (CIDEr, BLEU-4), not by exact match
 DEFAULT_TYPES = ("caption", "shape", "pitch", "sync", "count", "order")
 
@@ -25,7 +26,7 @@ def parse_question_types(text: str | tuple[str, ...]) -> tuple[str, ...]:
     """"shape, pitch" -> ("shape", "pitch"), each checked against QUESTION_TYPES."""
     names = tuple(part.strip() for part in (text.split(",") if isinstance(text, str) else text)
                   if part.strip())
-    unknown = [name for name in names if name not in QUESTIONS]
+    unknown = [name for name in names if name not in QUESTIONS]  # OPEN: manifests only
     if unknown or not names:
         raise ValueError(f"question types must be a non-empty list of {QUESTION_TYPES}, "
                          f"got {text!r}")

@@ -36,8 +36,9 @@ from fedmirasol.data.synthetic import (
     pitch_names,
 )
 from fedmirasol.data.questions import (
-    CAPTION, DEFAULT_TYPES, QUESTION_TYPES, QUESTIONS, parse_question_types,
+    CAPTION, DEFAULT_TYPES, OPEN, QUESTION_TYPES, QUESTIONS, parse_question_types,
 )
+from fedmirasol.models.tokenizer import ByteTokenizer
 
 NUMBERS = ("zero", "one", "two", "three", "four")
 MAX_EVENTS = 3
@@ -156,15 +157,36 @@ class SyntheticVideoQA(Dataset):
         type_index = int(self.labels[index])
         kind = QUESTION_TYPES[type_index]
         prompt, answer = QUESTIONS[kind], answers(self.config, clip)[kind]
-        tokenizer = self.clips.tokenizer
         sample = self.clips.to_sample(clip)
-        prompt_length = 1 + len(prompt.encode("utf-8"))  # BOS + the prompt's bytes
-        if prompt_length + len(answer.encode("utf-8")) + 1 > self.config.max_text_len:
-            raise ValueError(f"question {kind!r} and its answer {answer!r} exceed max_text_len "
-                             f"{self.config.max_text_len}")
-        sample.update(
-            text=tokenizer.encode(prompt + answer, self.config.max_text_len),
-            prompt_length=torch.tensor(prompt_length, dtype=torch.long),
-            question_type=torch.tensor(type_index, dtype=torch.long),
-        )
+        sample.update(question_text(self.clips.tokenizer, self.config.max_text_len, prompt,
+                                    answer, type_index))
         return sample
+
+
+def question_text(tokenizer: ByteTokenizer, max_len: int, prompt: str, answer: str,
+                  type_index: int) -> Sample:
+    """A sample's text keys for `prompt` followed by `answer`: ``text`` (BOS prompt answer
+    EOS), ``prompt_length`` (BOS + the prompt's bytes) and ``question_type``."""
+    prompt_length = 1 + len(prompt.encode("utf-8"))
+    if prompt_length + len(answer.encode("utf-8")) + 1 > max_len:
+        raise ValueError(f"question {prompt!r} and its answer {answer!r} exceed max_text_len "
+                         f"{max_len}")
+    return {"text": tokenizer.encode(prompt + answer, max_len),
+            "prompt_length": torch.tensor(prompt_length, dtype=torch.long),
+            "question_type": torch.tensor(type_index, dtype=torch.long)}
+
+
+def record_text(tokenizer: ByteTokenizer, max_len: int, *, question: str | None,
+                answer: str | None, caption: str | None, score_captions: bool) -> Sample:
+    """The text keys of a manifest row: its own question and answer (type ``open``); else its
+    caption, as a ``caption:`` prompt scored like the synthetic captions when `score_captions`
+    (the videoqa task) or as plain text otherwise; else no text."""
+    if question and answer:
+        return question_text(tokenizer, max_len, question.rstrip() + " ", answer,
+                             QUESTION_TYPES.index(OPEN))
+    if caption and score_captions:
+        return question_text(tokenizer, max_len, QUESTIONS[CAPTION], caption,
+                             QUESTION_TYPES.index(CAPTION))
+    if caption:
+        return {"text": tokenizer.encode(caption, max_len)}
+    return {"text": tokenizer.empty(max_len)}

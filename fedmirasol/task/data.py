@@ -113,7 +113,8 @@ def _pool_dataset(config: Mapping[str, Any], spec: ClientSpec | None) -> Dataset
     """The client pool as client `spec` sees it (its domain, its missing modalities)."""
     if config.data.source == "manifest":
         # The manifest's clips form the pool; the media package decodes them (PyAV).
-        return _manifest_module().manifest_pool(config.data.manifest, config.model.mirasol)
+        return _manifest_module().manifest_pool(config.data.manifest, config.model.mirasol,
+                                                score_captions=config.task.name == "videoqa")
     return synthetic_dataset(
         config, pool_size(config), seed=config.seed,
         domain=domain_shift(config, spec.domain) if spec else None,
@@ -142,7 +143,7 @@ def _site_data(config: Mapping[str, Any], partition_id: int) -> ClientData:
                          "with --node-config '... data.manifest=\"PATH\"'")
     train, val = _manifest_module().load_manifest_datasets(
         manifest, config.model.mirasol, val_fraction=config.data.val_fraction,
-        seed=config.seed)
+        seed=config.seed, score_captions=config.task.name == "videoqa")
     spec = ClientSpec(partition_id, tuple(range(len(train))), tuple(range(len(val))), None,
                       False, False)
     return ClientData(spec=spec, train=train, val=val, skipped=train.skip_metrics())

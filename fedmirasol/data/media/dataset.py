@@ -24,6 +24,8 @@ from fedmirasol.data.media.errors import REASONS, MediaError
 from fedmirasol.data.media.manifest import ClipRecord, read_manifest
 from fedmirasol.data.media.sampling import STRATEGIES, cut_audio, plan_clips
 from fedmirasol.data.media.transforms import to_model_video
+from fedmirasol.data.videoqa import record_text
+from fedmirasol.errors import ConfigError
 from fedmirasol.models.config import MirasolConfig
 from fedmirasol.models.tokenizer import ByteTokenizer
 
@@ -50,6 +52,7 @@ class MediaClipDataset(Dataset):
         cache: DecodeCache | None = None,
         num_frames: int | None = None,
         max_seconds: float | None = 120.0,
+        score_captions: bool = False,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown sampling strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
@@ -58,6 +61,9 @@ class MediaClipDataset(Dataset):
                 raise ValueError(
                     f"{record.path}: label {record.label} is outside the model's {model_config.num_classes} classes"
                 )
+            if record.question and len(record.question.encode("utf-8")) + 4 > model_config.max_text_len:
+                raise ConfigError(f"{record.path}: question {record.question!r} leaves no room "
+                                  f"for an answer in max_text_len {model_config.max_text_len}")
         self.records = list(records)
         self.config = model_config
         self.strategy = strategy
@@ -67,6 +73,7 @@ class MediaClipDataset(Dataset):
         self.num_frames = num_frames or model_config.num_frames
         self.max_seconds = max_seconds
         self._tokenizer = ByteTokenizer()
+        self.score_captions = score_captions  # videoqa: captions as scored "caption:" prompts
         self._failed = torch.zeros(len(self.records), dtype=torch.int8).share_memory_()
 
     def __len__(self) -> int:
@@ -180,9 +187,9 @@ class MediaClipDataset(Dataset):
             "video_present": torch.tensor(True),
             "audio_present": torch.tensor(decoded.audio is not None),
             "label": torch.tensor(record.label, dtype=torch.long),
-            "text": self._tokenizer.encode(record.caption, max_len)
-            if record.caption
-            else self._tokenizer.empty(max_len),
+            **record_text(self._tokenizer, max_len, question=record.question,
+                          answer=record.answer, caption=record.caption,
+                          score_captions=self.score_captions),
         }
 
     @property
@@ -242,11 +249,14 @@ def load_manifest_datasets(
     eval_strategy: str = "center",
     eval_clips: int = 1,
     max_seconds: float | None = 120.0,
+    score_captions: bool = False,
 ) -> tuple[MediaClipDataset, MediaClipDataset]:
     """(train, val) datasets of one client (or of everyone when `client_id` is None).
 
     `manifest` is a manifest file, or a folder written by `data partition` (then client
     `client_id` reads ``client_<id>.csv``). `cache_dir=None` turns the decode cache off.
+    `score_captions` (the videoqa task): captions become ``caption:`` prompts whose generated
+    text is scored (`fedmirasol.data.videoqa.record_text`).
     """
     manifest = Path(manifest)
     if manifest.is_dir():
@@ -266,6 +276,7 @@ def load_manifest_datasets(
             random_crop=True,
             cache=cache,
             max_seconds=max_seconds,
+            score_captions=score_captions,
         ),
         MediaClipDataset(
             val,
@@ -274,6 +285,7 @@ def load_manifest_datasets(
             num_clips=eval_clips,
             cache=cache,
             max_seconds=max_seconds,
+            score_captions=score_captions,
         ),
     )
 
@@ -283,11 +295,13 @@ def manifest_pool(
     model_config: MirasolConfig,
     strategy: str = "center",
     cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
+    score_captions: bool = False,
 ) -> MediaClipDataset:
     """Every clip of `manifest` as one dataset (``.labels`` for partitioners), for callers that
     split the pool themselves."""
     cache = DecodeCache(cache_dir) if cache_dir is not None else None
-    return MediaClipDataset(read_manifest(manifest), model_config, strategy=strategy, cache=cache)
+    return MediaClipDataset(read_manifest(manifest), model_config, strategy=strategy, cache=cache,
+                            score_captions=score_captions)
 
 
 def _client_manifest(folder: Path, client_id: int | str) -> Path:

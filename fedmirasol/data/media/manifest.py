@@ -8,6 +8,8 @@ Columns (only ``path`` is required):
 - ``label``: a class index, or a class name (names are numbered in sorted order, per manifest;
   `write_manifest` writes indices plus ``label_name`` so partitions agree on the numbering).
 - ``label_name``, ``caption``, ``site`` (site or client id), ``split`` (train / val / test).
+- ``question`` and ``answer``: a question about the clip and its answer, for video QA (the text
+  decoder reads the question and is trained to generate the answer); both or neither.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Iterable, Sequence
 
 from fedmirasol.errors import ConfigError
 
-COLUMNS = ("path", "audio_path", "start", "end", "label", "label_name", "caption", "site", "split")
+COLUMNS = ("path", "audio_path", "start", "end", "label", "label_name", "caption", "site", "split",
+           "question", "answer")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class ClipRecord:
     caption: str | None = None
     site: str | None = None
     split: str | None = None
+    question: str | None = None
+    answer: str | None = None
 
 
 def read_manifest(manifest: str | Path) -> list[ClipRecord]:
@@ -119,6 +124,10 @@ def _record(row: dict, manifest: Path, line: int, names: dict[str, int]) -> Clip
     if start is not None and end is not None and end <= start:
         raise ConfigError(f"{where}: end {end} is not after start {start}")
     audio = _blank(row.get("audio_path"))
+    question, answer = _blank(row.get("question")), _blank(row.get("answer"))
+    if (question is None) != (answer is None):
+        raise ConfigError(f"{where}: a question needs an answer and an answer a question "
+                          f"(question {question!r}, answer {answer!r})")
     return ClipRecord(
         path=str(_resolve(path, manifest)),
         audio_path=str(_resolve(audio, manifest)) if audio else None,
@@ -129,6 +138,8 @@ def _record(row: dict, manifest: Path, line: int, names: dict[str, int]) -> Clip
         caption=_blank(row.get("caption")),
         site=_blank(row.get("site")),
         split=_blank(row.get("split")),
+        question=question,
+        answer=answer,
     )
 
 
