@@ -5,43 +5,25 @@ aggregation."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from flwr.supercore.task_identity import TaskIdentity
+from secagg_app_fixtures import run as run_federated
+from secagg_app_fixtures import secagg_config, task_identity  # noqa: F401  (autouse fixture)
 
 from fedmirasol.config import load_config
-from fedmirasol.engines.apps import build_client_app
 from fedmirasol.errors import ConfigError
 from fedmirasol.runs import run_dir as rundir
-from fedmirasol.secagg.identity import provision
 from fedmirasol.server.loop import FederatedRun
-from fedmirasol.testing.local_grid import LocalGrid
 
-NODES = [31, 32, 33]
-TINY_QA = {"num-rounds": 1, "task.name": "videoqa", "model.text-weight": 1.0,
-           "data.num-clients": 3, "data.clips-per-client": 8, "data.test-clips": 6,
-           "model.num-frames": 8, "client.batch-size": 4, "client.local-epochs": 1,
-           "strategy.round-timeout": 60.0, "data.partitioner": "iid"}
-
-
-@pytest.fixture(autouse=True)
-def task_identity() -> None:
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+TINY_QA = {"task.name": "videoqa", "model.text-weight": 1.0, "data.clips-per-client": 8,
+           "data.test-clips": 6, "data.partitioner": "iid"}
 
 
 def run(run_dir: Path, **settings) -> tuple[FederatedRun, dict, dict]:
-    values = TINY_QA | settings
-    cfg = load_config(None, [f"{k}={json.dumps(v)}" for k, v in values.items()])
-    run_dir.mkdir(parents=True)
-    rundir.write_config(run_dir, cfg)
-    grid = LocalGrid(build_client_app(identities=provision(3)),
-                     {node: {"partition-id": i, "num-partitions": 3}
-                      for i, node in enumerate(NODES)})
-    federated = FederatedRun(grid, cfg, run_dir)
-    report = federated.run()
-    return federated, rundir.read_metrics(run_dir)[-1], report
+    """One round of the three-client tiny federation on the videoqa task."""
+    federated = run_federated(secagg_config(1, **(TINY_QA | settings)), run_dir)
+    return federated, rundir.read_metrics(run_dir)[-1], rundir.read_report(run_dir)
 
 
 @pytest.mark.slow
