@@ -37,7 +37,7 @@ def model(seed: int = 0, config=MODEL) -> torch.nn.Module:
 
 def test_answers_follow_the_scene():
     config = SyntheticConfig(num_frames=32)
-    data = SyntheticVideoQA(config, 40, seed=1, question_types=QUESTION_TYPES, late_tone=True)
+    data = SyntheticVideoQA(config, 40, seed=1, question_types=tuple(QUESTIONS), late_tone=True)
     seen = set()
     for index in range(40):
         clip = data.clips.render_clip(index)
@@ -86,14 +86,9 @@ def test_prompts_are_masked_out_of_the_loss():
         expected = F.cross_entropy(logits[row, start - 1:end], tokens[start:end + 1])
         torch.testing.assert_close(losses[row], expected, rtol=1e-5, atol=1e-6)
     assert bool(has_text.all())
-    # Rewriting a prompt changes no target: only what the answer is conditioned on.
-    changed = dict(batch, text=batch["text"].clone())
-    changed["text"][:, 1] = ord("x")
-    grads = torch.autograd.grad(decoder.batch_loss(batch, context)[0].sum(),
-                                decoder.head.weight)[0]
-    assert grads.abs().sum() > 0
-    unused = [ord(c) for c in "wxz?"]  # bytes only prompts contain: never a target
-    assert torch.all(grads[unused] == -grads[unused].detach().clone() * 0 + grads[unused])
+    # Without the prompt lengths every token is a target: a different (larger) loss.
+    unmasked, _ = decoder.loss_per_sample(batch["text"], context)
+    assert not torch.allclose(unmasked, losses)
 
 
 @pytest.mark.parametrize("options", [{}, {"num_beams": 3}, {"num_beams": 2, "length_penalty": 0.0},
@@ -142,12 +137,11 @@ def test_cached_logits_equal_the_full_pass():
 def test_a_trained_answer_is_generated_greedy_and_by_beam_search():
     """Teach the decoder one answer per question on fixed latents: generation returns it."""
     torch.manual_seed(0)
-    net = model(0)
-    decoder = net.text_decoder
-    batch = qa_batch(6)
+    decoder = model(0, MODEL.replace(text_depth=1)).text_decoder
+    batch = qa_batch(6, types=("shape", "sync", "count", "order"))
     context = torch.randn(6, 8, MODEL.width)
-    optimizer = torch.optim.Adam(decoder.parameters(), lr=3e-3)
-    for _ in range(150):
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-2)
+    for _ in range(60):
         optimizer.zero_grad()
         decoder.batch_loss(batch, context)[0].mean().backward()
         optimizer.step()

@@ -28,7 +28,7 @@ def parse_question_types(text: str | tuple[str, ...]) -> tuple[str, ...]:
                   if part.strip())
     unknown = [name for name in names if name not in QUESTIONS]  # OPEN: manifests only
     if unknown or not names:
-        raise ValueError(f"question types must be a non-empty list of {QUESTION_TYPES}, "
+        raise ValueError(f"question types must be a non-empty list of {tuple(QUESTIONS)}, "
                          f"got {text!r}")
     if len(set(names)) != len(names):
         raise ValueError(f"question types repeat: {text!r}")
