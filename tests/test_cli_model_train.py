@@ -68,3 +68,25 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
     code = main(["train", "--epochs", "1", "--device", "cuda", "--out", str(tmp_path / "x")])
     assert code == 2
     assert "no CUDA GPU is available" in capsys.readouterr().err
+
+
+def test_train_videoqa_reports_the_generated_text_scores(tmp_path, capsys):
+    out = tmp_path / "qa"
+    assert main([
+        "train", "--task", "videoqa", "--questions", "shape,count,caption", "--frames", "8",
+        "--text-weight", "1", "--epochs", "1", "--train-clips", "8", "--val-clips", "8",
+        "--batch-size", "8", "--num-beams", "2", "--out", str(out),
+    ]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    scores = summary["final_val_text"]
+    assert summary["task"] == "videoqa" and 0.0 <= scores["exact_match"] <= 1.0
+    assert set(scores) <= {"exact_match", "em_shape", "em_count", "cider", "bleu4"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["videoqa"]["questions"] == ["shape", "count", "caption"]
+    assert config["videoqa"]["num_beams"] == 2 and config["model"]["num_frames"] == 8
+    assert main(["train", "--task", "videoqa", "--model", "latefusion-tiny",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--text-weight 1" in capsys.readouterr().err
+    assert main(["train", "--task", "videoqa", "--text-weight", "1", "--questions", "colour",
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "--questions" in capsys.readouterr().err
