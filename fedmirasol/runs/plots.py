@@ -182,7 +182,7 @@ def _plot_text(rounds: list[dict], path: Path) -> Path:
     for ax in (em, cap):
         round_axis(ax)
         legend_outside(ax, "below", ncol=2, fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_personalization(rounds: list[dict], path: Path) -> Path:
