@@ -37,8 +37,11 @@ class AlwaysAway:
     """A rounding 'generator' that sends every positive value up: the worst case."""
 
     @staticmethod
-    def random(size: int) -> np.ndarray:
-        return np.full(size, 1 - 2 ** -40)
+    def random(size: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            return np.full(size, 1 - 2 ** -40)
+        out.fill(1 - 2 ** -40)
+        return out
 
 
 @pytest.mark.parametrize("bits", [8, 16])

@@ -59,7 +59,7 @@ class Quantizer:
         for values in arrays:
             if values.size == 0:
                 continue
-            largest = float(np.max(np.abs(values)))
+            largest = max(float(np.max(values)), -float(np.min(values)))  # NaN propagates
             if not largest <= self.bound:  # also catches NaN
                 count += int(np.count_nonzero(~(np.abs(values) <= self.bound)))
             max_abs = largest if math.isnan(largest) else max(max_abs, largest)
@@ -68,12 +68,15 @@ class Quantizer:
 
     @staticmethod
     def _chunks(arrays: Sequence[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
-        """(offset, float64 copy) of every chunk of the arrays, one after the other."""
+        """(offset, float64 copy) of every chunk of the arrays, one after the other (the copy
+        lives in one buffer: valid until the next chunk)."""
+        buffer = np.empty(CHUNK, np.float64)
         offset = 0
         for array in arrays:
             flat = np.asarray(array).reshape(-1)
             for start in range(0, flat.size, CHUNK):
-                chunk = flat[start:start + CHUNK].astype(np.float64)
+                chunk = buffer[:min(CHUNK, flat.size - start)]
+                chunk[...] = flat[start:start + chunk.size]
                 yield offset, chunk
                 offset += chunk.size
 
@@ -90,14 +93,18 @@ class Quantizer:
             norm = math.sqrt(sum(float(np.dot(c, c)) for _, c in self._chunks(arrays)))
             if norm > max_norm * (1 - 2 * NORM_SLACK):
                 factor *= max_norm * (1 - 2 * NORM_SLACK) / norm
+        signed = out.view(SIGNED[out.dtype])
+        noise = np.empty(CHUNK, np.float64)
         squares, end = 0.0, 0
         for offset, chunk in self._chunks(arrays):
             chunk *= factor
-            chunk += rng.random(chunk.size)
+            draws = noise[:chunk.size]
+            rng.random(out=draws)
+            chunk += draws
             np.floor(chunk, out=chunk)
             if max_norm is not None:
                 squares += float(np.dot(chunk, chunk))
-            out[offset:offset + chunk.size] = chunk.astype(np.int64).astype(self.dtype)
+            signed[offset:offset + chunk.size] = chunk  # integral: the cast is exact
             end = offset + chunk.size
         if end != out.size:
             raise ValueError(f"encoded {end} values into a vector of {out.size}")
