@@ -49,6 +49,26 @@ def test_secure_mean_equals_plain_mean(bound: float, weighting: str,
         np.average(list(clients.losses.values()), weights=weights), abs=1e-4)
 
 
+def test_secure_evaluation_sums_equal_the_plain_means() -> None:
+    clients = Clients()
+    clients.grid.drop([NODES[3]], protocol.EVAL_MASK)  # a dropout while evaluating
+    messages = [Message(m.content, dst_node_id=m.metadata.dst_node_id,
+                        message_type=MessageType.EVALUATE, group_id="1")
+                for m in train_messages()]
+    result = aggregator(max_weight=8).evaluate(clients.grid, messages, 10, 1, (
+        ("val-loss", protocol.LOSS_CAP), ("val-accuracy", 1.0), ("personal-accuracy", 1.0)))
+    assert result.failure is None and result.mean is None  # figures only, no update
+    pids = [0, 1, 2, 4]
+    weights = [min(clients.counts[p], 8) for p in pids]  # example counts clipped to the bound
+    sums = result.sums
+    assert sums.contributors == 4 and sums.weight == sum(weights)
+    for name, values in (("val-loss", clients.losses), ("val-accuracy", clients.accuracies)):
+        assert sums.weighted_mean(name) == pytest.approx(
+            np.average([values[p] for p in pids], weights=weights), abs=1e-4)
+        assert sums.mean(name) == pytest.approx(np.mean([values[p] for p in pids]), abs=1e-4)
+    assert sums.mean("personal-accuracy") is None  # nobody reported it
+
+
 def test_server_never_receives_an_individual_update() -> None:
     clients = Clients()
     result = aggregator(1.0).run(clients.grid, train_messages(), 10, 1)

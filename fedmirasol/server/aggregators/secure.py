@@ -48,6 +48,8 @@ class SecureMean(Aggregator):
                  ) -> EvaluationOutcome:
         """Federated evaluation as secure sums: the server learns the example count, losses
         and accuracies summed over the clients, never one client's."""
+        if not messages:  # nobody asked to evaluate (strategy.fraction-evaluate = 0)
+            return from_sums(None, [], None)
         secure = self.protocol.evaluate(run.ordered, messages, run.timeout, server_round,
                                         EVALUATION_FIGURES, run.partitions)
         run.check_registered(secure.replies)
