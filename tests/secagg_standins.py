@@ -27,27 +27,29 @@ def settings(**values: object) -> SecAggConfig:
 
 
 class Clients:
-    """Five honest clients; `exhausted` partitions have nothing to contribute."""
+    """Honest clients on `nodes` (the five NODES by default); `exhausted` partitions have
+    nothing to contribute."""
 
     def __init__(self, scale: float = 0.5, exhausted: Collection[int] = (),
-                 rules: SecAggConfig | None = None) -> None:
+                 rules: SecAggConfig | None = None, nodes: list[int] = NODES) -> None:
         rng = np.random.default_rng(0)
         self.updates = {pid: {k: rng.uniform(-scale, scale, s).astype(np.float32)
-                              for k, s in SPEC} for pid in range(len(NODES))}
+                              for k, s in SPEC} for pid in range(len(nodes))}
         self.counts = {pid: 3 + 2 * pid for pid in self.updates}
         self.losses = {pid: 0.5 + pid for pid in self.updates}
+        self.accuracies = {pid: 0.1 * (pid + 1) for pid in self.updates}
         self.exhausted = set(exhausted)
-        self.identities = provision(len(NODES))
+        self.identities = provision(len(nodes))
         self.rules = rules or settings()
         self.received: list[Message] = []
         app = ClientApp()
         client.register(app, client.ClientHooks(
-            train=self.train, run_seed=lambda message: 0,
+            train=self.train, evaluate=self.evaluate, run_seed=lambda message: 0,
             settings=lambda message, context: self.rules,
             identity=lambda message, context: self.identities[self.pid(context)],
             nothing_to_contribute=self.nothing_to_contribute))
         self.grid = LocalGrid(app, {node: {"partition-id": pid} for pid, node in
-                                    enumerate(NODES)}, observe=self.received.append)
+                                    enumerate(nodes)}, observe=self.received.append)
 
     @staticmethod
     def pid(context) -> int:  # noqa: ANN001
@@ -69,6 +71,13 @@ class Clients:
                                                  "train-loss": self.losses[pid]})}),
                        reply_to=message)
 
+    def evaluate(self, message: Message, context) -> Message:  # noqa: ANN001
+        pid = self.pid(context)
+        return Message(RecordDict({"metrics": MetricRecord({
+            "num-examples": self.counts[pid], "partition-id": pid,
+            "val-loss": self.losses[pid], "val-accuracy": self.accuracies[pid]})}),
+            reply_to=message)
+
     def mean(self, pids: list[int], weighted: bool = True) -> dict[str, np.ndarray]:
         weights = {p: self.counts[p] if weighted else 1 for p in pids}
         return {k: sum(weights[p] * self.updates[p][k].astype(np.float64) for p in pids)
@@ -82,9 +91,9 @@ def train_messages(server_round: int = 1, nodes: list[int] = NODES) -> list[Mess
         group_id=str(server_round)) for node in nodes]
 
 
-def aggregator(bound: float = 1.0, weighting: str = "examples", **values: object
-               ) -> SecureAggregator:
-    return SecureAggregator(settings(**values), SPEC, bound, weighting)
+def aggregator(bound: float = 1.0, weighting: str = "examples", max_weight: int = 100_000,
+               max_norm: float | None = None, **values: object) -> SecureAggregator:
+    return SecureAggregator(settings(**values), SPEC, bound, weighting, max_weight, max_norm)
 
 
 def max_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> float:

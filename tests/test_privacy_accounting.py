@@ -6,7 +6,6 @@ import math
 import warnings
 
 import dp_accounting
-import numpy as np
 import pytest
 import torch
 from flwr.app import MetricRecord, RecordDict

@@ -14,7 +14,6 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.server import loop as server_loop
 from fedmirasol.config import load_config
-from fedmirasol.server.loop import FederatedRun
 from fedmirasol.privacy import client_level, ledger
 from pretrained_fixtures import tiny_checkpoint
 from fedmirasol.secagg import protocol

@@ -13,8 +13,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import Message, MessageType
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmirasol.core.seeds import seed_for
@@ -42,9 +41,31 @@ def test_secure_mean_equals_plain_mean(bound: float, weighting: str,
     step = bound / 2 ** 15  # one quantization step
     assert max_error(result.mean, clients.mean(list(range(5)), weighting == "examples")) < step
     assert result.weight_sum == (sum(clients.counts.values()) if weighting == "examples" else 5)
-    # the contributor count and the mean train loss are secure sums too
+    # the contributor count and the (weighted, as on the plain path) train loss are secure sums
     assert result.contributors == 5
-    assert result.train_loss == pytest.approx(np.mean(list(clients.losses.values())), abs=1e-3)
+    weights = [clients.counts[p] if weighting == "examples" else 1 for p in range(5)]
+    assert result.train_loss == pytest.approx(
+        np.average(list(clients.losses.values()), weights=weights), abs=1e-4)
+
+
+def test_secure_evaluation_sums_equal_the_plain_means() -> None:
+    clients = Clients()
+    clients.grid.drop([NODES[3]], protocol.EVAL_MASK)  # a dropout while evaluating
+    messages = [Message(m.content, dst_node_id=m.metadata.dst_node_id,
+                        message_type=MessageType.EVALUATE, group_id="1")
+                for m in train_messages()]
+    result = aggregator(max_weight=8).evaluate(clients.grid, messages, 10, 1, (
+        ("val-loss", protocol.LOSS_CAP), ("val-accuracy", 1.0), ("personal-accuracy", 1.0)))
+    assert result.failure is None and result.mean is None  # figures only, no update
+    pids = [0, 1, 2, 4]
+    weights = [min(clients.counts[p], 8) for p in pids]  # example counts clipped to the bound
+    sums = result.sums
+    assert sums.contributors == 4 and sums.weight == sum(weights)
+    for name, values in (("val-loss", clients.losses), ("val-accuracy", clients.accuracies)):
+        assert sums.weighted_mean(name) == pytest.approx(
+            np.average([values[p] for p in pids], weights=weights), abs=1e-4)
+        assert sums.mean(name) == pytest.approx(np.mean([values[p] for p in pids]), abs=1e-4)
+    assert sums.mean("personal-accuracy") is None  # nobody reported it
 
 
 def test_server_never_receives_an_individual_update() -> None:
@@ -75,8 +96,9 @@ def test_server_never_receives_an_individual_update() -> None:
             masked = message.content.array_records[protocol.MASKED][protocol.VECTOR].numpy()
             pid = int(message.content.metric_records["metrics"]["partition-id"])
             flat = np.concatenate([v.ravel() for v in clients.updates[pid].values()])
-            # A masked vector looks uniform on Z_(2^32) and is uncorrelated with the update.
-            signed = masked[:-protocol.EXTRAS].view(np.int32).astype(np.float64)
+            # A masked vector looks uniform on its field and is uncorrelated with the update.
+            signed = masked.view(np.int64 if masked.dtype == np.uint64 else np.int32)
+            signed = signed.astype(np.float64) / 2.0 ** (8 * masked.itemsize - 32)
             assert np.abs(signed).mean() > 2 ** 29
             assert abs(np.corrcoef(signed, flat)[0, 1]) < 0.15
 
@@ -91,6 +113,30 @@ def test_dropouts_after_key_sharing_leave_the_survivors_sum(bound: float, stage:
     assert {r.node_id for r in result.rejections} == {NODES[1], NODES[3]}
     assert max_error(result.mean, clients.mean([0, 2, 4])) < bound / 2 ** 15
     assert result.weight_sum == clients.counts[0] + clients.counts[2] + clients.counts[4]
+
+
+def test_secagg_plus_neighbour_groups_check_only_their_neighbourhoods() -> None:
+    """Ten clients on a ring of 4 neighbours (share groups of 5, threshold 3), two dropped
+    after masking: the exact survivors' mean; each client's unmask request carries only the
+    signatures of the share groups it holds shares of (its two-hop neighbourhood), not all."""
+    nodes = list(range(201, 211))
+    clients = Clients(nodes=nodes)
+    clients.grid.drop([nodes[2], nodes[7]], protocol.MASK)
+    sent: list[Message] = []
+    original = clients.grid.send_and_receive
+
+    def spy(messages, timeout=None):  # noqa: ANN001, ANN202
+        messages = list(messages)
+        sent.extend(m for m in messages if m.metadata.message_type == protocol.UNMASK)
+        return original(messages, timeout=timeout)
+
+    clients.grid.send_and_receive = spy
+    result = aggregator(num_neighbours=4).run(clients.grid, train_messages(nodes=nodes), 10, 1)
+    assert result.failure is None, result.failure
+    survivors = [p for p in range(10) if p not in (2, 7)]
+    assert max_error(result.mean, clients.mean(survivors)) < 1.0 / 2 ** 15
+    assert len(sent) == 8  # a two-hop neighbourhood is 9 of the 10 nodes: 7 of the 8 survivors
+    assert all(len(m.content.config_records[protocol.RECORD]["signers"]) == 7 for m in sent)
 
 
 def test_a_dropout_while_unmasking_is_tolerated() -> None:
@@ -129,10 +175,12 @@ def test_an_update_outside_the_range_is_reported_not_clipped() -> None:
         Quantizer(1.0, 16).check_range([np.array([np.nan], np.float32)])
 
 
-def test_a_sum_that_could_wrap_is_refused() -> None:
+def test_a_sum_that_could_wrap_is_refused_naming_the_cause() -> None:
     Quantizer(1.0, 16).check_capacity(weight_sum=65535 - 10, num_clients=10)
-    with pytest.raises(CapacityExceeded, match="secagg.bits <= 15"):
+    with pytest.raises(CapacityExceeded, match="total weight 65536 over 10 clients needs 32.0 "
+                       "bits but the field has 32.*strategy.max-num-examples"):
         Quantizer(1.0, 16).check_capacity(weight_sum=65536, num_clients=10)
+    Quantizer(1.0, 16, 64).check_capacity(weight_sum=2 ** 40, num_clients=10)
 
 
 def test_clients_refuse_to_unmask_both_ways() -> None:

@@ -4,7 +4,6 @@ the libraries', DP-SGD's per-sample gradients on the QA loss, late fusion's deco
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

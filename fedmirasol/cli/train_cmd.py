@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fedmirasol.models import get_config
     from fedmirasol.models.summary import describe
-    from fedmirasol.training.centralized import TrainSettings, VideoQASettings, train_centralized
+    from fedmirasol.training.centralized import TrainSettings, train_centralized
     from fedmirasol.training.device import resolve_device
 
     try:

@@ -1,5 +1,5 @@
 """What the secure-aggregation stages need from this client (`fedmirasol.secagg.client`):
-its train handler, its site's rules, its long-term identity, and whether it has anything to
+its train and evaluate handlers, its site's rules, its long-term identity, and whether it has anything to
 contribute this round.
 
 The identity is the site's SuperNode key and the registry of keys it trusts, named in its node
@@ -18,7 +18,7 @@ from flwr.app import Context, Message
 
 from fedmirasol.client import task as client_task
 from fedmirasol.client.handlers import (
-    handle_train, partition_id, restore_state, run_config, run_seed,
+    handle_evaluate, handle_train, partition_id, restore_state, run_config, run_seed,
 )
 from fedmirasol.client.mods import with_faults
 from fedmirasol.client.release import release_exhausted
@@ -69,6 +69,7 @@ def _nothing_to_contribute(message: Message, context: Context) -> Message | None
 def secure_hooks(identities: Sequence[Identity] | None = None) -> ClientHooks:
     """The hooks of this client package (`identities`: a simulation's provisioned keys, by
     partition id; None: each node's own, from its node config)."""
-    return ClientHooks(train=with_faults(handle_train), run_seed=run_seed, settings=_settings,
+    return ClientHooks(train=with_faults(handle_train), evaluate=handle_evaluate,
+                       run_seed=run_seed, settings=_settings,
                        identity=functools.partial(_identity, identities),
                        nothing_to_contribute=_nothing_to_contribute)

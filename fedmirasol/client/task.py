@@ -30,7 +30,6 @@ from fedmirasol.core.parameters import (
 )
 from fedmirasol.pretrained.checkpoint import frozen_names
 from fedmirasol.core.proximal import proximal_term
-from fedmirasol.models import build_model
 from fedmirasol.personalization import (
     LocalWork,
     evaluate_personal,

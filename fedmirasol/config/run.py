@@ -54,6 +54,8 @@ class RunConfig(Section):
                               "value that all clients quantize to (a declared bound, not one "
                               "measured from the updates; under privacy.client-level the clip "
                               "norm is the bound)")
+        if self.secagg.enabled:  # raises, naming the keys, when no sum field holds the round
+            self.secagg.field_bits(self.secagg_max_weight(), self.data.num_clients)
         if self.privacy.enabled and self.personalization.trains_beyond_local_pass():
             raise ConfigError(
                 f"personalization.method = {self.personalization.method!r} with adapt-steps = "
@@ -127,3 +129,13 @@ class RunConfig(Section):
         """Equal weights under client-level DP (its noise is calibrated to an equal-weight
         mean), else `secagg.weighting`."""
         return "equal" if self.privacy.client_level else self.secagg.weighting
+
+    def secagg_max_weight(self) -> int:
+        """The largest weight a client masks: `strategy.max-num-examples`, or 1 with equal
+        weights."""
+        return 1 if self.secagg_weighting() == "equal" else self.strategy.max_num_examples
+
+    def secagg_max_norm(self) -> float | None:
+        """The L2 bound a quantized update must keep (the clip norm the client-level DP
+        accountant uses), or None without client-level DP."""
+        return self.privacy.client_clip_norm if self.privacy.client_level else None

@@ -92,6 +92,9 @@ class StrategyConfig(Section):
     num_malicious: int = 0  # Krum, MultiKrum, Bulyan
     num_to_keep: int = 0  # MultiKrum (0 = Flower's default)
     round_timeout: float = 600.0  # seconds a round waits for replies
+    # the largest weight (example count) one client's reply may carry: a reply over it is
+    # rejected by name; under secure aggregation each client clips its weight to it
+    max_num_examples: int = Field(100_000, ge=1)
 
 
 class SplitConfig(Section):

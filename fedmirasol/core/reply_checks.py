@@ -2,7 +2,8 @@
 
 A reply is rejected, with its reason, when it carries an error, lacks the update or its
 metrics, has missing or unexpected keys, wrong shapes or dtypes, NaN or Inf values, or a
-non-positive example count. Rejected replies are never aggregated.
+non-positive example count (or one over the run's bound, `weight_problem`). Rejected replies
+are never aggregated.
 """
 
 from __future__ import annotations
@@ -87,6 +88,16 @@ def check_update(content: RecordDict, expected: Mapping[str, tuple[int, ...]]) -
     return None
 
 
+def weight_problem(content: RecordDict, max_weight: int) -> str | None:
+    """Why a reply's weight (its example count) is over `max_weight`, or None."""
+    metrics = _metrics(content)
+    weight = metrics.get(WEIGHT_KEY) if metrics is not None else None
+    if isinstance(weight, (int, float)) and weight > max_weight:
+        return (f"{WEIGHT_KEY} {weight:g} exceeds strategy.max-num-examples = {max_weight} "
+                "(one client's weight is bounded, so it cannot outweigh the others)")
+    return None
+
+
 def _split_replies(
     replies: Iterable[Message], partitions: Mapping[int, int],
     check: Callable[[Message], str | None], destinations: Mapping[str, int] | None = None,
@@ -119,9 +130,11 @@ def validate_train_replies(
 
 def validate_evaluate_replies(
     replies: Iterable[Message], partitions: Mapping[int, int],
-    destinations: Mapping[str, int] | None = None,
+    destinations: Mapping[str, int] | None = None, max_weight: int | None = None,
 ) -> tuple[list[Message], list[Rejection]]:
-    """Split evaluate replies into usable ones and rejections (with reasons)."""
+    """Split evaluate replies into usable ones and rejections (with reasons); with
+    `max_weight`, an example count over it is rejected too."""
     return _split_replies(replies, partitions, lambda message: check_metrics(
-        message.content, (WEIGHT_KEY, "partition-id", "val-loss", "val-accuracy")),
+        message.content, (WEIGHT_KEY, "partition-id", "val-loss", "val-accuracy"))
+        or (weight_problem(message.content, max_weight) if max_weight is not None else None),
         destinations)

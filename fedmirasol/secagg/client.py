@@ -11,14 +11,18 @@ nothing more) when: a peer's keys are not signed by a registered long-term key, 
 listed twice; its share group or the threshold is below what its site set
 (`secagg.min-contributors`, `secagg.reconstruction-fraction`, read from the run config with the
 site's node config applied); fewer than threshold peers' shares reach it before masking; the
-survivor set is too small, names it dropped, or is not signed by a majority of the
-participants on exactly the set it signed itself.
+sum field is too narrow for the round; the survivor set is too small, names it dropped, leaves
+fewer than threshold of the peers it masked with, or is not signed, on exactly the set it
+signed itself, by a majority of the share group of every client whose secret it would reveal.
+
+Its weight (example count) is clipped to the round's bound before masking, and under
+client-level DP its quantized update keeps the clip norm (`quantization`).
 """
 
 from __future__ import annotations
 
 import functools
-import math
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -26,23 +30,27 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedmirasol.config.secagg import SecAggConfig
+from fedmirasol.config.secagg import SecAggConfig, sum_field_bits
 from fedmirasol.core.parameters import from_record
 from fedmirasol.core.seeds import seed_for
+from fedmirasol.errors import ConfigError
 from fedmirasol.secagg import keys
 from fedmirasol.secagg.identity import Identity, transcript, verify
 from fedmirasol.secagg.masking import apply_mask
 from fedmirasol.secagg.protocol import (
-    CONSISTENCY, CONTRIBUTORS, EXTRAS, KEYS, LOSS, LOSS_CAP, MASK, MASKED, RECORD, SHARES,
-    SIGNED_KEYS, SIGNED_SURVIVORS, UNMASK, VECTOR, WEIGHT, action, loss_scale,
+    CONSISTENCY, EVAL_MASK, EVALUATE, KEYS, MASK, MASKED, RECORD, SHARES, SIGNED_KEYS,
+    SIGNED_SURVIVORS, SUMS, SUMS_STREAM, TRAIN, UNMASK, VECTOR, VECTOR_STREAM, action,
+    signatures_needed,
 )
 from fedmirasol.secagg.quantization import Quantizer
+from fedmirasol.secagg.sums import SumSpec
 
+log = logging.getLogger("fedmirasol.secagg")
 STATE = "secagg-client"
 WEIGHT_KEY = "num-examples"
 ROUNDING_STREAM = 7  # seeds stochastic rounding apart from the training streams
 
-TrainFn = Callable[[Message, Context], Message]  # the app's train handler
+TrainFn = Callable[[Message, Context], Message]  # the app's train (or evaluate) handler
 RunSeedFn = Callable[[Message], int]  # the run's seed, from the config a message carries
 PUBLIC_METRICS = ("partition-id",)  # with the DP bookkeeping (`dp-*`): all a masked reply shows
 
@@ -56,6 +64,7 @@ class ClientHooks:
     """What secure aggregation needs from the client package (it does not import it)."""
 
     train: TrainFn  # the app's train handler: its update is what gets masked
+    evaluate: TrainFn  # the app's evaluate handler: its figures are what gets summed
     run_seed: RunSeedFn
     settings: Callable[[Message, Context], SecAggConfig]  # the site's effective rules
     identity: Callable[[Message, Context], Identity]  # this node's long-term key and registry
@@ -90,22 +99,27 @@ def _refuse(reason: str, context: Context) -> None:
 
 
 def handle_keys(message: Message, context: Context, hooks: ClientHooks) -> Message:
-    """Stage 1: fresh key pairs and self-mask seed, signed with the node's long-term key; or
-    the public "exhausted" reply of a client with nothing to contribute (no keys: it takes
-    no part in the round, so it cannot pad the survivor count)."""
+    """Stage 1: fresh key pairs and self-mask seed, signed with the node's long-term key; or,
+    for training, the public "exhausted" reply of a client with nothing to contribute (no
+    keys: it takes no part in the round, so it cannot pad the survivor count)."""
     record = _stage_record(message)
     if STATE in context.state:
         del context.state[STATE]
-    exhausted = hooks.nothing_to_contribute(message, context)
-    if exhausted is not None:
-        return exhausted
+    purpose = str(record.get("purpose", TRAIN))
+    if purpose not in (TRAIN, EVALUATE):
+        raise ValueError(f"unknown secure-aggregation purpose {purpose!r}")
+    if purpose == TRAIN:
+        exhausted = hooks.nothing_to_contribute(message, context)
+        if exhausted is not None:
+            return exhausted
     identity = hooks.identity(message, context)
     me = message.metadata.dst_node_id
     mask_private, mask_public = keys.new_key_pair()
     enc_private, enc_public = keys.new_key_pair()
     seed = keys.new_seed()
     commitment = keys.seed_commitment(seed)
-    context.state[STATE] = ConfigRecord({"round": record["round"], "sk-mask": mask_private,
+    context.state[STATE] = ConfigRecord({"round": record["round"], "purpose": purpose,
+                                         "sk-mask": mask_private,
                                          "sk-enc": enc_private, "seed": seed,
                                          "pk-mask-own": mask_public, "pk-enc-own": enc_public})
     signature = identity.sign(transcript(SIGNED_KEYS, str(record["round"]), me, mask_public,
@@ -174,6 +188,7 @@ def handle_shares(message: Message, context: Context, hooks: ClientHooks) -> Mes
                   "signatures": list(record["signatures"]),
                   "commitments": list(record["seed-commitments"]),
                   "threshold": threshold, "group": group,
+                  "num-neighbours": int(record["num-neighbours"]),
                   "min-contributors": rules.min_contributors})
     return _reply(message, **{RECORD: ConfigRecord({"dst": group, "ciphertexts": sealed})})
 
@@ -213,51 +228,94 @@ def _public(metrics: Mapping[str, Any]) -> dict[str, Any]:
             if key in PUBLIC_METRICS or key.startswith("dp-")}
 
 
-def _mask(update: dict[str, np.ndarray], metrics: Mapping[str, Any], weight: int,
-          state: ConfigRecord, record: ConfigRecord, me: int, seed: int) -> np.ndarray:
-    """The masked vector: quantized weighted update and the extra sums, self mask, pairwise
-    masks."""
-    size = int(record["size"])
-    vector = np.zeros(size + EXTRAS, np.uint32)
-    rng = np.random.default_rng(seed)
-    quantizer = Quantizer(float(record["bound"]), int(record["bits"]))
-    quantizer.encode(list(update.values()), weight, vector[:size], rng)
-    loss = float(metrics.get("train-loss", 0.0))
-    loss = min(max(loss, 0.0), LOSS_CAP) if math.isfinite(loss) else LOSS_CAP
-    vector[size + WEIGHT] = weight
-    vector[size + CONTRIBUTORS] = 1
-    vector[size + LOSS] = int(math.floor(loss * loss_scale(int(record["clients"])) + rng.random()))
-    apply_mask(vector, state["seed"])
+def _weight(metrics: Mapping[str, Any], spec: SumSpec, weighted: bool,
+            context: Context) -> int:
+    """This client's weight: its example count clipped to the round's bound (1 when the
+    round weighs clients equally); a client without examples has nothing to contribute."""
+    count = metrics.get(WEIGHT_KEY)
+    if not isinstance(count, (int, float)) or not count >= 1:
+        _refuse(f"this client has no examples to contribute ({WEIGHT_KEY} = {count!r})",
+                context)
+    if not weighted:
+        return 1
+    if count > spec.max_weight:
+        log.info("weight %s clipped to the round's bound %d (strategy.max-num-examples)",
+                 count, spec.max_weight)
+    return int(min(count, spec.max_weight))
+
+
+def _field_bits(record: ConfigRecord, state: ConfigRecord, spec: SumSpec,
+                context: Context) -> int:
+    """The sum field the server chose, if it holds every participant's encoded update."""
+    field = int(record["field-bits"])
+    try:
+        needed = sum_field_bits(int(record["bits"]), spec.max_weight, len(state["nodes"]))
+    except ConfigError as error:
+        _refuse(str(error), context)
+    if field not in (32, 64) or field < needed:
+        _refuse(f"a {field}-bit sum field cannot hold {len(state['nodes'])} clients' updates "
+                f"at {record['bits']} bits and weights up to {spec.max_weight}; it needs "
+                f"{needed} bits (the sum would wrap)", context)
+    return field
+
+
+def _apply_masks(arrays: Sequence[np.ndarray], state: ConfigRecord, me: int) -> None:
+    """The self mask and the pairwise masks with the peers whose shares this node holds, one
+    stream per array."""
     mask_keys = dict(zip(state["nodes"], state["pk-mask"]))
-    for peer in state["held-src"]:
-        if peer != me:
-            pairwise = keys.pairwise_seed(state["sk-mask"], mask_keys[peer])
-            apply_mask(vector, pairwise, 1 if me < peer else -1)
-    return vector
+    pairwise = [(keys.pairwise_seed(state["sk-mask"], mask_keys[peer]), 1 if me < peer else -1)
+                for peer in state["held-src"] if peer != me]
+    for stream, array in ((VECTOR_STREAM, arrays[0]), (SUMS_STREAM, arrays[1])):
+        apply_mask(array, state["seed"], 1, stream)
+        for seed, sign in pairwise:
+            apply_mask(array, seed, sign, stream)
+
+
+def _masked_reply(message: Message, context: Context, hooks: ClientHooks, purpose: str,
+                  handler: TrainFn) -> Message:
+    """Stage 3 for either purpose: take the shares, run the app's handler, encode its update
+    (training) and its figures as the round asks, mask them."""
+    record = _stage_record(message)
+    state = _state(context, record)
+    if state["purpose"] != purpose:
+        _refuse(f"keys made for {state['purpose']} were asked to mask for {purpose}", context)
+    _receive_shares(message, state, record, context)
+    reply = handler(message, context)
+    metrics = dict(reply.content.metric_records.get("metrics", {}))
+    spec = SumSpec.from_record(record)
+    weight = _weight(metrics, spec, record.get("weighting", "examples") == "examples", context)
+    field = _field_bits(record, state, spec, context)
+    rng = np.random.default_rng(_rounding_seed(message, int(metrics.get("partition-id", 0)),
+                                               hooks.run_seed))
+    quantizer = Quantizer(float(record["bound"]), int(record["bits"]), field)
+    vector = np.zeros(int(record["size"]), quantizer.dtype)
+    if purpose == TRAIN:
+        arrays = reply.content.array_records.get("arrays")
+        if arrays is None:  # it said it could contribute at stage 1
+            _refuse("this client has no update to contribute (its DP budget ran out after key "
+                    "sharing)", context)
+        update = from_record(arrays)
+        if set(update) != set(record["names"]):
+            raise ValueError("the update's parameters differ from the ones the server "
+                             "aggregates")
+        max_norm = float(record.get("max-norm", 0.0)) or None
+        quantizer.encode([update[name] for name in record["names"]], weight, vector, rng,
+                         max_norm=max_norm)
+        del update, arrays
+    sums = spec.encode(weight, metrics, rng)
+    _apply_masks([vector, sums], state, message.metadata.dst_node_id)
+    return _reply(message, metrics=MetricRecord(_public(metrics)),
+                  **{MASKED: ArrayRecord({VECTOR: Array(vector), SUMS: Array(sums)})})
 
 
 def handle_mask(message: Message, context: Context, hooks: ClientHooks) -> Message:
-    """Stage 3: take the shares, train, quantize and mask the update."""
-    record = _stage_record(message)
-    state = _state(context, record)
-    _receive_shares(message, state, record, context)
-    reply = hooks.train(message, context)
-    metrics = dict(reply.content.metric_records["metrics"])
-    arrays = reply.content.array_records.get("arrays")
-    if arrays is None:  # it said it could contribute at stage 1
-        _refuse("this client has no update to contribute (its DP budget ran out after key "
-                "sharing)", context)
-    update = from_record(arrays)
-    me = message.metadata.dst_node_id
-    if set(update) != set(record["names"]):
-        raise ValueError("the update's parameters differ from the ones the server aggregates")
-    update = {name: update[name] for name in record["names"]}
-    weight = int(metrics[WEIGHT_KEY]) if record["weighting"] == "examples" else 1
-    seed = _rounding_seed(message, int(metrics.get("partition-id", 0)), hooks.run_seed)
-    vector = _mask(update, metrics, weight, state, record, me, seed)
-    del update
-    return _reply(message, metrics=MetricRecord(_public(metrics)),
-                  **{MASKED: ArrayRecord({VECTOR: Array(vector)})})
+    """Stage 3 (training): train, then quantize and mask the update and the sums."""
+    return _masked_reply(message, context, hooks, TRAIN, hooks.train)
+
+
+def handle_evaluate_mask(message: Message, context: Context, hooks: ClientHooks) -> Message:
+    """Stage 3 (federated evaluation): evaluate, then mask the figures as sums."""
+    return _masked_reply(message, context, hooks, EVALUATE, hooks.evaluate)
 
 
 def _survivor_sets(record: ConfigRecord, state: ConfigRecord, me: int,
@@ -272,10 +330,12 @@ def _survivor_sets(record: ConfigRecord, state: ConfigRecord, me: int,
         _refuse("the survivor list names nodes that never shared keys", context)
     if me not in active:
         _refuse("this node is not among the survivors", context)
-    group = set(state["group"])
-    if len(group & set(active)) < int(state["threshold"]):
-        _refuse(f"only {len(group & set(active))} of this node's group survive, fewer than "
-                f"the threshold {state['threshold']}", context)
+    masked_with = set(state["held-src"])  # itself and the peers whose masks are on its update
+    alive = len(masked_with & set(active))
+    if alive < int(state["threshold"]):
+        _refuse(f"only {alive} of the {len(masked_with)} clients this node masked with (itself "
+                f"included) are named survivors, fewer than the threshold {state['threshold']}: "
+                "the others' mask keys would strip its update bare", context)
     if len(active) < int(state["min-contributors"]):
         _refuse(f"{len(active)} survivors, fewer than secagg.min-contributors = "
                 f"{state['min-contributors']}", context)
@@ -302,15 +362,20 @@ def handle_consistency(message: Message, context: Context, hooks: ClientHooks) -
 def _check_survivor_signatures(record: ConfigRecord, state: ConfigRecord,
                                active: Sequence[int], dropped: Sequence[int],
                                context: Context, identity: Identity) -> None:
-    """A majority of all participants (at least the threshold) signed exactly this set, each
-    with the registered key its signed round keys name."""
+    """For every client whose share this node would reveal, a majority of that client's share
+    group (at least the threshold) signed exactly this set, each with the registered key its
+    signed round keys name. Only those groups' signatures are checked (under SecAgg+ a few
+    neighbourhoods, not the whole federation)."""
     nodes = list(state["nodes"])
     at = {node: i for i, node in enumerate(nodes)}
+    owners = [o for o in state["held-src"] if o in active or o in dropped]
+    groups = {o: keys.share_group(o, nodes, int(state["num-neighbours"])) for o in owners}
+    relevant = set().union(*groups.values()) & set(active)
     signed = transcript(SIGNED_SURVIVORS, str(record["round"]), active, dropped)
-    signers = [int(n) for n in record["signers"]]
     valid = set()
-    for signer, signature in zip(signers, record["signatures"]):
-        if signer not in active or signer in valid:
+    for signer, signature in zip(record["signers"], record["signatures"]):
+        signer = int(signer)
+        if signer not in relevant or signer in valid:
             continue
         i = at[signer]
         bundle = transcript(SIGNED_KEYS, str(record["round"]), signer, state["pk-mask"][i],
@@ -319,10 +384,12 @@ def _check_survivor_signatures(record: ConfigRecord, state: ConfigRecord,
         if identity.registered(public) and verify(public, bundle, state["signatures"][i]) \
                 and verify(public, signed, signature):
             valid.add(signer)
-    needed = max(int(state["threshold"]), len(nodes) // 2 + 1)
-    if len(valid) < needed:
-        _refuse(f"{len(valid)} valid survivor signatures on this set, fewer than {needed} (a "
-                "majority of the participants and the threshold)", context)
+    for owner, group in groups.items():
+        needed = signatures_needed(int(state["threshold"]), group)
+        if len(valid & group) < needed:
+            _refuse(f"{len(valid & group)} valid signatures on this survivor set from client "
+                    f"{owner}'s share group of {len(group)}, fewer than {needed} (a majority "
+                    "of the group and the threshold)", context)
 
 
 def handle_unmask(message: Message, context: Context, hooks: ClientHooks) -> Message:
@@ -351,6 +418,7 @@ def register(app: ClientApp, hooks: ClientHooks) -> None:
     """Register the stage handlers on a ClientApp (message types in `protocol`)."""
     for stage, handler, kind in ((KEYS, handle_keys, app.query), (SHARES, handle_shares, app.query),
                                  (MASK, handle_mask, app.train),
+                                 (EVAL_MASK, handle_evaluate_mask, app.evaluate),
                                  (CONSISTENCY, handle_consistency, app.query),
                                  (UNMASK, handle_unmask, app.query)):
         kind(action(stage))(functools.partial(handler, hooks=hooks))

@@ -130,3 +130,8 @@ def neighbours(node: int, nodes: Sequence[int], num_neighbours: int) -> list[int
         return [other for other in ring if other != node]
     at = ring.index(node)
     return sorted({ring[(at + step) % len(ring)] for step in range(-half, half + 1) if step})
+
+
+def share_group(owner: int, nodes: Sequence[int], num_neighbours: int) -> set[int]:
+    """The clients that hold `owner`'s shares: itself and its SecAgg+ neighbours."""
+    return set(neighbours(owner, nodes, num_neighbours)) | {owner}

@@ -6,18 +6,23 @@ survivors before anything is unmasked, and every honest client refuses a stage w
 counts would let the server isolate its update. Message types are Flower's
 ``<category>.<action>``, routed by ``@app.train(action)`` / ``@app.query(action)``:
 
-1. KEYS        (query) server -> client: round id and the run config. client -> server: two
-               public keys, a commitment to its self-mask seed, its long-term public key and
-               its signature over (round, node, keys, commitment); or, for a client with
-               nothing to contribute (its DP budget is spent), no keys and the public
-               "budget exhausted" bookkeeping: it is left out before key sharing.
-2. SHARES      (query) server -> client: every contributor's signed keys, the threshold.
-               client -> server: its Shamir shares, each encrypted for its holder.
+1. KEYS        (query) server -> client: round id, purpose ("train" or "evaluate") and the
+               run config. client -> server: two public keys, a commitment to its self-mask
+               seed, its long-term public key and its signature over (round, node, keys,
+               commitment); or, at a train round, for a client with nothing to contribute (its
+               DP budget is spent), no keys and the public "budget exhausted" bookkeeping: it
+               is left out before key sharing.
+2. SHARES      (query) server -> client: every contributor's signed keys, the threshold and
+               the SecAgg+ neighbour count. client -> server: its Shamir shares, each encrypted
+               for its holder (its share group: itself and its neighbours).
 3. MASK        (train) server -> client: the train message, the shares addressed to this client
-               and the quantization (bound, bits, weight bound, clients). client -> server: the
-               masked vector (update, weight, contributor count, train loss: all summed
-               securely) and only public bookkeeping in the clear (partition id; under DP the
+               and the encoding (quantization bound and bits, sum field width, the weight bound,
+               under client-level DP the norm bound, the metrics to sum). client -> server:
+               the masked update and the masked sums (`sums`: weight, contributor count, train
+               loss) and only public bookkeeping in the clear (partition id; under DP the
                accountant's figures).
+   EVAL_MASK   (evaluate) the same for federated evaluation: the evaluate message; the client
+               evaluates and masks only the sums (example count, losses, accuracies).
 4. CONSISTENCY (query) server -> client: survivors and dropouts. client -> server: its
                signature over (round, survivors, dropouts).
 5. UNMASK      (query) server -> client: the same sets and the survivors' signatures.
@@ -29,20 +34,24 @@ Clients that vanish after stage 2 are dropouts; their pairwise masks are removed
 
 from __future__ import annotations
 
+from typing import Collection
+
 KEYS = "query.secagg_keys"
 SHARES = "query.secagg_shares"
 MASK = "train.secagg_mask"
+EVAL_MASK = "evaluate.secagg_mask"
 CONSISTENCY = "query.secagg_consistency"
 UNMASK = "query.secagg_unmask"
 
 RECORD = "secagg"  # the ConfigRecord each stage's parameters travel in
-MASKED = "masked"  # the ArrayRecord holding the masked vector
-VECTOR = "vector"  # its one array: uint32, the quantized update then the `EXTRAS`
+MASKED = "masked"  # the ArrayRecord holding the masked arrays:
+VECTOR = "vector"  # the quantized update (uint32 or uint64: the sum field; empty at evaluation)
+SUMS = "sums"  # the secure sums (`sums.SumSpec`, uint64)
+VECTOR_STREAM, SUMS_STREAM = 0, 1  # the two mask streams of every mask seed
 
-# Entries after the update in the masked vector, each summed securely.
-WEIGHT, CONTRIBUTORS, LOSS = 0, 1, 2
-EXTRAS = 3
-LOSS_CAP = 256.0  # a client's train loss enters the sum clipped to [0, LOSS_CAP]
+TRAIN, EVALUATE = "train", "evaluate"  # a round's purpose, and its masking stage
+MASK_STAGES = {TRAIN: MASK, EVALUATE: EVAL_MASK}
+LOSS_CAP = 256.0  # a loss enters the sums clipped to [0, LOSS_CAP]
 
 # What a signature signs (`identity.transcript` kinds).
 SIGNED_KEYS = "keys"
@@ -54,8 +63,7 @@ def action(message_type: str) -> str:
     return message_type.split(".", 1)[1]
 
 
-def loss_scale(num_clients: int) -> float:
-    """Fixed-point scale of the loss entry: as fine as the 32-bit sum of `num_clients` clipped
-    losses allows (at most 2^12 per unit)."""
-    return float(min(2 ** 12, 2 ** (int((2 ** 31 - 1) // (num_clients * (LOSS_CAP + 1)))
-                                    .bit_length() - 1)))
+def signatures_needed(threshold: int, group: Collection[int]) -> int:
+    """Signatures on one survivor set that a holder of a share group's secrets requires: a
+    majority of the group (two different sets cannot both have one) and the threshold."""
+    return max(threshold, len(group) // 2 + 1)

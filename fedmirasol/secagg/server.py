@@ -1,17 +1,21 @@
 """The server-side driver: runs the secure-aggregation stages over a Grid for one round and
-returns the weighted mean of the survivors' updates, which is all the server learns.
+returns the weighted mean of the survivors' updates, which is all the server learns; or, for
+federated evaluation, the sums of the clients' evaluation figures.
 
 The server sees public keys, signatures, encrypted shares, masked vectors (uniformly random in
-Z_(2^32) to anyone without the masks), public bookkeeping (partition ids, DP accountant
+the sum field to anyone without the masks), public bookkeeping (partition ids, DP accountant
 figures) and, at the end, the shares needed to remove the masks from the *sum*: the sum of the
-updates, of the weights, of the contributor count and of the (clipped) train losses. A round
+updates and of the figures (`sums`: weights, contributor count, losses, accuracies). A round
 fails (the caller keeps the previous model and records why) when too few clients are left to
-reconstruct, fewer than `secagg.min-contributors` contributed, or the honest clients refuse a
-stage (see `fedmirasol.secagg.client`).
+reconstruct, fewer than `secagg.min-contributors` contributed, the unmasked sums are beyond
+what honest clients can send (a weight over the bound), or the honest clients refuse a stage
+(see `fedmirasol.secagg.client`).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,10 +29,17 @@ from fedmirasol.core.parameters import to_record
 from fedmirasol.core.reply_checks import Rejection, check_metrics, error_reason
 from fedmirasol.secagg import keys, protocol, vector
 from fedmirasol.secagg.masking import apply_mask
-from fedmirasol.secagg.protocol import MASKED, RECORD, VECTOR
+from fedmirasol.secagg.protocol import (
+    EVALUATE, MASKED, RECORD, SUMS, SUMS_STREAM, TRAIN, VECTOR, VECTOR_STREAM,
+    signatures_needed,
+)
 from fedmirasol.secagg.quantization import CapacityExceeded, Quantizer
+from fedmirasol.secagg.sums import Inconsistent, Sums, SumSpec
 from fedmirasol.config.run import RunConfig
 from fedmirasol.config.secagg import SecAggConfig
+from fedmirasol.errors import ConfigError
+
+log = logging.getLogger("fedmirasol.secagg")
 
 NumpyState = dict[str, np.ndarray]
 Screen = Callable[[Message], str | None]  # why a masked reply must stay out of the sum
@@ -63,7 +74,8 @@ class SecureRound:
     replies: list[Message] = field(default_factory=list)  # survivors' and exhausted clients'
     # public bookkeeping (partition ids, DP figures): nothing data-dependent
     contributors: int = 0  # securely summed count of the clients inside the sum
-    train_loss: float | None = None  # mean of the contributors' clipped train losses (secure)
+    sums: Sums | None = None  # the secure sums of the figures (weights, counts, metrics)
+    train_loss: float | None = None  # weighted mean of the contributors' train losses (secure)
     rejections: list[Rejection] = field(default_factory=list)
     failure: str | None = None
     bytes_up: int = 0
@@ -74,9 +86,17 @@ class SecureAggregator:
     """Runs the stages of `protocol` for the nodes a strategy sampled."""
 
     def __init__(self, settings: SecAggConfig, spec: Sequence[tuple[str, tuple[int, ...]]],
-                 bound: float | None, weighting: str, partitions: Mapping[int, int] | None = None
+                 bound: float, weighting: str, max_weight: int = 100_000,
+                 max_norm: float | None = None, partitions: Mapping[int, int] | None = None
                  ) -> None:
+        """`spec`: the (name, shape) layout of the update; `bound`: every update value's
+        declared bound; `weighting`: "examples" or "equal"; `max_weight`: the largest weight
+        a client masks (`strategy.max-num-examples`); `max_norm`: under client-level DP, the
+        clip norm every quantized update keeps."""
         self.settings, self.spec, self.bound, self.weighting = settings, list(spec), bound, weighting
+        self.max_weight = 1 if weighting == "equal" else int(max_weight)
+        self.eval_max_weight = int(max_weight)
+        self.max_norm = max_norm
         self.partitions = partitions or {}
         self.size = vector.size(spec)
 
@@ -138,32 +158,51 @@ class SecureAggregator:
         """Securely aggregate the updates the `train_messages` ask for (`partitions`: node id
         -> partition id, to name clients in rejections; `screen`: an extra check of each
         masked reply's metrics, a reply it faults is left out of the sum like a dropout)."""
+        spec = SumSpec(self.max_weight, (("train-loss", protocol.LOSS_CAP),))
+        return self._protocol(grid, train_messages, timeout, server_round, partitions, screen,
+                              TRAIN, spec)
+
+    def evaluate(self, grid: Grid, evaluate_messages: Sequence[Message], timeout: float,
+                 server_round: int, metrics: Sequence[tuple[str, float]],
+                 partitions: Mapping[int, int] | None = None) -> SecureRound:
+        """Federated evaluation as secure sums: the clients' example counts and their
+        `metrics` ((name, cap) pairs), each clipped to [0, cap]; no update."""
+        spec = SumSpec(self.eval_max_weight, tuple(metrics))
+        return self._protocol(grid, evaluate_messages, timeout, server_round, partitions,
+                              None, EVALUATE, spec)
+
+    def _protocol(self, grid: Grid, messages: Sequence[Message], timeout: float,
+                  server_round: int, partitions: Mapping[int, int] | None,
+                  screen: Screen | None, purpose: str, spec: SumSpec) -> SecureRound:
         if partitions is not None:
             self.partitions = partitions
         result = SecureRound()
         try:
-            self._run(grid, train_messages, timeout, server_round, result, screen)
+            self._run(grid, messages, timeout, server_round, result, screen, purpose, spec)
         except RoundFailed as failure:
-            result.mean, result.failure = None, f"secure aggregation failed: {failure}"
+            result.mean, result.sums = None, None
+            result.failure = f"secure aggregation failed: {failure}"
         return result
 
     def _run(self, grid: Grid, train_messages: Sequence[Message], timeout: float,
-             server_round: int, result: SecureRound, screen: Screen | None = None) -> None:
+             server_round: int, result: SecureRound, screen: Screen | None, purpose: str,
+             spec: SumSpec) -> None:
         group = str(server_round)
-        round_id = f"{server_round}-{time.time_ns()}"
+        round_id = f"{server_round}-{purpose}-{time.time_ns()}"
         train = {m.metadata.dst_node_id: m.content for m in train_messages}
         sampled = len(train)
         minimum = self.settings.min_contributors
+        size = self.size if purpose == TRAIN else 0
 
         # 1. Signed public keys; clients with nothing to contribute say so and are left out.
-        base = {node: self._with_config(content, {"round": round_id})
+        base = {node: self._with_config(content, {"round": round_id, "purpose": purpose})
                 for node, content in train.items()}
         replies = self._exchange(grid, protocol.KEYS, base, timeout, result, group)
         bundles: dict[int, ConfigRecord] = {}
         for node, reply in sorted(replies.items()):
             if RECORD not in reply.content.config_records:
                 problem = screen(reply) if screen else None
-                if problem or not reply.content.metric_records:
+                if problem or not reply.content.metric_records or purpose != TRAIN:
                     self._reject(result, node, protocol.KEYS,
                                  problem or "reply carries neither keys nor bookkeeping")
                 else:
@@ -179,7 +218,7 @@ class SecureAggregator:
                       f"can contribute, fewer than secagg.min-contributors = {minimum}")
         column = lambda key: [bundles[n][key] for n in nodes]  # noqa: E731
         pk_mask, commitments = column("pk-mask"), dict(zip(nodes, column("seed-commitment")))
-        groups = {n: keys.neighbours(n, nodes, self.settings.num_neighbours) + [n] for n in nodes}
+        groups = {n: keys.share_group(n, nodes, self.settings.num_neighbours) for n in nodes}
         threshold = self.settings.threshold(len(groups[nodes[0]]))
         self._require(threshold <= len(groups[nodes[0]]),
                       f"a share group of {len(groups[nodes[0]])} cannot meet the threshold "
@@ -202,26 +241,37 @@ class SecureAggregator:
         shared = sorted(replies)
         self._check_holders(shared, shared, groups, threshold, "after key sharing")
 
-        # 3. Train and mask, summed as the masked vectors are checked.
-        mask_record = {"round": round_id, "bits": self.settings.bits, "weighting": self.weighting,
-                       "names": [name for name, _ in self.spec], "size": self.size,
-                       "bound": self.bound, "clients": len(shared)}
-        quantizer = Quantizer(self.bound, self.settings.bits)
+        # 3. Train (or evaluate) and mask, summed as the masked vectors are checked.
+        try:
+            field_bits = self.settings.field_bits(spec.max_weight, len(nodes))
+            spec.check_capacity(len(nodes))
+        except (ConfigError, Inconsistent) as error:
+            raise RoundFailed(str(error)) from None
+        mask_record = {"round": round_id, "bits": self.settings.bits, "field-bits": field_bits,
+                       "weighting": self.weighting if purpose == TRAIN else "examples",
+                       "names": [name for name, _ in self.spec] if purpose == TRAIN else [],
+                       "size": size, "bound": self.bound, "clients": len(shared),
+                       "max-norm": float(self.max_norm or 0.0), **spec.to_record()}
+        quantizer = Quantizer(self.bound, self.settings.bits, field_bits)
         contents = {n: self._with(train[n], {**mask_record,
                                              "src": [s for s, _ in inbox[n]],
                                              "ciphertexts": [c for _, c in inbox[n]]})
                     for n in shared}
-        replies = self._exchange(grid, protocol.MASK, contents, timeout, result, group)
+        replies = self._exchange(grid, protocol.MASK_STAGES[purpose], contents, timeout,
+                                 result, group)
         del contents
-        total = np.zeros(self.size + protocol.EXTRAS, np.uint32)
+        total = np.zeros(size, quantizer.dtype)
+        sums = np.zeros(spec.size, np.uint64)
         for node, reply in sorted(replies.items()):
-            problem = self._check_masked(reply) or (screen(reply) if screen else None)
+            problem = self._check_masked(reply, quantizer.dtype, size, spec.size) \
+                or (screen(reply) if screen else None)
             if problem:
-                self._reject(result, node, protocol.MASK, problem)
+                self._reject(result, node, protocol.MASK_STAGES[purpose], problem)
                 continue
-            masked = reply.content.array_records[MASKED][VECTOR]
-            result.bytes_up += len(masked.data)
-            total += masked.numpy()
+            masked = reply.content.array_records[MASKED]
+            result.bytes_up += len(masked[VECTOR].data) + len(masked[SUMS].data)
+            total += masked[VECTOR].numpy()
+            sums += masked[SUMS].numpy()
             result.survivors.append(node)
             result.replies.append(reply)
         del replies
@@ -236,16 +286,21 @@ class SecureAggregator:
         replies = self._exchange(grid, protocol.CONSISTENCY, {
             n: RecordDict({RECORD: ConfigRecord(sets)}) for n in active}, timeout, result,
             group, {"signature": BYTES})
-        signers = sorted(replies)
-        needed = max(threshold, len(nodes) // 2 + 1)
-        self._require(len(signers) >= needed, f"{len(signers)} survivors signed the survivor "
-                      f"set, fewer than the {needed} the clients require")
+        signers = set(replies)
+        for owner in active + dropped:
+            needed = signatures_needed(threshold, groups[owner])
+            got = len(signers & groups[owner])
+            self._require(got >= needed, f"{got} of client {owner}'s share group signed the "
+                          f"survivor set, fewer than the {needed} its holders require")
 
-        # 5. Unmask the sum.
+        # 5. Unmask the sum: each survivor gets the signatures of the groups it holds shares of.
+        def signatures_for(holder: int) -> dict[str, list]:
+            wanted = sorted(signers & set().union(*(groups[o] for o in groups[holder])))
+            return {"signers": wanted,
+                    "signatures": [self._record(replies[s])["signature"] for s in wanted]}
+
         replies = self._exchange(grid, protocol.UNMASK, {
-            n: RecordDict({RECORD: ConfigRecord({
-                **sets, "signers": signers,
-                "signatures": [self._record(replies[s])["signature"] for s in signers]})})
+            n: RecordDict({RECORD: ConfigRecord({**sets, **signatures_for(n)})})
             for n in active}, timeout, result, group, {"nodes": INTS, "shares": BYTES_LIST})
         revealed: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         for holder, reply in sorted(replies.items()):
@@ -267,28 +322,35 @@ class SecureAggregator:
                                    if node in active else
                                    (lambda s, n=node: keys.public_key_of(s) == masks[n]))
             if node in active:
-                apply_mask(total, secret, -1)
+                self._unmask([total, sums], secret, -1)
             else:  # remove the pairwise masks the survivors added towards this dropout
                 for peer in groups[node]:
                     if peer in active:
                         seed = keys.pairwise_seed(secret, masks[peer])
-                        apply_mask(total, seed, -1 if peer < node else 1)
-        extras = total[self.size:].view(np.int32)
-        weight_sum = int(extras[protocol.WEIGHT])
-        result.contributors = int(extras[protocol.CONTRIBUTORS])
+                        self._unmask([total, sums], seed, -1 if peer < node else 1)
+        try:
+            result.sums = spec.decode(sums, len(active))
+        except Inconsistent as error:
+            raise RoundFailed(str(error)) from None
+        result.contributors = result.sums.contributors
         self._require(result.contributors >= minimum,
                       f"the secure sum counts {result.contributors} contributors, fewer than "
                       f"secagg.min-contributors = {minimum}")
-        self._require(weight_sum > 0, "the survivors' total weight is not positive (no "
-                      "client contributed an update)")
-        try:
-            quantizer.check_capacity(weight_sum, len(active))
-        except CapacityExceeded as error:
-            raise RoundFailed(str(error)) from None
-        result.weight_sum = weight_sum
-        result.train_loss = (int(extras[protocol.LOSS]) / protocol.loss_scale(len(shared))
-                             / result.contributors)
-        result.mean = vector.unflatten(quantizer.decode(total[:self.size], weight_sum), self.spec)
+        result.weight_sum = result.sums.weight
+        if purpose == TRAIN:
+            try:
+                quantizer.check_capacity(result.weight_sum, len(active))
+            except CapacityExceeded as error:
+                raise RoundFailed(str(error)) from None
+            result.train_loss = result.sums.weighted_mean("train-loss")
+            result.mean = vector.unflatten(quantizer.decode(total, result.weight_sum),
+                                           self.spec)
+
+    @staticmethod
+    def _unmask(arrays: Sequence[np.ndarray], seed: bytes, sign: int) -> None:
+        """Add ``sign`` x the masks of `seed` to the update and the sums (their own streams)."""
+        for array, stream in zip(arrays, (VECTOR_STREAM, SUMS_STREAM)):
+            apply_mask(array, seed, sign, stream)
 
     def _rebuild(self, node: int, shares: Sequence[tuple[int, bytes]], threshold: int,
                  result: SecureRound, fits: Callable[[bytes], bool]) -> bytes:
@@ -325,15 +387,16 @@ class SecureAggregator:
                     f"secrets have {holders} holders, fewer than the threshold {threshold} "
                     f"(secagg.reconstruction-fraction = {self.settings.reconstruction_fraction})")
 
-    def _check_masked(self, reply: Message) -> str | None:
+    @staticmethod
+    def _check_masked(reply: Message, dtype: np.dtype, size: int, sums: int) -> str | None:
         records = reply.content.array_records
-        if MASKED not in records or VECTOR not in records[MASKED]:
-            return "reply carries no masked vector"
-        masked = records[MASKED][VECTOR]
-        expected = (self.size + protocol.EXTRAS,)
-        if masked.dtype != "uint32" or tuple(masked.shape) != expected:
-            return (f"masked vector has dtype {masked.dtype} and shape {tuple(masked.shape)}, "
-                    f"expected uint32 and {expected}")
+        if MASKED not in records or not {VECTOR, SUMS} <= set(records[MASKED]):
+            return "reply carries no masked vector and sums"
+        for key, kind, length in ((VECTOR, dtype, size), (SUMS, np.dtype(np.uint64), sums)):
+            masked = records[MASKED][key]
+            if masked.dtype != kind.name or tuple(masked.shape) != (length,):
+                return (f"masked {key} has dtype {masked.dtype} and shape "
+                        f"{tuple(masked.shape)}, expected {kind.name} and {(length,)}")
         return check_metrics(reply.content, ("partition-id",))
 
     @staticmethod
@@ -357,8 +420,18 @@ def build_aggregator(config: RunConfig, global_shared: Mapping[str, np.ndarray]
     """The run's aggregator when ``secagg.enabled``, over the shared parameters only."""
     if not config.secagg.enabled:
         return None
-    return SecureAggregator(config.secagg, vector.layout(global_shared), config.secagg_bound(),
-                            config.secagg_weighting())
+    spec = vector.layout(global_shared)
+    max_norm = config.secagg_max_norm()
+    if max_norm is not None:  # rounding that the norm bound has to pull back in, worst case
+        worst = math.sqrt(vector.size(spec)) / 2 ** (config.secagg.bits - 1)
+        if worst > 0.1:
+            log.warning("secagg.bits = %d: rounding %d parameters can add up to %.0f %% of the "
+                        "clip norm, which the encoder takes back by truncating values (biased "
+                        "toward zero); raise secagg.bits for a closer sum", config.secagg.bits,
+                        vector.size(spec), 100 * worst)
+    return SecureAggregator(config.secagg, spec, config.secagg_bound(),
+                            config.secagg_weighting(), config.strategy.max_num_examples,
+                            max_norm)
 
 
 def mean_reply(result: SecureRound, instruction: Message, as_sum: bool = False) -> Message:

@@ -1,9 +1,10 @@
 """The chain of reply filters a round's train replies pass, on every aggregation path.
 
 The chain of a run (`reply_filters`, built once): the clients out of their DP budget are taken
-out (recorded as exhausted, not rejected); the shape and finiteness checks; the privacy
-ledger (every reply's DP figures are recorded, and an update whose figures the ledger cannot
-record is rejected); the client-level clip bound. Each filter moves the replies it does not
+out (recorded as exhausted, not rejected); the shape and finiteness checks; the bound on a
+reply's weight (`strategy.max-num-examples`); the privacy ledger (every reply's DP figures are
+recorded, and an update whose figures the ledger cannot record is rejected); the client-level
+clip bound. Each filter moves the replies it does not
 keep from `Screening.kept` to `exhausted` or `rejected` (with the reason).
 
 Under secure aggregation the server sees masked replies: a filter's `check_masked` says why a
@@ -23,7 +24,7 @@ from typing import Callable, Mapping
 from flwr.app import Message
 
 from fedmirasol.config.run import RunConfig
-from fedmirasol.core.reply_checks import Rejection, validate_train_replies
+from fedmirasol.core.reply_checks import Rejection, validate_train_replies, weight_problem
 from fedmirasol.privacy.server_side import ServerPrivacy
 
 
@@ -89,6 +90,27 @@ class Validation(ReplyFilter):
         s.rejected += rejected
 
 
+class WeightBound(ReplyFilter):
+    """A reply's weight (its example count) at most `strategy.max-num-examples`: a client
+    claiming more (say 1e12) would be FedAvg's whole result; it is rejected by name. Under
+    secure aggregation the weight is a masked sum that each client clips to the bound before
+    masking (and the protocol fails a round whose summed weights exceed it)."""
+
+    def __init__(self, max_weight: int) -> None:
+        self.max_weight = max_weight
+
+    def screen(self, s: Screening) -> None:
+        kept = []
+        for reply in s.kept:
+            problem = weight_problem(reply.content, self.max_weight)
+            if problem is None:
+                kept.append(reply)
+            else:
+                node = reply.metadata.src_node_id
+                s.rejected.append(Rejection(node, s.partitions.get(node), problem))
+        s.kept = kept
+
+
 class PrivacyLedger(ReplyFilter):
     """Under DP-SGD: every reply's DP figures go to the ledger (rejected or not, the spend
     happened), and an update whose figures the ledger cannot record is rejected: nothing is
@@ -126,7 +148,8 @@ class ClipBound(ReplyFilter):
 def reply_filters(config: RunConfig, privacy: ServerPrivacy,
                   expected: Mapping[str, tuple[int, ...]]) -> list[ReplyFilter]:
     """The run's chain, in order. (The privacy filters do nothing in runs without DP.)"""
-    return [TakeOutExhausted(privacy), Validation(expected), PrivacyLedger(privacy),
+    return [TakeOutExhausted(privacy), Validation(expected),
+            WeightBound(config.strategy.max_num_examples), PrivacyLedger(privacy),
             ClipBound(privacy)]
 
 

@@ -5,9 +5,9 @@ run's aggregator (`fedmirasol.server.aggregators`, chosen once per run: the stra
 client-level DP's noised mean, secure aggregation) sends them, passes the replies through the
 reply filters (`fedmirasol.server.filters`: bad ones rejected with their reason, missing ones
 recorded) and moves the global model; clients evaluate the new model on their validation
-splits; the server evaluates it on its test set; the round's record goes to metrics.jsonl, a
-checkpoint is written, and the record goes on to the run's experiment trackers
-(`output.trackers`) and the progress callback.
+splits (through the aggregator too: in the clear, or as secure sums); the server evaluates it
+on its test set; the round's record goes to metrics.jsonl, a checkpoint is written, and the
+record goes on to the run's experiment trackers (`output.trackers`) and the progress callback.
 
 The loop is the strategy's own `start()` cut open at the round boundary, which is what makes
 resuming after round N possible.
@@ -21,7 +21,7 @@ import secrets
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
@@ -32,8 +32,7 @@ from fedmirasol.runs import run_dir as rundir
 from fedmirasol.core.wire import CONFIG_KEY, RUN_NAME_KEY, STATE_DIR_KEY
 from fedmirasol.core.seeds import seed_for
 from fedmirasol.task.model import init_model
-from fedmirasol.core.metrics import client_metrics, mean, message_array_bytes, weighted_mean
-from fedmirasol.server.exchange import destinations, missing, send_and_receive
+from fedmirasol.core.metrics import client_metrics, message_array_bytes, weighted_mean
 from fedmirasol.server.nodes import (
     PartitionOrderedGrid,
     ask_partitions,
@@ -44,13 +43,13 @@ from fedmirasol.server.nodes import (
 from fedmirasol.core.parameters import canonical_name, model_state, to_record
 from fedmirasol.runs.report import write_report
 from fedmirasol.runs.trackers import RunTrackers, open_trackers
-from fedmirasol.core.reply_checks import validate_evaluate_replies
 from fedmirasol.config import RunConfig, to_json
 from fedmirasol.task.model import parameter_split
 from fedmirasol.server.aggregators import choose_aggregator
 from fedmirasol.server.evaluation import full_state, make_evaluate_fn
+from fedmirasol.server.federated_evaluation import PERSONAL_EVAL_KEYS
 from fedmirasol.server.filters import reply_filters
-from fedmirasol.server.text_metrics import central_text, client_text, federated_text
+from fedmirasol.server.text_metrics import central_text, client_text
 from fedmirasol.server.strategy import (
     build_strategy,
     restore_strategy_state,
@@ -232,21 +231,11 @@ class FederatedRun:
             eval_messages = list(self.strategy.configure_evaluate(
                 server_round, to_record(self.global_shared), self._config_record(),
                 self.ordered))
-        eval_replies = send_and_receive(self.grid, eval_messages, self.timeout,
-                                        self.watch(server_round, "evaluate", eval_messages))
-        self.check_registered(eval_replies)
-        eval_ok, eval_bad = validate_evaluate_replies(eval_replies, self.partitions,
-                                                       destinations(eval_messages))
-        eval_bad += missing(eval_messages, eval_replies, self.partitions, self.timeout)
-        eval_rows = {int(row["partition-id"]): row for row in map(client_metrics, eval_ok)}
+        evaluation = self.aggregator.evaluate(self, server_round, eval_messages)
+        eval_rows = evaluation.rows
         record["bytes_down"] += message_array_bytes(eval_messages)
         record.update(
-            federated_accuracy=weighted_mean(eval_rows.values(), "val-accuracy"),
-            federated_loss=weighted_mean(eval_rows.values(), "val-loss"),
-            federated_accuracy_client_mean=mean(r["val-accuracy"] for r in eval_rows.values()),
-            **_personal_means(eval_rows.values()),
-            **federated_text(eval_rows.values()),
-            evaluate_rejected=[r.to_json() for r in eval_bad],
+            **evaluation.fields,
             clients={str(pid): _client_row(train_rows.get(pid), eval_rows.get(pid))
                      for pid in sorted(set(train_rows) | set(eval_rows))},
         )
@@ -354,16 +343,3 @@ def _client_row(train: Mapping[str, float] | None, val: Mapping[str, float] | No
         row.update({key.replace("-", "_"): val[key] for key in PERSONAL_EVAL_KEYS if key in val})
         row.update(client_text(val))
     return row
-
-
-# Personalization's per-client evaluation figures (fedmirasol.personalization.dispatch).
-PERSONAL_EVAL_KEYS = ("personal-accuracy", "personal-loss", "adapted-accuracy", "adapted-loss")
-
-
-def _personal_means(rows: Iterable[Mapping[str, float]]) -> dict[str, float]:
-    """Mean client personalized/adapted accuracy, when clients report them."""
-    rows = list(rows)
-    return {f"{kind}_accuracy_client_mean": mean(r.get(f"{kind}-accuracy") for r in rows)
-            for kind in ("personal", "adapted") if any(f"{kind}-accuracy" in r for r in rows)}
-
-

@@ -1,4 +1,5 @@
-"""The interface every aggregator has: one round's training, from messages to a new model."""
+"""The interface every aggregator has: one round's training, from messages to a new model, and
+its federated evaluation, from messages to the round's figures."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedmirasol.config.run import RunConfig
 from fedmirasol.core.parameters import NumpyState
-from fedmirasol.core.reply_checks import Rejection
+from fedmirasol.core.reply_checks import Rejection, validate_evaluate_replies
+from fedmirasol.server.exchange import destinations, missing, send_and_receive
+from fedmirasol.server.federated_evaluation import EvaluationOutcome, in_clear
 
 if TYPE_CHECKING:
     from fedmirasol.privacy.server_side import ServerPrivacy
@@ -21,6 +25,7 @@ if TYPE_CHECKING:
 class Run(Protocol):
     """What an aggregator uses of the run it serves (`fedmirasol.server.loop.FederatedRun`)."""
 
+    config: RunConfig
     grid: Grid
     ordered: Grid  # the grid that addresses nodes in partition order
     timeout: float  # seconds a stage waits for replies
@@ -66,3 +71,15 @@ class Aggregator(ABC):
     def train(self, run: Run, server_round: int, messages: list[Message],
               population: int) -> TrainOutcome:
         """`messages` were built by the strategy for the clients drawn from `population`."""
+
+    def evaluate(self, run: Run, server_round: int, messages: list[Message]
+                 ) -> EvaluationOutcome:
+        """Federated evaluation of the new global model (`messages`: the strategy's evaluate
+        messages): by default every client's figures, in the clear."""
+        replies = send_and_receive(run.grid, messages, run.timeout,
+                                   run.watch(server_round, "evaluate", messages))
+        run.check_registered(replies)
+        accepted, rejected = validate_evaluate_replies(
+            replies, run.partitions, destinations(messages), run.config.strategy.max_num_examples)
+        return in_clear(accepted, rejected + missing(messages, replies, run.partitions,
+                                                     run.timeout))
