@@ -9,7 +9,11 @@ batch of synthetic clips with full optimizer steps on the CPU:
   fedmirasol.privacy.expanded_weights, what training uses by default), ``hooks`` (Opacus'
   GradSampleModule) or ``functorch``; or ``ghost``: ghost clipping (per-sample norms without
   per-sample gradients, two backward passes), through fedmirasol.privacy.ghost_clipping,
-  which makes Opacus 1.6's ghost clipping run on Mirasol (see there for why it fails as is).
+  which makes Opacus 1.6's ghost clipping run on Mirasol (see there for why it fails as is);
+- ``ew-secure``: ``ew`` with the noise training draws: a CSPRNG (AES counter mode), four
+  float64 Gaussians summed per coordinate and added to the float64 sum of the clipped
+  gradients (fedmirasol.privacy.dp_training.SecureDPOptimizer); the difference to ``ew`` is
+  the cost of secure noise. (``ew``, ``hooks``, ... draw torch's float32 noise, Opacus' default.)
 
 Time: one subprocess holds a copy of the model per mode and interleaves their steps, one step
 of every mode per round (the order rotating), so the load of a shared machine falls on all
@@ -38,7 +42,7 @@ import subprocess
 import sys
 import time
 
-MODES = ("plain", "ew", "hooks", "functorch", "ghost")
+MODES = ("plain", "ew", "ew-secure", "hooks", "functorch", "ghost")
 
 
 def rss_mib() -> float:
@@ -97,8 +101,14 @@ def _step_function(mode: str, model, batch, batch_size: int):
             DPTensorFastGradientClipping(wrapped, ghost_optimizer, losses, "sum").backward()
             ghost_optimizer.step()
         return step
-    losses_of, _ = per_sample_losses(model, mode)  # what train_private uses
-    optimizer = DPOptimizer(sgd, **dp_args)
+    losses_of, _ = per_sample_losses(model, mode.removesuffix("-secure"))  # as training does
+    if mode == "ew-secure":
+        from fedmirasol.privacy.dp_training import SecureDPOptimizer
+        from fedmirasol.privacy.secure_noise import SecureNoise
+
+        optimizer = SecureDPOptimizer(sgd, noise=SecureNoise(), **dp_args)
+    else:
+        optimizer = DPOptimizer(sgd, **dp_args)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

@@ -80,8 +80,8 @@ def test_bad_values_name_the_key(override: str, fragment: str) -> None:
 def test_rules_across_sections_name_both_keys() -> None:
     with pytest.raises(ConfigError, match="secagg.enabled.*strategy.name"):
         load_config(None, ["secagg.enabled=true", "strategy.name=krum"])
-    with pytest.raises(ConfigError, match="personalization.method = 'ditto'.*privacy.enabled"):
-        load_config(None, ["privacy.enabled=true", "personalization.method=ditto"])
+    with pytest.raises(ConfigError, match="privacy.unit.*data.clips-per-user"):
+        load_config(None, ["privacy.enabled=true", "privacy.unit=user"])
 
 
 def test_invalid_model_override_is_reported() -> None:

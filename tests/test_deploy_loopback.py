@@ -64,11 +64,13 @@ def _mirrors(root: Path, i: int) -> dict[int, dict]:
     return found
 
 
-def _steps(mirror: dict) -> int:
-    from fedmirasol.privacy.accountant_state import accountant_from_arrays, total_steps
-    from fedmirasol.privacy.client_round import STATE_KEY
+def _steps(root: Path, i: int, up_to_round: int) -> int:
+    """DP steps node i charged to its release log in rounds <= `up_to_round`."""
+    from fedmirasol.privacy.release_log import ReleaseLog
 
-    return total_steps(accountant_from_arrays(dict(mirror[STATE_KEY])))
+    log = ReleaseLog.on_disk(root / f"site{i}" / "privacy" / "default.jsonl")
+    return sum(line["steps"] for line in log.lines
+               if "steps" in line and line["round"] <= up_to_round)
 
 
 def _run_dir(root: Path) -> Path | None:
@@ -155,8 +157,8 @@ def test_two_rounds_survive_node_restart_node_loss_and_superlink_restart(tmp_pat
     mirrors = _mirrors(tmp_path, 1)
     assert {1, 2} <= set(mirrors)
     assert "local-params" in mirrors[2]
-    first_steps = _steps(mirrors[1])
-    assert first_steps > 0 and _steps(mirrors[2]) == 2 * first_steps
+    first_steps = _steps(tmp_path, 1, 1)
+    assert first_steps > 0 and _steps(tmp_path, 1, 2) == 2 * first_steps
 
     from fedmirasol.privacy.ledger import read  # one row per client and round, none twice
 

@@ -28,13 +28,13 @@ from fedmirasol.engines.simulation import StopRun, simulate
 from fedmirasol.privacy import ledger
 from fedmirasol.privacy.calibration import SamplingPlan, planned_epsilon
 from fedmirasol.privacy.client_level import ClientLevelAccountant
-from fedmirasol.privacy.client_round import STATE_KEY
+from fedmirasol.privacy.release_log import ReleaseLog
 from pretrained_fixtures import tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-SIGMA, BUDGET, DELTA, BATCH = 1.0, 7.0, 1e-5, 4
+SIGMA, BUDGET, DELTA, BATCH = 1.0, 9.0, 1e-5, 4
 OVERRIDES = [
     "num-rounds=3", "data.num-clients=2", "data.clips-per-client=12",
     "data.partitioner='quantity'", "data.quantity-alpha=0.3", "data.min-partition-size=4",
@@ -45,13 +45,20 @@ OVERRIDES = [
     "strategy.min-evaluate-nodes=1", "privacy.enabled=true", f"privacy.noise-multiplier={SIGMA}",
     f"privacy.budget-epsilon={BUDGET}", f"privacy.delta={DELTA}", "privacy.client-level=true",
     "privacy.client-clip-norm=0.05", "privacy.client-noise-multiplier=1.0",
+    "privacy.keep-client-rows=true",  # the test reads who took part in which round
 ]
+
+
+def round_steps(train_clips: int) -> int:
+    """DP-SGD steps of one round, and the one release of its DP loss figures."""
+    return SamplingPlan.for_round(train_clips, BATCH, 1).steps + 1
 
 
 def expected_epsilon(train_clips: int, rounds: int) -> float:
     """Epsilon after `rounds` DP rounds, from Opacus' RDP analysis of the planned steps."""
     plan = SamplingPlan.for_round(train_clips, BATCH, 1)
-    return planned_epsilon(SIGMA, plan.sample_rate, plan.steps * rounds, DELTA, "rdp")
+    return planned_epsilon(SIGMA, plan.sample_rate, round_steps(train_clips) * rounds, DELTA,
+                           "rdp")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +92,7 @@ def test_ledger_epsilon_grows_across_rounds_and_the_resume(run) -> None:
     records = client_records(run_dir, 0)
     assert [r["round"] for r in records] == [1, 2, 3]
     assert all(r["trained"] for r in records)
-    steps = SamplingPlan.for_round(15, BATCH, 1).steps
+    steps = round_steps(15)
     assert [r["total-steps"] for r in records] == [steps, 2 * steps, 3 * steps]  # never reset
     for rounds, record in enumerate(records, 1):
         assert record["epsilon"] == pytest.approx(expected_epsilon(15, rounds), rel=0.01)
@@ -107,11 +114,12 @@ def test_a_client_at_its_budget_does_not_train_and_is_left_out(run) -> None:
     assert (rounds[2]["sampled"], rounds[2]["participants"]) == ([0, 1], [0])
     assert rounds[2]["budget_exhausted"] == [1] and not rounds[2]["rejected"]
     assert (rounds[3]["sampled"], rounds[3]["participants"]) == ([0], [0])  # left out
-    # Its saved accountant holds the one round it took.
+    # Its release log holds the one round it took.
+    log = ReleaseLog.on_disk(run_dir / "client-state" / "privacy" / "client-00001"
+                             / "default.jsonl")
+    assert sum(steps for _, _, steps in log.history()) == first["total-steps"]
     mirrors = sorted((run_dir / "client-state").glob("client-00001-round-*.safetensors"))
-    state = client_state.read_mirror(mirrors[-1])
-    assert int(state[STATE_KEY]["history"][:, 2].sum()) == first["total-steps"]
-    assert "local-params" in state  # FedBN's local layers live beside it
+    assert "local-params" in client_state.read_mirror(mirrors[-1])  # FedBN's local layers
 
 
 def test_client_level_epsilon_is_accounted_every_round(run) -> None:
@@ -158,3 +166,29 @@ def test_dp_config_loads_with_epsilon_at_most_8(tmp_path: Path) -> None:
     assert privacy.enabled and 0 < privacy.target_epsilon <= 8
     assert privacy.delta == 1e-5
     assert math.isfinite(privacy.max_grad_norm)
+
+
+def test_privacy_report_json_is_reproduced_by_dp_accounting(run, capsys) -> None:
+    """Every client's epsilon from its ledger history, by an independent accountant."""
+    import dp_accounting
+
+    run_dir, _ = run
+    assert cli_main(["privacy-report", str(run_dir), "--json", "--no-plot"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert "one training clip" in summary["unit"]
+    for client in summary["clients"]:
+        assert (client["unit"], client["accountant"], client["delta"]) == ("clip", "rdp", DELTA)
+        reference = dp_accounting.rdp.RdpAccountant()
+        for sigma, q, steps in client["history"]:
+            reference.compose(dp_accounting.PoissonSampledDpEvent(
+                q, dp_accounting.GaussianDpEvent(sigma)), int(steps))
+        assert client["epsilon"] == pytest.approx(reference.get_epsilon(DELTA), rel=0.01)
+
+
+def test_metrics_hold_no_unnoised_client_figure(run) -> None:
+    run_dir, _ = run
+    for record in rundir.read_metrics(run_dir)[1:]:
+        for row in record["clients"].values():
+            assert set(row) <= {"train_examples"}, row  # no loss, no validation figure
+        assert record["privacy_figures"]["noised"] == ["train_loss"]
+        assert record["train_loss"] is not None and record["federated_accuracy"] is None

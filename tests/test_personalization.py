@@ -6,7 +6,7 @@
 - Ditto's personal model differs from the global one, is pulled towards it by lambda and does
   not leak into the update the client sends;
 - local adaptation is evaluated on a copy of the received model; Reptile and Per-FedAvg train;
-- combinations the privacy ledger would not cover are refused with a config error.
+- under DP every method trains with every pass over the data accounted.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def test_fedper_personal_layers_never_leave_the_client_and_persist_across_rounds
 
 def test_fedrep_trains_the_head_then_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
     phases = []
-    original = fedrep.train_epochs
+    original = client_task.train_epochs
 
     def recording(model, loader, optimizer, **kwargs):
         before = model_state(model, [n for n, _ in model.named_parameters()])
@@ -111,7 +111,7 @@ def test_fedrep_trains_the_head_then_the_body(monkeypatch: pytest.MonkeyPatch) -
         phases.append((trainable, changed, kwargs["epochs"]))
         return result
 
-    monkeypatch.setattr(fedrep, "train_epochs", recording)
+    monkeypatch.setattr(client_task, "train_epochs", recording)
     cfg = config("personalization.method='fedrep'", "personalization.head-epochs=2",
                  "personalization.body-epochs=1")
     shared, _ = global_model(cfg)
@@ -200,24 +200,50 @@ def test_config_errors() -> None:
         config("personalization.method='ditto'", "personalization.lambda=-1.0")
 
 
-@pytest.mark.parametrize("overrides", [["personalization.method='ditto'"],
-                                       ["personalization.method='fedrep'"],
-                                       ["personalization.adapt-steps=3"]])
-def test_training_outside_the_dp_round_is_refused_under_privacy(overrides: list[str]) -> None:
-    with pytest.raises(ValueError, match="privacy ledger"):
-        config("privacy.enabled=true", *overrides)
+DP_METHODS = [["personalization.method='fedrep'", "personalization.head-epochs=2"],
+              ["personalization.method='ditto'", "personalization.personal-epochs=2"],
+              ["personalization.method='reptile'", "personalization.adapt-steps=2"],
+              ["personalization.method='perfedavg'", "personalization.adapt-steps=2"],
+              ["personalization.method='fedper'"]]
 
 
-def test_fedper_composes_with_dp_sgd() -> None:
-    """FedPer's personal layers are trained in the same DP-SGD steps as the body."""
-    cfg = config("personalization.method='fedper'", "privacy.enabled=true",
-                 "privacy.noise-multiplier=1.0")
+@pytest.mark.parametrize("overrides", DP_METHODS)
+def test_every_method_trains_under_dp_with_every_pass_accounted(overrides: list[str]) -> None:
+    """Each pass over the private data is DP-SGD charged to the one accountant: the round's
+    charge is the method's DP steps plus the DP loss figures, and the epsilon is theirs."""
+    from fedmirasol.personalization.registry import method
+    from fedmirasol.privacy.calibration import SamplingPlan, planned_epsilon
+    from fedmirasol.privacy.release_log import ReleaseLog
+
+    cfg = config("privacy.enabled=true", "privacy.noise-multiplier=1.0", *overrides)
     shared, _ = global_model(cfg)
     state = RecordDict()
-    result = client_task.train(cfg, 0, 1, shared, state)
-    assert result.update is not None and not set(result.update) & HEAD
-    assert result.metrics["dp-round-steps"] == result.metrics["steps"] > 0
-    assert set(from_record(state.array_records["local-params"])) == HEAD
+    log = ReleaseLog.in_state(state)
+    result = client_task.train(cfg, 0, 1, shared, state, privacy_log=log)
+    assert result.update is not None and set(result.update) <= set(shared)
+    data = client_task.client_data.client_data(cfg, 0)
+    plan = SamplingPlan.for_round(len(data.train), cfg.client.batch_size, 1)
+    steps = method(cfg.personalization).private_steps(plan.steps, cfg.client.local_epochs) + 1
+    assert result.metrics["dp-round-steps"] == result.metrics["dp-total-steps"] == steps
+    assert log.history("run") == [(1.0, plan.sample_rate, steps)]
+    assert result.metrics["dp-epsilon"] == pytest.approx(
+        planned_epsilon(1.0, plan.sample_rate, steps, cfg.privacy.delta, "rdp"), rel=1e-9)
+    assert not {"head-loss", "body-loss", "personal-loss", "train-loss"} & set(result.metrics)
+
+
+def test_local_adaptation_under_dp_is_charged_and_released_noised() -> None:
+    from fedmirasol.privacy.release_log import ReleaseLog
+
+    cfg = config("privacy.enabled=true", "privacy.noise-multiplier=1.0",
+                 "personalization.adapt-steps=3", "privacy.eval-noise-multiplier=4.0")
+    shared, _ = global_model(cfg)
+    state = RecordDict()
+    log = ReleaseLog.in_state(state)
+    metrics = client_task.evaluate_local(cfg, 0, shared, state, privacy_log=log)
+    assert {"dp-eval-adapted-correct-noised", "dp-eval-correct-noised"} <= set(metrics)
+    assert not {"adapted-accuracy", "val-accuracy"} & set(metrics)
+    q = log.history("run")[0][1]
+    assert log.history("run") == [(1.0, q, 3), (4.0, 1.0, 1)]  # 3 DP steps, one DP release
 
 
 def test_registry_names_every_configurable_method():

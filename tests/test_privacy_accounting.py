@@ -14,20 +14,17 @@ from opacus.accountants.rdp import RDPAccountant
 
 from fedmirasol.client import state as client_state
 from fedmirasol.privacy import ledger
-from fedmirasol.privacy.accountant_state import (
-    accountant_from_arrays,
-    accountant_to_arrays,
-    epsilon,
-    new_accountant,
-)
+from fedmirasol.privacy.accountant_state import epsilon, new_accountant
 from fedmirasol.privacy.budget import check_budget
 from fedmirasol.privacy.calibration import (
     SamplingPlan,
     calibrate_noise_multiplier,
     planned_epsilon,
 )
-from fedmirasol.privacy.client_round import EXHAUSTED, PrivateRound
+from fedmirasol.privacy.client_round import EXHAUSTED, PrivateRound, RoundSpend
+from fedmirasol.privacy.release_log import Charge, ReleaseLog, accountant_of
 from fedmirasol.config.privacy import PrivacyConfig as PrivacySettings
+from fedmirasol.config.privacy import SitePrivacyConfig
 from privacy_fixtures import clips, sgd, snapshot, tiny_model
 
 DELTA = 1e-5
@@ -61,14 +58,23 @@ def settings(**changes) -> PrivacySettings:
     return PrivacySettings(**values)
 
 
+def begin(state: RecordDict, config: PrivacySettings, *, examples: int = 12,
+          batch_size: int = 4, epochs: int = 1, rounds: int = 3) -> PrivateRound:
+    """A DP-SGD round of `epochs` over `examples` clips (no loss figures), on `state`'s log."""
+    plan = SamplingPlan.for_round(examples, batch_size, epochs)
+    spend = RoundSpend(steps=plan.steps)
+    return PrivateRound.begin(ReleaseLog.in_state(state), config, SitePrivacyConfig(), run="run",
+                              server_round=1, phase="train", sample_rate=plan.sample_rate,
+                              spend=spend, per_round=spend, num_rounds=rounds)
+
+
 def run_round(state: RecordDict, config: PrivacySettings, model, *, rounds: int = 3,
               seed: int = 0) -> PrivateRound:
-    data = clips(12)
-    private = PrivateRound.begin(state, config, num_examples=len(data), batch_size=4, epochs=1,
-                                 num_rounds=rounds)
-    if private.budget.allowed:
-        private.train(model, data, sgd(model), seed=seed)
-        private.save(state)
+    private = begin(state, config, rounds=rounds)
+    if private.allowed:
+        private.charge()
+        private.train(model, clips(12), sgd(model), seed=seed)
+        private.finish()
     return private
 
 
@@ -101,28 +107,36 @@ def test_prv_epsilon_is_an_upper_bound_close_to_googles_pld():
     assert reported < google_rdp_epsilon(0.05, 1.0, 200)  # PRV is tighter than RDP
 
 
-def test_a_restarted_client_continues_from_its_saved_accountant(tmp_path):
-    state, model = RecordDict(), tiny_model()
-    run_round(state, settings(), model, seed=1)
-    client_state.mirror_to_disk(state, tmp_path, partition_id=4, server_round=1)
-    restarted = RecordDict()  # a new process: empty state, restored from the mirror
-    assert client_state.restore_from_disk(restarted, tmp_path, partition_id=4, up_to_round=1)
-    private = run_round(restarted, settings(), model, seed=2)
+def test_a_restarted_client_continues_from_its_release_log(tmp_path):
+    """The log on disk is what a restarted process (empty state) reads: the history goes on."""
+    model = tiny_model()
+    on_disk = tmp_path / "privacy" / "default.jsonl"
     plan = SamplingPlan.for_round(12, 4, 1)
+    for seed in (1, 2):  # two processes, one round each
+        log = ReleaseLog.on_disk(on_disk)
+        spend = RoundSpend(steps=plan.steps)
+        private = PrivateRound.begin(log, settings(), SitePrivacyConfig(), run="run",
+                                     server_round=seed, phase="train",
+                                     sample_rate=plan.sample_rate, spend=spend, per_round=spend,
+                                     num_rounds=3)
+        private.charge()
+        private.train(model, clips(12), sgd(model), seed=seed)
+        private.finish()
     assert private.metrics()["dp-total-steps"] == 2 * plan.steps
     assert private.metrics()["dp-epsilon"] == pytest.approx(
         opacus_analysis_epsilon(plan.sample_rate, 1.1, 2 * plan.steps), rel=0.01)
 
 
-def test_accountant_round_trip_is_exact_and_rejects_a_switched_accountant():
-    accountant = new_accountant("rdp")
-    accountant.history = [(1.3, 0.1, 7), (0.9, 0.25, 3)]
-    arrays = accountant_to_arrays(accountant)
-    restored = accountant_from_arrays(arrays, expected="rdp")
-    assert restored.history == accountant.history
-    assert epsilon(restored, DELTA) == epsilon(accountant, DELTA)
-    with pytest.raises(ValueError, match="privacy.accountant"):
-        accountant_from_arrays(arrays, expected="prv")
+def test_the_log_keeps_every_charge_and_merges_them_into_the_history(tmp_path):
+    log = ReleaseLog.on_disk(tmp_path / "log.jsonl")
+    log.charge("a", 1, "clip", [Charge("train", 1.3, 0.1, 7), Charge("evaluate", 5.0, 1.0, 1)])
+    log.charge("b", 1, "clip", [Charge("train", 1.3, 0.1, 3)])
+    again = ReleaseLog.on_disk(tmp_path / "log.jsonl")
+    assert again.history("a") == [(1.3, 0.1, 7), (5.0, 1.0, 1)]
+    assert again.history() == [(1.3, 0.1, 10), (5.0, 1.0, 1)]
+    reference = new_accountant("rdp")
+    reference.history = [(1.3, 0.1, 10), (5.0, 1.0, 1)]
+    assert epsilon(accountant_of(again.history(), "rdp"), DELTA) == epsilon(reference, DELTA)
 
 
 def test_a_client_at_its_budget_does_not_train():
@@ -132,7 +146,7 @@ def test_a_client_at_its_budget_does_not_train():
     capped = settings(budget_epsilon=spent * 1.2)  # one more round would pass 1.2x (it adds ~30%)
     before = snapshot(model)
     private = run_round(state, capped, model)
-    assert not private.budget.allowed
+    assert not private.allowed
     assert private.budget.projected > capped.budget_epsilon >= private.budget.spent
     assert private.metrics()[EXHAUSTED] == 1
     assert private.metrics()["dp-round-steps"] == 0
@@ -140,15 +154,15 @@ def test_a_client_at_its_budget_does_not_train():
     after = snapshot(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
     with pytest.raises(RuntimeError, match="budget exhausted"):
+        private.charge()
+    with pytest.raises(RuntimeError, match="before its charge"):
         private.train(model, clips(12), sgd(model))
 
 
-def test_budget_check_leaves_the_accountant_untouched():
-    accountant = new_accountant("rdp")
-    accountant.history = [(1.0, 0.1, 10)]
-    check = check_budget(accountant, noise_multiplier=1.0, sample_rate=0.1, steps=10,
-                         delta=DELTA, budget=100.0)
-    assert accountant.history == [(1.0, 0.1, 10)]
+def test_budget_check_composes_the_planned_releases():
+    history = [(1.0, 0.1, 10)]
+    check = check_budget(history, [(1.0, 0.1, 10)], delta=DELTA, budget=100.0, mechanism="rdp")
+    assert history == [(1.0, 0.1, 10)]
     assert check.allowed and check.spent < check.projected
     assert check.projected == pytest.approx(opacus_analysis_epsilon(0.1, 1.0, 20))
 
@@ -176,22 +190,19 @@ def test_target_mode_clients_spend_at_most_the_target_and_stop_there():
     state = RecordDict()
     data_size, batch_size, rounds = 40, 8, 4
     plan = SamplingPlan.for_round(data_size, batch_size, 2)
-    for _ in range(rounds):  # the planned run, accounted without training
-        private = PrivateRound.begin(state, config, num_examples=data_size,
-                                     batch_size=batch_size, epochs=2, num_rounds=rounds)
-        assert private.budget.allowed
-        for _ in range(plan.steps):
-            private.accountant.step(noise_multiplier=private.noise_multiplier,
-                                    sample_rate=plan.sample_rate)
-        private.save(state)
+    for _ in range(rounds):  # the planned run, charged without training
+        private = begin(state, config, examples=data_size, batch_size=batch_size, epochs=2,
+                        rounds=rounds)
+        assert private.allowed
+        private.charge()
     final = private.metrics()["dp-epsilon"]
     assert final <= 3.0
     assert final == pytest.approx(opacus_analysis_epsilon(plan.sample_rate,
                                                           private.noise_multiplier,
                                                           rounds * plan.steps), rel=0.01)
-    extra = PrivateRound.begin(state, config, num_examples=data_size, batch_size=batch_size,
-                               epochs=2, num_rounds=rounds)
-    assert not extra.budget.allowed  # a round beyond the plan would pass the target
+    extra = begin(state, config, examples=data_size, batch_size=batch_size, epochs=2,
+                  rounds=rounds)
+    assert not extra.allowed  # a round beyond the plan would pass the target
 
 
 def privacy_from(table: dict) -> PrivacySettings:

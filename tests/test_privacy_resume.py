@@ -119,3 +119,17 @@ def test_client_level_releases_after_the_checkpoint_are_replayed(tmp_path) -> No
     from fedmirasol.privacy.report import run_summary
 
     assert run_summary(tmp_path)["client-level"]["epsilon"] == resumed.client_level.epsilon()
+
+
+def test_client_level_run_records_keep_only_aggregates_by_default(tmp_path) -> None:
+    record = {"round": 1, "sampled": [0, 1, 2], "participants": [0, 2], "train_loss": 1.0,
+              "rejected": [{"node-id": 7, "partition-id": 1, "reason": "late"}],
+              "clients": {"0": {"train_loss": 0.5}, "2": {"train_loss": 1.5}}}
+    config = client_level_config(tmp_path)
+    kept = ServerPrivacy(config, tmp_path, ["w"]).recorded(dict(record))
+    assert kept == {"round": 1, "sampled": 3, "participants": 2, "train_loss": 1.0,
+                    "rejected": [{"reason": "late"}]}
+    from fedmirasol.config import with_values
+
+    debugging = with_values(config, {"privacy.keep-client-rows": True})
+    assert ServerPrivacy(debugging, tmp_path, ["w"]).recorded(dict(record)) == record

@@ -9,26 +9,36 @@ Wire protocol (keys of the RecordDict):
   precedence over ``client-state-dir``; its other site settings override the run config on
   that node (`fedmirasol.client.site`).
 - client -> server after training: ``arrays`` (the update: shared-parameter deltas, float32)
-  and ``metrics`` (``num-examples``, ``partition-id``, train losses; under DP the ``dp-*``
-  figures of `fedmirasol.privacy.client_round`). A client whose DP budget is exhausted replies
-  with ``metrics`` only (``dp-budget-exhausted`` = 1) and no ``arrays``.
+  and ``metrics`` (``num-examples``, ``partition-id``, train losses; under DP only the
+  ``dp-*`` figures of `fedmirasol.privacy.client_round`: bookkeeping and noised sums). A
+  client whose DP budget is exhausted replies with ``metrics`` only (``dp-budget-exhausted``
+  = 1) and no ``arrays``.
 - client -> server after evaluation: ``metrics`` (``num-examples``, ``partition-id``,
-  ``val-loss``, ``val-accuracy``).
+  ``val-loss``, ``val-accuracy``; under DP noised sums, or nothing: `fedmirasol.client.release`).
+
+Before anything reads the site's data, the run's privacy request is checked against the
+site's own policy (node config ``privacy.*``); a weaker request is refused by name.
 """
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flwr.app import ConfigRecord, Context, Message
 
 from fedmirasol.client import state as client_state
 from fedmirasol.client import task as client_task
 from fedmirasol.client.release import release_evaluate, release_partition, release_train
-from fedmirasol.client.site import apply_site, state_dir
+from fedmirasol.client.site import apply_site, site_root, state_dir
 from fedmirasol.config import RunConfig, from_json
 from fedmirasol.core.parameters import from_record
 from fedmirasol.core.wire import CONFIG_KEY, RUN_NAME_KEY, STATE_DIR_KEY
+from fedmirasol.privacy.site_policy import check_request
+
+if TYPE_CHECKING:
+    from fedmirasol.privacy.release_log import ReleaseLog
 
 
 def partition_id(context: Context, config: RunConfig) -> int:
@@ -81,14 +91,40 @@ def restore_state(context: Context, record: ConfigRecord, pid: int, server_round
         client_state.restore_from_disk(context.state, directory, pid, server_round - 1)
 
 
+def run_name(record: ConfigRecord) -> str:
+    return str(record.get(RUN_NAME_KEY, "")) or "run"
+
+
+def privacy_log(context: Context, record: ConfigRecord, pid: int,
+                config: RunConfig) -> "ReleaseLog | None":
+    """Under DP, the site's release log of its dataset: in the node's own state-dir (one log
+    per dataset over all runs), else in the simulation's client-state folder, else in
+    ``context.state``."""
+    if not config.privacy.enabled:
+        return None
+    from fedmirasol.privacy.release_log import ReleaseLog  # Opacus: only under DP
+
+    name = f"{config.site_privacy.dataset_id}.jsonl"
+    root = site_root(context.node_config)
+    if root:
+        return ReleaseLog.on_disk(Path(root) / "privacy" / name)
+    if record.get(STATE_DIR_KEY):
+        return ReleaseLog.on_disk(Path(str(record[STATE_DIR_KEY])) / "privacy"
+                                  / f"client-{pid:05d}" / name)
+    return ReleaseLog.in_state(context.state)
+
+
 def handle_train(message: Message, context: Context) -> Message:
     config, record = run_config(message, context)
     pid = partition_id(context, config)
+    check_request(config.privacy, config.site_privacy)  # before the site's data is read
     server_round = int(record["server-round"])
     restore_state(context, record, pid, server_round)
     global_shared = from_record(message.content.array_records["arrays"])
     result = client_task.train(config, pid, server_round, global_shared, context.state,
-                               proximal_mu=float(record.get("proximal-mu", 0.0)))
+                               proximal_mu=float(record.get("proximal-mu", 0.0)),
+                               privacy_log=privacy_log(context, record, pid, config),
+                               run=run_name(record))
     directory = _state_dir(context, record)
     if directory:
         client_state.mirror_to_disk(context.state, directory, pid, server_round)
@@ -99,11 +135,16 @@ def handle_train(message: Message, context: Context) -> Message:
 def handle_evaluate(message: Message, context: Context) -> Message:
     config, record = run_config(message, context)
     pid = partition_id(context, config)
+    check_request(config.privacy, config.site_privacy)
+    server_round = int(record["server-round"])
     # A node restarted since it trained this round evaluates with that round's state.
-    restore_state(context, record, pid, int(record["server-round"]) + 1)
+    restore_state(context, record, pid, server_round + 1)
     global_shared = from_record(message.content.array_records["arrays"])
-    return release_evaluate(message, config, pid,
-                            client_task.evaluate_local(config, pid, global_shared, context.state))
+    metrics = client_task.evaluate_local(
+        config, pid, global_shared, context.state,
+        privacy_log=privacy_log(context, record, pid, config), run=run_name(record),
+        server_round=server_round)
+    return release_evaluate(message, config, pid, metrics)
 
 
 def handle_query(message: Message, context: Context) -> Message:

@@ -1,5 +1,6 @@
 """Flower client mods: behaviour that wraps every task instead of living inside one.
 
+`node_defaults` gives simulated nodes their site settings (a deployed site's node config).
 `fault_injection` makes chosen clients fail the way real ones do, for robustness experiments
 (`faults.*` keys): crash during training, answer too late, or send a NaN update. The mods a run
 uses come from `client_mods()`, which the ClientApp is built with.
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any, Mapping
+
 import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
@@ -54,8 +57,21 @@ def inject_faults(message: Message, context: Context, call_next: ClientAppCallab
     return reply
 
 
-def client_mods() -> list[Mod]:
-    """The mods of fedmirasol's ClientApp, outermost first."""
-    return [fault_injection]
+def node_defaults(defaults: Mapping[str, Any]) -> Mod:
+    """A mod that gives every node the node-config keys it does not set itself: how a
+    simulation harness provisions its virtual clients' site settings (a deployed SuperNode
+    sets them with --node-config)."""
+    def mod(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        for key, value in defaults.items():
+            context.node_config.setdefault(key, value)
+        return call_next(message, context)
+
+    return mod
+
+
+def client_mods(defaults: Mapping[str, Any] | None = None) -> list[Mod]:
+    """The mods of fedmirasol's ClientApp, outermost first (`defaults`: node-config keys every
+    node gets unless it sets them, see `node_defaults`)."""
+    return ([node_defaults(defaults)] if defaults else []) + [fault_injection]
 
 

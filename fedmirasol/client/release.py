@@ -3,9 +3,17 @@
 `release_train`, `release_evaluate` and `release_partition` turn the task's results into the
 reply's records; no other code builds reply content (the secure-aggregation stages mask what
 `release_train` produced). A `ReleasePolicy`, chosen once from the run config, decides which
-metrics leave the client. Today's policies release the same figures (the update, the example
-count, losses, and under DP-SGD the accountant's public bookkeeping); a stricter DP policy
-goes into `RELEASE_POLICIES` beside them.
+metrics leave the client:
+
+- ``plain``: everything the task reports (losses, counts, validation figures).
+- ``dp-sgd`` and ``client-level-dp``: the update, public bookkeeping (`PUBLIC_BOOKKEEPING`:
+  the partition id and the number of training (or validation) clips, dataset sizes that
+  DP-SGD's analysis treats as public and the sampling rate reveals anyway) and
+  the ``dp-*`` figures: the accountant's bookkeeping (epsilon, delta, steps, sampling rate,
+  noise multiplier, clip norm, history) and figures that are DP themselves (``*-noised``:
+  noised sums charged to the same accountant). Validation figures leave only as such noised
+  sums, or in the clear from a split the *site* declared non-private (its node config's
+  ``privacy.eval-split = "public"``), marked ``eval-split-public``.
 """
 
 from __future__ import annotations
@@ -19,9 +27,18 @@ from fedmirasol.config.run import RunConfig
 from fedmirasol.core.parameters import NumpyState, to_record
 
 
+PUBLIC_BOOKKEEPING = ("num-examples", "partition-id")
+# Figures of an evaluation on a split the site declared non-private.
+PUBLIC_EVAL_PREFIXES = ("val-", "personal-", "adapted-", "num-examples", "eval-split-public")
+
+
+def _dp_figure(key: str) -> bool:
+    return key.startswith("dp-")
+
+
 @dataclass(frozen=True)
 class ReleasePolicy:
-    """Which of the task's metrics a reply may carry (None: all of them)."""
+    """Which of the task's metrics a reply may carry (`allowed` None: all of them)."""
 
     name: str
     allowed: Callable[[str], bool] | None = None
@@ -29,13 +46,22 @@ class ReleasePolicy:
     def metrics(self, values: Mapping[str, Any]) -> dict[str, Any]:
         if self.allowed is None:
             return dict(values)
-        return {key: value for key, value in values.items() if self.allowed(key)}
+        return {key: value for key, value in values.items()
+                if key in PUBLIC_BOOKKEEPING or self.allowed(key)}
+
+    def evaluation(self, values: Mapping[str, Any], public_split: bool) -> dict[str, Any]:
+        """An evaluation's figures: under DP the noised ones, and the clear ones only from a
+        split the site declared public."""
+        if self.allowed is None:
+            return dict(values)
+        return {key: value for key, value in values.items() if key in PUBLIC_BOOKKEEPING
+                or self.allowed(key) or public_split and key.startswith(PUBLIC_EVAL_PREFIXES)}
 
 
 RELEASE_POLICIES: dict[str, ReleasePolicy] = {
     "plain": ReleasePolicy("plain"),
-    "dp-sgd": ReleasePolicy("dp-sgd"),
-    "client-level-dp": ReleasePolicy("client-level-dp"),
+    "dp-sgd": ReleasePolicy("dp-sgd", _dp_figure),
+    "client-level-dp": ReleasePolicy("client-level-dp", _dp_figure),
 }
 
 
@@ -71,7 +97,9 @@ def release_exhausted(message: Message, partition_id: int, bookkeeping: Mapping[
 
 def release_evaluate(message: Message, config: RunConfig, partition_id: int,
                      metrics: Mapping[str, Any]) -> Message:
-    released = {"partition-id": partition_id, **release_policy(config).metrics(metrics)}
+    public = config.site_privacy.eval_split == "public"
+    released = {"partition-id": partition_id,
+                **release_policy(config).evaluation(metrics, public)}
     return Message(content=RecordDict({"metrics": MetricRecord(released)}), reply_to=message)
 
 

@@ -18,7 +18,8 @@ from flwr.app import Context, Message
 
 from fedmirasol.client import task as client_task
 from fedmirasol.client.handlers import (
-    handle_evaluate, handle_train, partition_id, restore_state, run_config, run_seed,
+    handle_evaluate, handle_train, partition_id, privacy_log, restore_state, run_config,
+    run_name, run_seed,
 )
 from fedmirasol.client.mods import with_faults
 from fedmirasol.client.release import release_exhausted
@@ -61,8 +62,11 @@ def _nothing_to_contribute(message: Message, context: Context) -> Message | None
     budget (it will train nothing), else None."""
     config, record = run_config(message, context)
     pid = partition_id(context, config)
-    restore_state(context, record, pid, int(record.get("server-round", 1)))
-    spent = client_task.exhausted_bookkeeping(config, pid, context.state)
+    server_round = int(record.get("server-round", 1))
+    restore_state(context, record, pid, server_round)
+    spent = client_task.exhausted_bookkeeping(config, pid, context.state,
+                                              privacy_log(context, record, pid, config),
+                                              run_name(record), server_round)
     return None if spent is None else release_exhausted(message, pid, spent)
 
 

@@ -2,7 +2,8 @@
 
     flower-supernode ... --node-config 'partition-id=0 num-partitions=3
         state-dir="/var/lib/fedmirasol" data.manifest="/data/clips.csv" client.device="cuda"
-        model.num-frames=32 privacy.budget-epsilon=4.0'
+        model.num-frames=32 privacy.required=true privacy.lifetime-epsilon=8.0
+        privacy.dataset-id="clinic-videos"'
 
 (or ``--node-config site.toml`` with the same keys). Keys:
 
@@ -13,7 +14,12 @@
 - ``data.manifest``: the site's own media manifest, used whole (split into train/validation by
   ``data.val-fraction``); the run's ``data.source`` becomes ``"site"`` on this node.
 - ``client.*`` keys in `SITE_KEYS` (device, threads, batch sizes, local epochs) and
-  ``privacy.budget-epsilon``: the site's hardware and privacy budget.
+  ``privacy.max-physical-batch-size``: the site's hardware.
+- ``privacy.<key>`` for the keys of `SitePrivacyConfig` (`POLICY_KEYS`: required,
+  min-noise-multiplier, max-epsilon, max-delta, accountant, unit, lifetime-epsilon,
+  dataset-id, eval-split): what the site demands of any run on its data
+  (`fedmirasol.privacy.site_policy`). They replace whatever the server's run config says
+  under ``[site-privacy]``: a client never takes its site's policy from the server.
 - ``secagg-key``, ``secagg-registry``: the site's long-term key (its SuperNode key) and the
   registry of public keys it accepts secure-aggregation peers from; ``secagg.min-contributors``
   and ``secagg.reconstruction-fraction``: the least this site accepts (`fedmirasol.secagg`).
@@ -31,12 +37,21 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fedmirasol.config import RunConfig, with_values
+from fedmirasol.config.base import dashed
+from fedmirasol.config.privacy import SAFE_NAME, SitePrivacyConfig
+from fedmirasol.errors import ConfigError
 
 NODE_KEYS = ("partition-id", "num-partitions", "state-dir", "secagg-key", "secagg-registry")
 SITE_KEYS = ("data.manifest", "client.device", "client.threads", "client.batch-size",
-             "client.eval-batch-size", "client.local-epochs", "privacy.budget-epsilon",
+             "client.eval-batch-size", "client.local-epochs",
              "privacy.max-physical-batch-size", "pretrained.checkpoint",
              "secagg.min-contributors", "secagg.reconstruction-fraction")
+# The site's privacy policy: node key privacy.<field> -> run config key site-privacy.<field>
+POLICY_KEYS = {f"privacy.{dashed(name)}": f"site-privacy.{dashed(name)}"
+               for name in SitePrivacyConfig.model_fields}
+RETIRED_KEYS = {"privacy.budget-epsilon": "privacy.max-epsilon (per run) or "
+                                          "privacy.lifetime-epsilon (over all runs on "
+                                          "privacy.dataset-id)"}
 
 
 def site_overrides(node_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -45,9 +60,14 @@ def site_overrides(node_config: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in node_config.items():
         if key in NODE_KEYS:
             continue
+        if key in RETIRED_KEYS:
+            raise KeyError(f"node config key {key!r} is ambiguous; use {RETIRED_KEYS[key]}")
+        if key in POLICY_KEYS:
+            overrides[POLICY_KEYS[key]] = value
+            continue
         if key not in SITE_KEYS and not key.startswith("model."):
             raise KeyError(f"node config key {key!r} is not a site setting; use one of "
-                           f"{NODE_KEYS + SITE_KEYS} or model.<field>")
+                           f"{NODE_KEYS + SITE_KEYS + tuple(POLICY_KEYS)} or model.<field>")
         overrides[key] = value
     if "data.manifest" in overrides:
         overrides["data.source"] = "site"
@@ -55,8 +75,12 @@ def site_overrides(node_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def apply_site(config: Mapping[str, Any], node_config: Mapping[str, Any]) -> RunConfig:
-    """`config` with this node's site settings applied (validated); unchanged without any."""
+    """`config` with this node's site settings applied (validated); unchanged without any.
+    The site's privacy policy comes from the node config alone (defaults where it sets none),
+    never from the server's run config."""
     overrides = site_overrides(node_config)
+    if config.site_privacy != SitePrivacyConfig():
+        config = config.model_copy(update={"site_privacy": SitePrivacyConfig()})
     if not overrides:
         return config
     return _apply_cached(config, tuple(sorted(overrides.items())))
@@ -90,8 +114,20 @@ def _check_same_shapes(config: Mapping[str, Any], site: Mapping[str, Any],
 
 
 def state_dir(node_config: Mapping[str, Any], run_name: str) -> str:
-    """This run's folder under the node's ``state-dir`` ('' when the node sets none)."""
-    root = str(node_config.get("state-dir", ""))
+    """This run's folder under the node's ``state-dir`` ('' when the node sets none). The run
+    name comes from the server: one that could leave the folder is refused."""
+    root = site_root(node_config)
     if not root:
         return ""
-    return str(Path(root).expanduser() / (run_name or "run"))
+    name = run_name or "run"
+    if not SAFE_NAME.fullmatch(name) or name == "privacy":
+        raise ConfigError(f"the server's run name {name!r} is not a plain folder name (letters, "
+                          "digits, '.', '_', '-'); this site keeps its state only under its "
+                          "own state-dir")
+    return str(Path(root) / name)
+
+
+def site_root(node_config: Mapping[str, Any]) -> str:
+    """The node's own ``state-dir`` ('' when it sets none)."""
+    root = str(node_config.get("state-dir", ""))
+    return str(Path(root).expanduser()) if root else ""

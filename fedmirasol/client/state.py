@@ -1,7 +1,7 @@
 """What a client keeps between rounds, in Flower's `context.state`.
 
 The local (never shared) parameters live in ``context.state["local-params"]`` as an
-ArrayRecord; later stages add their own records (an Opacus accountant, a personal model).
+ArrayRecord; later stages add their own records (a personal model).
 In simulation the whole state can be mirrored to a directory so a resumed run picks up where
 the interrupted one left off; a deployed client would point this at its own disk.
 """
@@ -19,16 +19,6 @@ from fedmirasol.core.parameters import NumpyState, from_record, to_record
 from fedmirasol.errors import ConfigError
 
 LOCAL_PARAMS_KEY = "local-params"
-
-
-def never_back() -> tuple[str, ...]:
-    """Records that never go back to an earlier round on resume: the DP accountant.
-
-    (Imported when needed: the privacy package loads Opacus, which a client without DP
-    never needs.)"""
-    from fedmirasol.privacy.client_round import STATE_KEY as PRIVACY_STATE_KEY
-
-    return (PRIVACY_STATE_KEY,)
 
 
 def load_local_params(state: RecordDict) -> NumpyState | None:
@@ -85,12 +75,10 @@ def read_mirror(path: Path) -> dict[str, NumpyState]:
 
 def restore_from_disk(state: RecordDict, directory: str | Path, partition_id: int,
                       up_to_round: int) -> bool:
-    """Fill an empty state with the latest mirror from a round <= `up_to_round`.
-
-    Records in `never_back()` come from the newest mirror of any round instead: a round that
-    ran after the checkpoint (and is repeated now) has released its update already, so its
-    privacy spend stays counted. True when something was restored (a resumed run); False for
-    a fresh client.
+    """Fill an empty state with the latest mirror from a round <= `up_to_round` (the state
+    that goes with the server's checkpoint). The DP accountant is not among them: it lives in
+    the site's release log, which never goes back (`fedmirasol.privacy.release_log`). True
+    when something was restored (a resumed run); False for a fresh client.
     """
     if state.array_records or not Path(directory).is_dir():
         return False
@@ -103,9 +91,6 @@ def restore_from_disk(state: RecordDict, directory: str | Path, partition_id: in
     )
     earlier = [(r, path) for r, path in candidates if r <= up_to_round]
     payload = read_mirror(earlier[-1][1]) if earlier else {}
-    if candidates and candidates[-1][0] > up_to_round:
-        newest = read_mirror(candidates[-1][1])
-        payload.update({key: newest[key] for key in never_back() if key in newest})
     if not payload:
         return False
     for key, values in payload.items():

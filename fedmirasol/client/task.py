@@ -8,6 +8,7 @@ local parameters (never sent) begin identical everywhere. Training is seeded by
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -36,13 +37,18 @@ from fedmirasol.personalization import (
     reply_metrics,
     train_round,
 )
+from fedmirasol.errors import ConfigError
+from fedmirasol.personalization.adaptation import fine_tune
 from fedmirasol.privacy.client_level import clip_update
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate, train_epochs
 from fedmirasol.training.text_eval import text_reply_metrics
 
 if TYPE_CHECKING:
-    from fedmirasol.privacy.client_round import PrivateRound
+    from fedmirasol.privacy.client_round import PrivateRound, RoundSpend  # noqa: F401
+    from fedmirasol.privacy.release_log import ReleaseLog
+
+log = logging.getLogger("fedmirasol.client")
 
 
 @dataclass(frozen=True)
@@ -96,22 +102,27 @@ def _optimizer(model: nn.Module, client: Mapping[str, Any],
 
 def train(config: Mapping[str, Any], partition_id: int, server_round: int,
           global_shared: Mapping[str, np.ndarray], state: RecordDict,
-          proximal_mu: float = 0.0) -> TrainResult:
+          proximal_mu: float = 0.0, privacy_log: ReleaseLog | None = None,
+          run: str = "run") -> TrainResult:
     """Local training from the global model; returns the shared-parameter delta.
 
-    With `privacy.enabled` the round is DP-SGD (Opacus) accounted in the client's state; a
-    client whose round would pass its budget trains nothing and returns no update. With
+    With `privacy.enabled` every pass over the data is DP-SGD, charged to `privacy_log`
+    before it runs, and the reply's only figures about the data are noised; a client whose
+    round would pass a budget trains nothing and returns no update. With
     `privacy.client-level` the update is clipped to `privacy.client-clip-norm`.
     """
     client = config.client
     torch.set_num_threads(client.threads)
     data = client_data.client_data(config, partition_id)
     privacy = config.privacy
-    private = _private_round(config, len(data.train), state) if privacy.enabled else None
-    if private is not None:
-        if not private.budget.allowed:  # never trains past the budget
+    private = None
+    if privacy.enabled:
+        privacy_log = privacy_log or _state_log(state)
+        private = _private_round(config, data, privacy_log, run, server_round, "train")
+        if not private.allowed:  # never trains past a budget
             return TrainResult(update=None, num_examples=len(data.train),
                                metrics=private.metrics())
+        private.charge()
     model, split = prepare_model(config, global_shared, state)
     device = resolve_device(client.device)
     model.to(device)
@@ -120,81 +131,187 @@ def train(config: Mapping[str, Any], partition_id: int, server_round: int,
     extra = proximal_term(proximal_mu, global_shared) if proximal_mu > 0 else None
     loader = client_data.loader(data.train, client.batch_size, shuffle=True, seed=seed)
 
-    def train_pass(target: nn.Module) -> dict[str, float]:
-        """The ordinary local training: DP-SGD under privacy, plain epochs otherwise."""
+    def train_on_data(target: nn.Module, optimizer: torch.optim.Optimizer, *, epochs: int = 1,
+                      steps: int | None = None, extra_loss: Any = None) -> dict[str, float]:
         if private is None:
-            return train_epochs(target, loader, _optimizer(target, client),
-                                epochs=client.local_epochs, device=device, extra_loss=extra)
-        # Batches and noise from a secret seed (not the run's public one): see PrivateRound.
-        result = private.train(target, data.train, _optimizer(target, client),
-                               extra_loss=extra, device=device)
-        private.save(state)
-        return result
+            return train_epochs(target, loader, optimizer, epochs=epochs, device=device,
+                                extra_loss=extra_loss)
+        # Batches and noise from a CSPRNG (not the run's public seed): see PrivateRound.
+        return private.train(target, data.train, optimizer, epochs=epochs, steps=steps,
+                             extra_loss=extra_loss, device=device)
 
-    # Personalization (config validation refuses methods that train outside the DP pass).
     metrics = train_round(config.personalization, LocalWork(
         model=model, loader=loader, make_optimizer=lambda m, lr: _optimizer(m, client, lr),
-        train_pass=train_pass, epochs=client.local_epochs, personal=split.local,
-        global_shared=global_shared, state=state, device=device, extra_loss=extra))
+        train=train_on_data, epochs=client.local_epochs, personal=split.local,
+        global_shared=global_shared, state=state, device=device, extra_loss=extra,
+        private=private is not None,
+        steps_per_epoch=int(1 / private.sample_rate) if private is not None else 0))
+    if private is not None:
+        released = private.release_losses(model, data.train, client.eval_batch_size, device)
+        private.finish()
+        reply: dict[str, Any] = {**released, **private.metrics()}
+    else:
+        reply = {"train-loss": metrics["loss"], "proximal-term": metrics.get("loss_extra", 0.0),
+                 "steps": metrics["steps"]}
+        if "loss_class" in metrics:
+            reply["train-class-loss"] = metrics["loss_class"]
+        if "loss_text" in metrics:
+            reply["train-text-loss"] = metrics["loss_text"]
+        reply.update(reply_metrics(metrics))
     model.to("cpu")
     client_state.save_local_params(state, model_state(model, split.local))
     update = delta(model_state(model, split.shared), global_shared)
-    reply: dict[str, float] = {"train-loss": metrics["loss"],
-                               "proximal-term": metrics.get("loss_extra", 0.0),
-                               "steps": metrics["steps"]}
-    if "loss_class" in metrics:
-        reply["train-class-loss"] = metrics["loss_class"]
-    if "loss_text" in metrics:
-        reply["train-text-loss"] = metrics["loss_text"]
-    reply.update(reply_metrics(metrics))
-    if private is not None:
-        reply.update(private.metrics())
     if privacy.client_level:
         update, reply["update-norm"] = clip_update(update, privacy.client_clip_norm)
+    _report_skips(data, partition_id)
     reply.update({name: float(count) for name, count in data.skipped.items()})
     return TrainResult(update=update, num_examples=len(data.train), metrics=reply)
 
 
-def _private_round(config: RunConfig, num_examples: int, state: RecordDict) -> PrivateRound:
-    """This round's DP-SGD plan, checked against the budget (nothing trained yet)."""
-    from fedmirasol.privacy.client_round import PrivateRound  # Opacus: only under DP
+def _state_log(state: RecordDict) -> ReleaseLog:
+    """The release log kept in the client's state (when the caller names no other)."""
+    from fedmirasol.privacy.release_log import ReleaseLog  # Opacus: only under DP
 
-    client = config.client
-    return PrivateRound.begin(state, config.privacy, num_examples=num_examples,
-                              batch_size=client.batch_size, epochs=client.local_epochs,
-                              num_rounds=config.num_rounds)
+    return ReleaseLog.in_state(state)
 
 
-def exhausted_bookkeeping(config: RunConfig, partition_id: int, state: RecordDict
-                          ) -> dict[str, Any] | None:
+def _report_skips(data: client_data.ClientData, partition_id: int) -> None:
+    if data.skipped.get("skipped_files"):
+        log.warning("client %d: %d media file(s) dropped (%s)", partition_id,
+                    data.skipped["skipped_files"],
+                    ", ".join(f"{k}={v}" for k, v in data.skipped.items()))
+
+
+def _units(config: RunConfig, data: client_data.ClientData) -> tuple[int, list[int] | None]:
+    """(how many units the client's training data has, a unit index per clip or None)."""
+    if config.privacy.unit == "clip":
+        return len(data.train), None
+    if data.users is None:
+        raise ConfigError("privacy.unit = 'user' needs to know whose clips they are: a "
+                          "manifest column 'user' (or 'video'), or data.clips-per-user for "
+                          "synthetic data")
+    names = {name: index for index, name in enumerate(dict.fromkeys(data.users))}
+    return len(names), [names[name] for name in data.users]
+
+
+def _spend(config: RunConfig, steps_per_epoch: int) -> tuple[RoundSpend, RoundSpend]:
+    """What a round's training and its evaluation release under DP (before sigma is known)."""
+    from fedmirasol.personalization.registry import method
+    from fedmirasol.privacy.client_round import RoundSpend
+
+    steps = method(config.personalization).private_steps(steps_per_epoch,
+                                                         config.client.local_epochs)
+    training = RoundSpend(steps=steps + 1)  # + the DP loss figures
+    if not _evaluation_releases(config):
+        return training, RoundSpend()
+    return training, RoundSpend(steps=config.personalization.adapt_steps,
+                                evaluations=int(config.privacy.eval_noise_multiplier > 0))
+
+
+def _evaluation_releases(config: RunConfig) -> bool:
+    """Under DP: whether an evaluation releases anything (DP figures, or a public split)."""
+    return config.privacy.eval_noise_multiplier > 0 or config.site_privacy.eval_split == "public"
+
+
+def _private_round(config: RunConfig, data: client_data.ClientData, privacy_log: ReleaseLog,
+                   run: str, server_round: int, phase: str) -> PrivateRound:
+    """This round's DP plan, checked against the site and the budgets (nothing charged)."""
+    from fedmirasol.privacy.client_round import PrivateRound, sampling_plan  # Opacus: only under DP
+
+    units, groups = _units(config, data)
+    plan = sampling_plan(config.privacy, units, config.client.batch_size)
+    training, evaluation = _spend(config, int(1 / plan.sample_rate))
+    return PrivateRound.begin(
+        privacy_log, config.privacy, config.site_privacy, run=run, server_round=server_round,
+        phase=phase, sample_rate=plan.sample_rate,
+        spend=training if phase == "train" else evaluation, per_round=training + evaluation,
+        num_rounds=config.num_rounds, groups=groups)
+
+
+def exhausted_bookkeeping(config: RunConfig, partition_id: int, state: RecordDict,
+                          privacy_log: ReleaseLog | None = None, run: str = "run",
+                          server_round: int = 1) -> dict[str, Any] | None:
     """Under DP-SGD, the public bookkeeping of a client whose next round would pass its
     budget (so it trains nothing); None when it may train."""
     if not config.privacy.enabled:
         return None
+    privacy_log = privacy_log or _state_log(state)
     data = client_data.client_data(config, partition_id)
-    private = _private_round(config, len(data.train), state)
-    return None if private.budget.allowed else private.metrics()
+    private = _private_round(config, data, privacy_log, run, server_round, "train")
+    return None if private.allowed else private.metrics()
 
 
 def evaluate_local(config: Mapping[str, Any], partition_id: int,
-                   global_shared: Mapping[str, np.ndarray], state: RecordDict) -> dict[str, float]:
+                   global_shared: Mapping[str, np.ndarray], state: RecordDict,
+                   privacy_log: ReleaseLog | None = None, run: str = "run",
+                   server_round: int = 0) -> dict[str, float]:
     """The global model (with this client's local parameters) on the client's validation split,
-    and, with personalization, its personalized (and locally adapted) model."""
+    and, with personalization, its personalized (and locally adapted) model.
+
+    Under DP the validation split is private: the figures leave only as one noised release
+    charged to the accountant (`privacy.eval-noise-multiplier` > 0), or in the clear when the
+    site declared its split public; otherwise nothing is evaluated. Local adaptation is then
+    DP-SGD on the training data, charged too.
+    """
     client = config.client
     torch.set_num_threads(client.threads)
     data = client_data.client_data(config, partition_id)
+    private = None
+    if config.privacy.enabled:
+        if not _evaluation_releases(config):
+            return {"num-examples": len(data.val)}  # public bookkeeping: no figure leaves
+        privacy_log = privacy_log or _state_log(state)
+        private = _private_round(config, data, privacy_log, run, server_round, "evaluate")
+        if not private.allowed:
+            return private.metrics()
+        private.charge()
     model, _ = prepare_model(config, global_shared, state)
     device = resolve_device(client.device)
     model.to(device)
     val = client_data.loader(data.val, client.eval_batch_size, shuffle=False)
-    result = evaluate(model, val, device=device, generation=config.task.generation())
+    bound = config.privacy.metric_loss_bound if private is not None else None
+    result = evaluate(model, val, device=device, generation=config.task.generation(),
+                      loss_bound=bound)
     metrics: dict[str, float] = {"val-loss": result["loss"], "val-accuracy": result["accuracy"],
                                  "num-examples": int(result["num_examples"]),
                                  **text_reply_metrics(result, "val-")}
     train = client_data.loader(data.train, client.batch_size, shuffle=True,
                                seed=seed_for(config.seed, partition_id, 3))
-    metrics.update(evaluate_personal(config.personalization, model, train,
-                                     val, lambda m, lr: _optimizer(m, client, lr), state,
-                                     result, device))
+
+    def tune(target: nn.Module, optimizer: torch.optim.Optimizer, steps: int
+             ) -> dict[str, float]:
+        if private is None:
+            return fine_tune(target, train, optimizer, steps, device)
+        return private.train(target, data.train, optimizer, steps=steps, device=device)
+
+    metrics.update(evaluate_personal(config.personalization, model, tune, val,
+                                     lambda m, lr: _optimizer(m, client, lr), state, result,
+                                     device))
     model.to("cpu")
-    return metrics
+    if private is None:
+        return metrics
+    if config.site_privacy.eval_split == "public":
+        metrics["eval-split-public"] = 1
+    else:
+        metrics = {"num-examples": metrics["num-examples"],
+                   **private.release_evaluation(*evaluation_sums(metrics, bound))}
+    private.finish()
+    return {**metrics, **private.metrics()}
+
+
+def evaluation_sums(metrics: Mapping[str, float], loss_bound: float
+                    ) -> tuple[dict[str, float], dict[str, float]]:
+    """(bounded per-sample sums of an evaluation, their bounds) for one DP release: the
+    count, the global model's correct answers and clipped loss, and the correct answers of
+    the personalized and adapted models."""
+    count = metrics["num-examples"]
+    sums = {"dp-eval-count": float(count),
+            "dp-eval-correct": round(metrics["val-accuracy"] * count),
+            "dp-eval-loss-sum": metrics["val-loss"] * count}
+    bounds = {"dp-eval-count": 1.0, "dp-eval-correct": 1.0, "dp-eval-loss-sum": loss_bound}
+    for kind in ("personal", "adapted"):
+        if f"{kind}-accuracy" in metrics:
+            sums[f"dp-eval-{kind}-correct"] = round(metrics[f"{kind}-accuracy"]
+                                                    * metrics[f"{kind}-examples"])
+            bounds[f"dp-eval-{kind}-correct"] = 1.0
+    return sums, bounds

@@ -63,8 +63,3 @@ class PersonalizationConfig(Section):
             return []
         parts = [part.strip() for part in self.layers.split(",") if part.strip()]
         return [LAYER_PRESETS.get(part, part) for part in parts]
-
-    def trains_beyond_local_pass(self) -> bool:
-        """Whether data is read by training steps beyond the client's one local-training pass
-        (FedRep's second phase, Ditto's personal model, meta-learning, adaptation)."""
-        return self.method not in ("none", "fedper") or self.adapt_steps > 0

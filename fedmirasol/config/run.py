@@ -7,7 +7,7 @@ from pydantic import Field, model_validator
 from fedmirasol.config.base import Section
 from fedmirasol.config.model import ModelConfig
 from fedmirasol.config.personalization import PersonalizationConfig
-from fedmirasol.config.privacy import PrivacyConfig
+from fedmirasol.config.privacy import PrivacyConfig, SitePrivacyConfig
 from fedmirasol.config.secagg import SecAggConfig
 from fedmirasol.config.task import TaskConfig
 from fedmirasol.config.sections import (
@@ -37,6 +37,8 @@ class RunConfig(Section):
     output: OutputConfig = OutputConfig()
     personalization: PersonalizationConfig = PersonalizationConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    # what every virtual client of `fedmirasol simulate` demands (a deployed site: node config)
+    site_privacy: SitePrivacyConfig = SitePrivacyConfig()
     secagg: SecAggConfig = SecAggConfig()
 
     @model_validator(mode="after")
@@ -56,14 +58,13 @@ class RunConfig(Section):
                               "norm is the bound)")
         if self.secagg.enabled:  # raises, naming the keys, when no sum field holds the round
             self.secagg.field_bits(self.secagg_max_weight(), self.data.num_clients)
-        if self.privacy.enabled and self.personalization.trains_beyond_local_pass():
-            raise ConfigError(
-                f"personalization.method = {self.personalization.method!r} with adapt-steps = "
-                f"{self.personalization.adapt_steps} trains on the client's data outside its "
-                "DP-SGD round, which the privacy ledger would not cover; with privacy.enabled "
-                "use personalization.method = 'none' or 'fedper' and adapt-steps = 0")
         if self.task.name == "videoqa":
             self._check_videoqa()
+        if self.privacy.enabled and self.privacy.unit == "user" \
+                and self.data.source == "synthetic" and self.data.clips_per_user == 0:
+            raise ConfigError("config key 'privacy.unit' = 'user' on synthetic data needs "
+                              "data.clips-per-user > 0 (how many clips each simulated person "
+                              "contributes)")
         self._check_federation_size()
         return self
 

@@ -47,6 +47,9 @@ class DataConfig(Section):
     domain_strength: float = 1.0
     drop_audio_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability a client has no audio
     drop_video_prob: float = Field(0.0, ge=0.0, le=1.0)  # probability a client has no video
+    # synthetic: how many of a client's training clips come from one simulated person
+    # (privacy.unit = "user" groups them); 0: no persons. Manifests: the user/video column.
+    clips_per_user: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":

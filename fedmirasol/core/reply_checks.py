@@ -128,13 +128,20 @@ def validate_train_replies(
         or check_update(message.content, expected)), destinations)
 
 
+EVALUATE_KEYS = (WEIGHT_KEY, "partition-id", "val-loss", "val-accuracy")
+
+
 def validate_evaluate_replies(
     replies: Iterable[Message], partitions: Mapping[int, int],
     destinations: Mapping[str, int] | None = None, max_weight: int | None = None,
+    required: Iterable[str] = EVALUATE_KEYS,
 ) -> tuple[list[Message], list[Rejection]]:
-    """Split evaluate replies into usable ones and rejections (with reasons); with
-    `max_weight`, an example count over it is rejected too."""
+    """Split evaluate replies into usable ones and rejections (with reasons); `required`:
+    the metrics every reply must carry (under DP a client may release no figure at all);
+    with `max_weight`, an example count over it is rejected too."""
+    required = tuple(required)
     return _split_replies(replies, partitions, lambda message: check_metrics(
-        message.content, (WEIGHT_KEY, "partition-id", "val-loss", "val-accuracy"))
-        or (weight_problem(message.content, max_weight) if max_weight is not None else None),
+        message.content, required)
+        or (weight_problem(message.content, max_weight) if max_weight is not None
+            and WEIGHT_KEY in message.content.metric_records.get("metrics", {}) else None),
         destinations)

@@ -26,6 +26,12 @@ from typing import Mapping, Sequence
 import torch
 
 Sample = dict[str, torch.Tensor]
+
+
+class UnavailableSample(LookupError):
+    """A dataset item that cannot be produced (its file failed to decode) and is not replaced
+    by another: the caller drops it (under DP a substitute would count one clip twice)."""
+
 Batch = dict[str, torch.Tensor]
 
 BATCH_KEYS = ("video", "audio", "video_present", "audio_present", "label", "text")

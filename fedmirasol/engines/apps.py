@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from flwr.app import Context
 from flwr.clientapp import ClientApp
@@ -29,10 +29,12 @@ from fedmirasol.secagg.identity import Identity
 log = logging.getLogger("fedmirasol.server")
 
 
-def build_client_app(identities: Sequence[Identity] | None = None) -> ClientApp:
+def build_client_app(identities: Sequence[Identity] | None = None,
+                     node_defaults: Mapping[str, Any] | None = None) -> ClientApp:
     """The ClientApp (`identities`: a simulation's provisioned long-term keys by partition id,
-    for secure aggregation; None: each node's own, from its node config)."""
-    app = ClientApp(mods=client_mods())
+    for secure aggregation; None: each node's own, from its node config; `node_defaults`:
+    node-config keys a simulation gives every virtual client, e.g. its site privacy policy)."""
+    app = ClientApp(mods=client_mods(node_defaults))
     app.train()(client_handlers.handle_train)
     app.evaluate()(client_handlers.handle_evaluate)
     app.query()(client_handlers.handle_query)

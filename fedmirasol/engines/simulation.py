@@ -107,6 +107,12 @@ def _identities(config: RunConfig) -> list[Identity] | None:
     return provision(config.data.num_clients) if config.secagg.enabled else None
 
 
+def site_privacy_node_config(config: RunConfig) -> dict[str, Any]:
+    """The run config's [site-privacy], as the node-config keys (privacy.<key>) every virtual
+    client gets: the simulation plays the sites, so it sets their policy."""
+    return {f"privacy.{key}": value for key, value in config.site_privacy.table().items()}
+
+
 def _simulate(config: RunConfig, run_dir: Path, checkpoint: rundir.Checkpoint | None,
               progress: Progress | None, quiet_flower: bool) -> None:
     if quiet_flower:
@@ -118,7 +124,9 @@ def _simulate(config: RunConfig, run_dir: Path, checkpoint: rundir.Checkpoint | 
     started_ray = start_ray(backend["init_args"])
     try:
         _run_simulation(
-            server_app=server_app, client_app=build_client_app(identities=_identities(config)),
+            server_app=server_app,
+            client_app=build_client_app(identities=_identities(config),
+                                        node_defaults=site_privacy_node_config(config)),
             num_supernodes=config.data.num_clients, backend_config=backend,
         )
     except RuntimeError as error:

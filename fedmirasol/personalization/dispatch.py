@@ -18,7 +18,7 @@ from torch import nn
 
 from fedmirasol.config.personalization import PersonalizationConfig
 from fedmirasol.data.batch import Batch
-from fedmirasol.personalization.adaptation import adapted_evaluation
+from fedmirasol.personalization.adaptation import Tune, adapted_evaluation
 from fedmirasol.personalization.registry import LocalWork, method
 from fedmirasol.personalization.trainable import MakeOptimizer
 
@@ -28,25 +28,27 @@ def train_round(settings: PersonalizationConfig, work: LocalWork) -> dict[str, f
     return method(settings).train_round(work)
 
 
-def evaluate_personal(settings: PersonalizationConfig, model: nn.Module,
-                      train_loader: Iterable[Batch], val_loader: Iterable[Batch],
-                      make_optimizer: MakeOptimizer, state: RecordDict,
-                      global_result: Mapping[str, float], device: torch.device | str = "cpu"
-                      ) -> dict[str, float]:
+def evaluate_personal(settings: PersonalizationConfig, model: nn.Module, tune: Tune,
+                      val_loader: Iterable[Batch], make_optimizer: MakeOptimizer,
+                      state: RecordDict, global_result: Mapping[str, float],
+                      device: torch.device | str = "cpu") -> dict[str, float]:
     """Personalized metrics of one client; `model` holds the received global model (with this
-    client's local parameters) and `global_result` is its evaluation on `val_loader`."""
+    client's local parameters) and `global_result` is its evaluation on `val_loader`; `tune`
+    fine-tunes on the client's training data (DP-SGD under DP)."""
     metrics: dict[str, float] = {}
     adapted = None
     if settings.adapt_steps > 0:
-        metrics.update(adapted_evaluation(model, train_loader, val_loader, make_optimizer,
+        metrics.update(adapted_evaluation(model, tune, val_loader, make_optimizer,
                                           steps=settings.adapt_steps, lr=settings.adapt_lr,
                                           device=device))
-        adapted = {"accuracy": metrics["adapted-accuracy"], "loss": metrics["adapted-loss"]}
+        adapted = {"accuracy": metrics["adapted-accuracy"], "loss": metrics["adapted-loss"],
+                   "num_examples": metrics["adapted-examples"]}
     personal = method(settings).personal_result(model, val_loader, state, global_result,
                                                 adapted, device)
     if personal is not None:
         metrics.update({"personal-accuracy": personal["accuracy"],
-                        "personal-loss": personal["loss"]})
+                        "personal-loss": personal["loss"],
+                        "personal-examples": personal["num_examples"]})
     return metrics
 
 

@@ -8,18 +8,15 @@ leaves v purely local; a large lambda pins it to the global model.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
-import torch
 from flwr.app import RecordDict
 from torch import nn
 
-from fedmirasol.data.batch import Batch
 from fedmirasol.core.parameters import NumpyState, from_record, load_state, to_record
 from fedmirasol.core.proximal import proximal_term
-from fedmirasol.personalization.trainable import MakeOptimizer, full_state
-from fedmirasol.training.loop import train_epochs
+from fedmirasol.personalization.trainable import MakeOptimizer, TrainOnData, full_state
 
 PERSONAL_MODEL_KEY = "ditto-personal-model"  # ArrayRecord in the client's context.state
 
@@ -34,17 +31,17 @@ def save_personal_model(state: RecordDict, values: NumpyState) -> None:
     state[PERSONAL_MODEL_KEY] = to_record(values)
 
 
-def train_personal(model: nn.Module, loader: Iterable[Batch], make_optimizer: MakeOptimizer, *,
+def train_personal(model: nn.Module, train: TrainOnData, make_optimizer: MakeOptimizer, *,
                    state: RecordDict, global_shared: Mapping[str, np.ndarray], lam: float,
-                   epochs: int, device: torch.device | str = "cpu") -> dict[str, float]:
+                   epochs: int) -> dict[str, float]:
     """Ditto's personal step: load v (the received model on the first round), train it with
-    the lambda-proximal term towards `global_shared`, store it. The model is left holding v."""
+    the lambda-proximal term towards `global_shared` (a pass of `train`: DP-SGD under DP; the
+    term reads no data), store it. The model is left holding v."""
     personal = load_personal_model(state)
     if personal is not None:
         load_state(model, personal)
     extra = proximal_term(lam, global_shared) if lam > 0 else None
-    result = train_epochs(model, loader, make_optimizer(model, None), epochs=epochs,
-                          device=device, extra_loss=extra)
+    result = train(model, make_optimizer(model, None), epochs=epochs, extra_loss=extra)
     model.to("cpu")
     save_personal_model(state, full_state(model))
     return {"personal-loss": result["loss"], "personal-steps": result["steps"],

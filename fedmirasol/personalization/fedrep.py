@@ -8,23 +8,21 @@ fixed). Only the body is sent; the head stays in the client's state.
 from __future__ import annotations
 
 import math
-from typing import Collection, Iterable
+from typing import Collection
 
-import torch
 from torch import nn
 
-from fedmirasol.data.batch import Batch
 from fedmirasol.core.parameters import canonical_name
-from fedmirasol.personalization.trainable import MakeOptimizer, only_trainable
-from fedmirasol.training.loop import ExtraLoss, train_epochs
+from fedmirasol.personalization.trainable import MakeOptimizer, TrainOnData, only_trainable
+from fedmirasol.training.loop import ExtraLoss
 
 
-def train_fedrep(model: nn.Module, loader: Iterable[Batch], make_optimizer: MakeOptimizer, *,
+def train_fedrep(model: nn.Module, train: TrainOnData, make_optimizer: MakeOptimizer, *,
                  personal: Collection[str], head_epochs: int, body_epochs: int,
-                 device: torch.device | str = "cpu",
                  extra_loss: ExtraLoss | None = None) -> dict[str, float]:
-    """Head phase then body phase; `extra_loss` (a proximal term on the shared weights) applies
-    to the body phase only. Returns the body phase's metrics plus per-phase step counts."""
+    """Head phase then body phase (each a pass of `train`: under DP, DP-SGD over the trainable
+    part); `extra_loss` (a proximal term on the shared weights) applies to the body phase
+    only. Returns the body phase's metrics plus per-phase step counts."""
     personal = set(personal)
     shared = [canonical_name(name) for name, _ in model.named_parameters()
               if canonical_name(name) not in personal]
@@ -36,8 +34,7 @@ def train_fedrep(model: nn.Module, loader: Iterable[Batch], make_optimizer: Make
         with only_trainable(model, names) as trainable:
             if not trainable:
                 raise ValueError(f"fedrep's {phase} phase has no trainable parameters")
-            result = train_epochs(model, loader, make_optimizer(model, None), epochs=epochs,
-                                  device=device, extra_loss=extra)
+            result = train(model, make_optimizer(model, None), epochs=epochs, extra_loss=extra)
         metrics[f"{phase}-steps"] = result["steps"]
         metrics[f"{phase}-loss"] = result["loss"]
         metrics.update({k: v for k, v in result.items() if k.startswith("loss")})

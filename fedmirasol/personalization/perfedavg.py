@@ -4,7 +4,8 @@ gradient step personalizes well.
 Each local step takes two batches D and D': an inner step ``w' = w - alpha grad L_D(w)``, then
 the gradient ``grad L_D'(w')`` at the adapted point, applied to the original w by the client's
 optimizer (first order: the Hessian term of MAML is dropped). Clients are evaluated after
-`adapt-steps` of local adaptation.
+`adapt-steps` of local adaptation. Under DP both gradients of a meta step are DP-SGD steps on
+their own Poisson batches (`train_perfedavg_private`), so a meta step costs two accounted steps.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 from fedmirasol.data.batch import Batch, to_device
 from fedmirasol.models.loss import mirasol_loss
+from fedmirasol.personalization.trainable import TrainOnData
 from fedmirasol.training.device import autocast
 from fedmirasol.training.loop import ExtraLoss
 
@@ -68,3 +70,39 @@ def train_perfedavg(model: nn.Module, loader: Iterable[Batch], optimizer: torch.
     if steps == 0:
         raise ValueError("per-fedavg needs at least two batches of local data")
     return {"loss": loss_sum / steps, "steps": float(steps)}
+
+
+class _Capture(torch.optim.Optimizer):
+    """An "optimizer" whose step keeps the (noised) gradients instead of applying them."""
+
+    def __init__(self, params: list[nn.Parameter]) -> None:
+        super().__init__(params, {})
+        self.grads: list[torch.Tensor | None] = []
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:  # noqa: ANN001
+        self.grads = [None if p.grad is None else p.grad.detach().clone()
+                      for group in self.param_groups for p in group["params"]]
+
+
+def train_perfedavg_private(model: nn.Module, train: TrainOnData,
+                            optimizer: torch.optim.Optimizer, *, alpha: float, meta_steps: int,
+                            extra_loss: ExtraLoss | None = None) -> dict[str, float]:
+    """`meta_steps` first-order Per-FedAvg steps under DP: the inner step is one DP-SGD step
+    with SGD at `alpha`; the outer gradient is one DP-SGD step's noised gradient at the
+    adapted point, applied to the original weights by `optimizer`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_sum = 0.0
+    for _ in range(meta_steps):
+        origin = [p.detach().clone() for p in params]
+        train(model, torch.optim.SGD(params, lr=alpha), steps=1)
+        capture = _Capture(params)
+        outer = train(model, capture, steps=1, extra_loss=extra_loss)
+        with torch.no_grad():
+            for p, start, g in zip(params, origin, capture.grads):
+                p.copy_(start)
+                p.grad = g
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum += outer["loss"]
+    return {"loss": loss_sum / max(meta_steps, 1), "steps": float(2 * meta_steps)}

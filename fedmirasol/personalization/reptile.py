@@ -8,25 +8,22 @@ clients are evaluated after `adapt-steps` of local adaptation.
 
 from __future__ import annotations
 
-from typing import Iterable
-
 import torch
 from torch import nn
 
-from fedmirasol.data.batch import Batch
-from fedmirasol.personalization.trainable import full_state
+from fedmirasol.personalization.trainable import TrainOnData, full_state
 from fedmirasol.core.parameters import canonical_name
-from fedmirasol.training.loop import ExtraLoss, train_epochs
+from fedmirasol.training.loop import ExtraLoss
 
 
-def train_reptile(model: nn.Module, loader: Iterable[Batch], *, inner_lr: float,
-                  meta_lr: float, epochs: int, device: torch.device | str = "cpu",
-                  extra_loss: ExtraLoss | None = None) -> dict[str, float]:
-    """Inner SGD over `epochs` passes of `loader`, then the meta interpolation (in place)."""
+def train_reptile(model: nn.Module, train: TrainOnData, *, inner_lr: float, meta_lr: float,
+                  epochs: int, extra_loss: ExtraLoss | None = None) -> dict[str, float]:
+    """Inner SGD over `epochs` passes of `train` (DP-SGD under DP), then the meta
+    interpolation (in place; post-processing, it reads no data)."""
     start = {name: torch.as_tensor(value) for name, value in full_state(model).items()}
     params = [p for p in model.parameters() if p.requires_grad]
-    metrics = train_epochs(model, loader, torch.optim.SGD(params, lr=inner_lr), epochs=epochs,
-                           device=device, extra_loss=extra_loss)
+    metrics = train(model, torch.optim.SGD(params, lr=inner_lr), epochs=epochs,
+                    extra_loss=extra_loss)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.requires_grad:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Collection, Iterator
+from typing import Callable, Collection, Iterator, Protocol
 
 import torch
 from torch import nn
@@ -12,6 +12,16 @@ from fedmirasol.core.parameters import NumpyState, canonical_name, load_state, m
 
 # Builds an optimizer over the model's trainable parameters (lr: None = the client's lr).
 MakeOptimizer = Callable[[nn.Module, "float | None"], torch.optim.Optimizer]
+
+
+class TrainOnData(Protocol):
+    """Training passes over the client's data: plain epochs, or DP-SGD (Poisson batches,
+    clipped and noised, every step charged to the client's accountant)."""
+
+    def __call__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, epochs: int = 1,
+                 steps: int | None = None,
+                 extra_loss: Callable[[nn.Module], torch.Tensor] | None = None
+                 ) -> dict[str, float]: ...
 
 
 @contextmanager

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 from opacus.accountants.utils import get_noise_multiplier
 
-from fedmirasol.privacy.accountant_state import epsilon, new_accountant
+from fedmirasol.privacy.accountant_state import epsilon
+from fedmirasol.privacy.release_log import History, accountant_of
 
 
 @dataclass(frozen=True)
@@ -33,13 +35,18 @@ class SamplingPlan:
 
 
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate: float,
-                               steps: int, accountant: str, tolerance: float = 0.01) -> float:
+                               steps: int, accountant: str, tolerance: float = 0.01,
+                               fixed: History = ()) -> float:
     """The smallest noise multiplier (to `tolerance` in epsilon) whose epsilon after `steps`
-    steps at rate `sample_rate` is <= `target_epsilon`; checked again before it is returned."""
+    steps at rate `sample_rate`, composed with the `fixed` releases (e.g. DP evaluations at
+    their own noise), is <= `target_epsilon`; checked again before it is returned."""
     if target_epsilon <= 0:
         raise ValueError(f"target epsilon must be > 0, got {target_epsilon}")
     if steps < 1:
         raise ValueError(f"cannot calibrate for {steps} planned steps")
+    if fixed:
+        return _bisect(target_epsilon, delta, sample_rate, steps, accountant, tolerance,
+                       list(fixed))
     try:
         sigma = float(get_noise_multiplier(
             target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
@@ -55,8 +62,34 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
 
 
 def planned_epsilon(sigma: float, sample_rate: float, steps: int, delta: float,
-                    accountant: str) -> float:
-    """Epsilon after `steps` steps of the subsampled Gaussian mechanism from scratch."""
-    fresh = new_accountant(accountant)
-    fresh.history = [(sigma, sample_rate, steps)]
-    return epsilon(fresh, delta)
+                    accountant: str, fixed: History = ()) -> float:
+    """Epsilon after `steps` steps of the subsampled Gaussian mechanism from scratch (and the
+    `fixed` releases)."""
+    return epsilon(accountant_of([(sigma, sample_rate, steps), *fixed], accountant), delta)
+
+
+def _bisect(target: float, delta: float, sample_rate: float, steps: int, accountant: str,
+            tolerance: float, fixed: History) -> float:
+    with warnings.catch_warnings():
+        # far above the answer (epsilon << 1) RDP's best order is its largest: it warns there
+        warnings.filterwarnings("ignore", "Optimal order is the largest alpha", UserWarning)
+        return _search(target, delta, sample_rate, steps, accountant, tolerance, fixed)
+
+
+def _search(target: float, delta: float, sample_rate: float, steps: int, accountant: str,
+            tolerance: float, fixed: History) -> float:
+    if planned_epsilon(1e6, sample_rate, steps, delta, accountant, fixed) > target:
+        raise ValueError(f"no noise multiplier reaches epsilon {target} at delta {delta}: the "
+                         "other releases alone (e.g. DP evaluation) spend more")
+    low, high = 0.0, 1.0
+    while planned_epsilon(high, sample_rate, steps, delta, accountant, fixed) > target:
+        low, high = high, high * 2
+    while True:  # invariant: epsilon(high) <= target
+        middle = (low + high) / 2
+        if planned_epsilon(middle, sample_rate, steps, delta, accountant, fixed) > target:
+            low = middle
+        else:
+            high = middle
+        if target - planned_epsilon(high, sample_rate, steps, delta, accountant, fixed) \
+                < tolerance or high - low < 1e-6:
+            return high

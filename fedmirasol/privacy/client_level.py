@@ -3,7 +3,9 @@
 The mechanism (DP-FedAvg, McMahan et al. 2018, Flower's client-side fixed clipping): each
 sampled client scales its update (a delta of the shared parameters) to L2 norm <= C; the
 server averages the m clipped updates with equal weights and adds N(0, (z*C/m)^2) to every
-coordinate. Flower's own clipping and noise helpers do the arithmetic.
+coordinate. Flower's clipping helpers clip; the noise comes from a CSPRNG (`SecureNoise`) in
+float64 and is added to the float64 mean (Flower's helper draws from numpy's global
+generator into float32).
 
 Accounting uses Flower's `RdpAccountant` (Google's dp-accounting underneath). Flower samples
 a fixed number m of the N clients without replacement, so the release is analysed as
@@ -19,13 +21,10 @@ from typing import Any, Mapping
 
 import numpy as np
 from flwr.serverapp import GaussianPrivacyEvent, PrivacyConfig, RdpAccountant
-from flwr.supercore.differential_privacy import (
-    add_gaussian_noise_inplace,
-    clip_inputs_inplace,
-    compute_stdv,
-    get_norm,
-)
+from flwr.supercore.differential_privacy import clip_inputs_inplace, compute_stdv, get_norm
 from flwr.supercore.privacy_accounting import NeighboringRelation, SamplingMethod
+
+from fedmirasol.privacy.secure_noise import SecureNoise
 
 NumpyState = dict[str, np.ndarray]
 
@@ -53,12 +52,14 @@ def noise_std(clip_norm: float, noise_multiplier: float, num_sampled: int) -> fl
 
 
 def noise_aggregate(aggregate: Mapping[str, np.ndarray], *, clip_norm: float,
-                    noise_multiplier: float, num_sampled: int) -> NumpyState:
-    """The equal-weight mean of clipped updates plus calibrated Gaussian noise (a copy)."""
-    names = list(aggregate)
-    arrays = [np.array(aggregate[name], dtype=np.float32, copy=True) for name in names]
-    add_gaussian_noise_inplace(arrays, noise_std(clip_norm, noise_multiplier, num_sampled))
-    return dict(zip(names, arrays))
+                    noise_multiplier: float, num_sampled: int,
+                    noise: SecureNoise | None = None) -> NumpyState:
+    """The equal-weight mean of clipped updates plus calibrated Gaussian noise, in float64
+    (a copy; the caller rounds the new model to its dtype after adding it)."""
+    noise = noise or SecureNoise()
+    std = noise_std(clip_norm, noise_multiplier, num_sampled)
+    return {name: np.asarray(value, dtype=np.float64) + noise.normal_array(np.shape(value), std)
+            for name, value in aggregate.items()}
 
 
 class ClientLevelAccountant:

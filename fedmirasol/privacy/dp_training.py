@@ -7,12 +7,18 @@ fastest on Mirasol: `fedmirasol.privacy.expanded_weights`) or from Opacus' `Grad
 round wraps the bare model afresh (``ew``: a functional call per batch, no wrapper) and
 removes its hooks and per-sample attributes afterwards, so the same model object (the client
 task reuses one per process) can be wrapped again next round without "Trying to add hooks
-twice", and its state_dict never carries a ``_module.`` prefix. Batches are Poisson-sampled by Opacus'
-`UniformWithReplacementSampler` (what the accountants assume; the sampler of its
-`DPDataLoader`, whose empty-batch collation fails on dict samples when the first batch is
-empty, so empty batches are collated here); `BatchMemoryManager` splits large ones.
+twice", and its state_dict never carries a ``_module.`` prefix. `BatchMemoryManager` splits
+large batches.
 
-Every optimizer step goes through Opacus' `DPOptimizer` (clip each sample's gradient, add
+Batches are Poisson-sampled (what the accountants assume; empty batches are collated here)
+from a CSPRNG (`SecureNoise`) and the noise is drawn from it in
+float64 and added to the float64 sum of the clipped gradients (`SecureDPOptimizer`); a test
+or benchmark may pass seeded torch generators instead. With ``groups`` (privacy.unit =
+"user") a step samples *users*, takes at most `clips_per_user` of each sampled user's clips,
+and clips each user's mean gradient as one row: the released gradient then bounds a user's
+whole contribution, and the accountant's sample rate is the users' rate.
+
+Every optimizer step goes through Opacus' `DPOptimizer` (clip each row's gradient, add
 Gaussian noise, account the step), including steps whose Poisson batch is empty: there the
 released gradient is pure noise, as the analysed mechanism prescribes, and the step is
 accounted. A data-independent `extra_loss` (FedProx's proximal term) is differentiated
@@ -21,14 +27,15 @@ separately and added after the noise: it reads no example, so it costs no privac
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from opacus import GradSampleModule
 from opacus.accountants import IAccountant
 from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.batch_memory_manager import BatchMemoryManager
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -36,6 +43,7 @@ from fedmirasol.data.batch import collate, to_device
 from fedmirasol.privacy.calibration import SamplingPlan
 from fedmirasol.privacy.expanded_weights import ExpandedWeightsObjective
 from fedmirasol.privacy.objective import per_sample_loss
+from fedmirasol.privacy.secure_noise import SecureNoise
 
 ExtraLoss = Callable[[nn.Module], torch.Tensor]
 PerSampleLosses = Callable[[Any], torch.Tensor]
@@ -44,17 +52,98 @@ PerSampleLosses = Callable[[Any], torch.Tensor]
 MODES = ("ew", "hooks", "functorch")
 
 
-def _collate_or_empty(samples: list[Any]) -> Any:
-    """`collate`, with an empty Poisson batch collated to an empty dict."""
-    return collate(samples) if samples else {}
+class _Indexed(Dataset):
+    """`dataset` whose items are (index, sample), so a batch knows which clips it holds."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[int, Any]:
+        return index, self.dataset[index]
+
+
+def _collate_indexed(items: list[tuple[int, Any]]) -> tuple[list[int], Any]:
+    """(indices, batch), with an empty Poisson batch collated to an empty dict."""
+    return [index for index, _ in items], collate([s for _, s in items]) if items else {}
+
+
+class SecurePoissonSampler:
+    """int(1/q) batches, each holding every example (or, with `groups`, every user: at most
+    `clips_per_user` of its clips, drawn at random) independently with probability q, drawn
+    from a CSPRNG; `generator` (a seeded torch generator) makes it repeatable for tests."""
+
+    def __init__(self, num_samples: int, sample_rate: float, *, noise: SecureNoise | None,
+                 generator: torch.Generator | None = None,
+                 groups: Sequence[int] | None = None, clips_per_user: int = 1) -> None:
+        self.sample_rate = sample_rate
+        self.num_samples = num_samples
+        self.noise = noise if generator is None else None
+        self.generator = generator
+        self.steps = int(1 / sample_rate)
+        self.members: list[np.ndarray] | None = None
+        if groups is not None:
+            ids = np.asarray(groups)
+            self.members = [np.flatnonzero(ids == user) for user in np.unique(ids)]
+        self.clips_per_user = clips_per_user
+
+    def _uniform(self, count: int) -> np.ndarray:
+        if self.generator is not None:
+            return torch.rand(count, generator=self.generator, dtype=torch.float64).numpy()
+        assert self.noise is not None
+        return self.noise.uniform(count)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def draw(self) -> list[int]:
+        """One Poisson batch."""
+        if self.members is None:
+            return np.flatnonzero(self._uniform(self.num_samples) < self.sample_rate).tolist()
+        chosen = np.flatnonzero(self._uniform(len(self.members)) < self.sample_rate)
+        indices: list[int] = []
+        for user in chosen:
+            clips = self.members[user]
+            if len(clips) > self.clips_per_user:  # a random k of them
+                clips = clips[np.argsort(self._uniform(len(clips)))[:self.clips_per_user]]
+            indices.extend(int(i) for i in clips)
+        return indices
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _ in range(self.steps):
+            yield self.draw()
 
 
 def poisson_loader(dataset: Dataset, sample_rate: float,
-                   generator: torch.Generator | None = None) -> DataLoader:
-    """int(1/q) batches, each holding every example independently with probability q."""
-    sampler = UniformWithReplacementSampler(num_samples=len(dataset), sample_rate=sample_rate,
-                                            generator=generator)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate_or_empty)
+                   generator: torch.Generator | None = None, *,
+                   noise: SecureNoise | None = None, groups: Sequence[int] | None = None,
+                   clips_per_user: int = 1) -> DataLoader:
+    """int(1/q) Poisson batches of (indices, batch); from a CSPRNG unless `generator`."""
+    if generator is None and noise is None:
+        noise = SecureNoise()
+    sampler = SecurePoissonSampler(len(dataset), sample_rate, noise=noise, generator=generator,
+                                   groups=groups, clips_per_user=clips_per_user)
+    return DataLoader(_Indexed(dataset), batch_sampler=sampler, collate_fn=_collate_indexed)
+
+
+class SecureDPOptimizer(DPOptimizer):
+    """Opacus' DPOptimizer whose noise comes from `SecureNoise` in float64 and is added to the
+    float64 sum of the clipped gradients (rounded to the parameter's dtype afterwards)."""
+
+    def __init__(self, *args: Any, noise: SecureNoise, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.secure_noise = noise
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            summed = p.summed_grad
+            _check_processed_flag(summed)
+            noise = self.secure_noise.normal(summed.shape, std, device=summed.device)
+            p.grad = (summed.double() + noise).to(summed.dtype).view_as(p)
+            _mark_as_processed(summed)
 
 
 def _batch_size(batch: Any) -> int:
@@ -96,31 +185,46 @@ def train_private(
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
     noise_generator: torch.Generator | None = None,
+    steps: int | None = None,
+    groups: Sequence[int] | None = None,
+    clips_per_user: int = 1,
+    noise: SecureNoise | None = None,
 ) -> dict[str, float]:
-    """`epochs` passes of Poisson-sampled DP-SGD over `dataset`; every step is accounted in
-    `accountant` (which keeps its earlier history). `optimizer` must hold the trainable
-    parameters of `model`. `generator` draws the Poisson batches and `noise_generator` the
-    Gaussian noise (None: torch's global generator). Returns the mean per-sample loss and the
-    step counts."""
+    """`epochs` passes (or exactly `steps` steps) of Poisson-sampled DP-SGD over `dataset`;
+    every step is accounted in `accountant` (which keeps its earlier history). `optimizer`
+    must hold the trainable parameters of `model`. Batches and noise come from `noise` (a
+    fresh `SecureNoise` when None); `generator` / `noise_generator` (seeded torch generators)
+    replace them where a test needs repeatable draws. `groups` (a user id per example): the
+    unit is the user, and `plan.sample_rate` its rate. Returns the mean per-sample loss and
+    the step counts."""
     if grad_sample_mode not in MODES:
         raise ValueError(f"grad-sample mode {grad_sample_mode!r} is not supported here")
-    if epochs * int(1 / plan.sample_rate) != plan.steps:
+    per_epoch = int(1 / plan.sample_rate)
+    if steps is None and epochs * per_epoch != plan.steps:
         raise ValueError(f"plan of {plan.steps} steps does not match {epochs} epochs at "
                          f"sample rate {plan.sample_rate}")
+    if groups is not None and max_physical_batch_size > 0:
+        raise ValueError("user-level batches cannot be split (max-physical-batch-size)")
+    total = epochs * per_epoch if steps is None else steps
     device = torch.device(device)
+    noise = noise or SecureNoise()
+    units = len(set(groups)) if groups is not None else len(dataset)
     losses_of, close = per_sample_losses(model, grad_sample_mode)
     try:
-        dp_optimizer = DPOptimizer(
-            optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-            expected_batch_size=max(1, int(len(dataset) * plan.sample_rate)),
-            loss_reduction="mean",  # the noisy sum is divided by the expected batch size
-            generator=noise_generator,
-        )
+        settings = dict(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                        # the noisy sum is divided by the expected number of rows
+                        expected_batch_size=max(1, int(units * plan.sample_rate)),
+                        loss_reduction="mean")
+        dp_optimizer = (DPOptimizer(optimizer, generator=noise_generator, **settings)
+                        if noise_generator is not None
+                        else SecureDPOptimizer(optimizer, noise=noise, **settings))
         dp_optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
-        loader = poisson_loader(dataset, plan.sample_rate, generator)
-        return _run_epochs(model, losses_of, dp_optimizer, loader, epochs=epochs,
-                           max_physical_batch_size=max_physical_batch_size,
-                           extra_loss=extra_loss, device=device)
+        loader = poisson_loader(dataset, plan.sample_rate, generator, noise=noise,
+                                groups=groups, clips_per_user=clips_per_user)
+        rows = None if groups is None else np.asarray(groups)
+        return _run_steps(model, losses_of, dp_optimizer, loader, steps=total,
+                          max_physical_batch_size=max_physical_batch_size,
+                          extra_loss=extra_loss, device=device, groups=rows)
     finally:
         close()  # removes the hooks and every grad_sample attribute
 
@@ -136,35 +240,51 @@ def per_sample_losses(model: nn.Module, mode: str) -> tuple[PerSampleLosses, Cal
     return (lambda batch: per_sample_loss(model, batch, wrapped(batch))), wrapped._close
 
 
-def _run_epochs(model: nn.Module, losses_of: PerSampleLosses, optimizer: DPOptimizer,
-                loader: DataLoader, *, epochs: int, max_physical_batch_size: int,
-                extra_loss: ExtraLoss | None, device: torch.device) -> dict[str, float]:
+def _run_steps(model: nn.Module, losses_of: PerSampleLosses, optimizer: DPOptimizer,
+               loader: DataLoader, *, steps: int, max_physical_batch_size: int,
+               extra_loss: ExtraLoss | None, device: torch.device,
+               groups: np.ndarray | None) -> dict[str, float]:
+    """Passes over `loader` (each int(1/q) logical batches) until `steps` steps are taken."""
     model.train()
-    loss_sum = extra_sum = 0.0
-    steps = empty_steps = examples = 0
-    for _ in range(epochs):
+    totals = np.zeros(5)  # loss sum, extra sum, steps, empty steps, examples
+    while totals[2] < steps:
         if max_physical_batch_size > 0:
             with BatchMemoryManager(data_loader=loader, optimizer=optimizer,
                                     max_physical_batch_size=max_physical_batch_size) as batches:
-                counts = _steps(model, losses_of, optimizer, batches, extra_loss, device)
+                totals += _steps(model, losses_of, optimizer, batches, extra_loss, device,
+                                 groups, steps - int(totals[2]))
         else:
-            counts = _steps(model, losses_of, optimizer, loader, extra_loss, device)
-        loss_sum += counts[0]
-        extra_sum += counts[1]
-        steps += counts[2]
-        empty_steps += counts[3]
-        examples += counts[4]
-    return {"loss": loss_sum / max(examples, 1), "loss_extra": extra_sum / max(steps, 1),
-            "steps": float(steps), "empty_steps": float(empty_steps),
+            totals += _steps(model, losses_of, optimizer, loader, extra_loss, device, groups,
+                             steps - int(totals[2]))
+    loss_sum, extra_sum, taken, empty_steps, examples = totals
+    return {"loss": loss_sum / max(examples, 1), "loss_extra": extra_sum / max(taken, 1),
+            "steps": float(taken), "empty_steps": float(empty_steps),
             "num_examples": float(examples)}
 
 
+def _per_user_rows(optimizer: DPOptimizer, users: np.ndarray) -> int:
+    """Replace each parameter's per-sample gradients by one row per user: the mean over the
+    user's clips in the batch (so clipping bounds the user's whole contribution)."""
+    ids, rows = np.unique(users, return_inverse=True)
+    for p in optimizer.params:
+        grad_sample = p.grad_sample
+        index = torch.as_tensor(rows, device=grad_sample.device)
+        summed = torch.zeros((len(ids), *grad_sample.shape[1:]), dtype=grad_sample.dtype,
+                             device=grad_sample.device).index_add_(0, index, grad_sample)
+        counts = torch.bincount(index, minlength=len(ids)).to(grad_sample.dtype)
+        p.grad_sample = summed / counts.view(-1, *([1] * (grad_sample.dim() - 1)))
+    return len(ids)
+
+
 def _steps(model: nn.Module, losses_of: PerSampleLosses, optimizer: DPOptimizer, batches: Any,
-           extra_loss: ExtraLoss | None, device: torch.device) -> tuple[float, float, int, int, int]:
+           extra_loss: ExtraLoss | None, device: torch.device, groups: np.ndarray | None,
+           limit: int) -> np.ndarray:
     loss_sum = extra_sum = 0.0
     steps = empty_steps = examples = 0
     logical_size = 0
-    for batch in batches:
+    for indices, batch in batches:
+        if steps >= limit:
+            break
         size = _batch_size(batch)
         if size > 0:
             batch = to_device(batch, device)
@@ -173,6 +293,8 @@ def _steps(model: nn.Module, losses_of: PerSampleLosses, optimizer: DPOptimizer,
             loss_sum += float(losses.detach().sum())
             examples += size
         _fill_grad_samples(optimizer, size)
+        if size > 0 and groups is not None:
+            _per_user_rows(optimizer, groups[indices])
         logical_size += size
         if optimizer.pre_step():  # clip, noise, account (False: logical batch continues)
             if extra_loss is not None:
@@ -182,4 +304,4 @@ def _steps(model: nn.Module, losses_of: PerSampleLosses, optimizer: DPOptimizer,
             empty_steps += logical_size == 0
             logical_size = 0
         optimizer.zero_grad(set_to_none=True)
-    return loss_sum, extra_sum, steps, empty_steps, examples
+    return np.array([loss_sum, extra_sum, steps, empty_steps, examples], dtype=np.float64)

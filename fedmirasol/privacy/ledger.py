@@ -1,8 +1,12 @@
 """The run's privacy ledger: append-only JSON lines in the run directory.
 
 One ``client`` record per client per round it was asked to train (from the DP metrics of its
-reply), and one ``client-level`` record per round when client-level DP is on. A resumed run
-may write a round again; readers keep the last record of each (kind, client, round).
+reply), one ``client-evaluation`` record per client per round whose DP evaluation (or DP local
+adaptation) it charged, and one ``client-level`` record per round when client-level DP is on.
+A client record carries its run's whole privacy history (noise multiplier, sampling rate,
+steps, merged per pair), so any accountant can recompute its epsilon. A resumed run may write
+a round again; `read` keeps the last record of each (kind, client, round), `read_all` every
+record as written.
 """
 
 from __future__ import annotations
@@ -11,11 +15,15 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from fedmirasol.privacy.release_log import unflatten
+
 LEDGER_FILE = "privacy-ledger.jsonl"
 
 CLIENT_FIELDS = ("round", "partition-id", "trained", "budget-exhausted", "round-steps",
                  "total-steps", "sample-rate", "noise-multiplier", "max-grad-norm", "delta",
-                 "accountant", "epsilon", "budget")
+                 "accountant", "epsilon", "budget", "unit", "history", "lifetime-epsilon",
+                 "lifetime-delta")
+CLIENT_KINDS = ("client", "client-evaluation")
 
 
 def ledger_path(run_dir: str | Path) -> Path:
@@ -23,7 +31,7 @@ def ledger_path(run_dir: str | Path) -> Path:
 
 
 def client_record(server_round: int, partition_id: int, metrics: Mapping[str, Any],
-                  accountant: str) -> dict[str, Any]:
+                  accountant: str, kind: str = "client") -> dict[str, Any]:
     """A ledger record from the ``dp-*`` metrics of a client's reply (see client_round)."""
     missing = [k for k in ("dp-epsilon", "dp-total-steps", "dp-sample-rate",
                            "dp-noise-multiplier", "dp-delta") if k not in metrics]
@@ -32,8 +40,9 @@ def client_record(server_round: int, partition_id: int, metrics: Mapping[str, An
                          f"metrics {missing}")
     budget = float(metrics.get("dp-budget", 0.0))
     exhausted = bool(metrics.get("dp-budget-exhausted", 0))
+    history = [list(entry) for entry in unflatten(metrics.get("dp-history", []))]
     return {
-        "kind": "client", "round": int(server_round), "partition-id": int(partition_id),
+        "kind": kind, "round": int(server_round), "partition-id": int(partition_id),
         "trained": not exhausted and int(metrics.get("dp-round-steps", 0)) > 0,
         "budget-exhausted": exhausted,
         "round-steps": int(metrics.get("dp-round-steps", 0)),
@@ -47,6 +56,12 @@ def client_record(server_round: int, partition_id: int, metrics: Mapping[str, An
         "accountant": accountant,
         "epsilon": float(metrics["dp-epsilon"]),
         "budget": budget if budget > 0 else None,
+        "unit": "user" if metrics.get("dp-user-level", 0) else "clip",
+        "history": history,
+        "lifetime-epsilon": (float(metrics["dp-lifetime-epsilon"])
+                             if "dp-lifetime-epsilon" in metrics else None),
+        "lifetime-delta": (float(metrics["dp-lifetime-delta"])
+                           if "dp-lifetime-delta" in metrics else None),
     }
 
 
@@ -58,6 +73,7 @@ def client_level_record(server_round: int, *, epsilon: float, delta: float,
             "delta": float(delta), "noise-multiplier": float(noise_multiplier),
             "clip-norm": float(clip_norm), "sampled-clients": int(num_sampled),
             "num-clients": int(num_clients), "sample-rate": num_sampled / num_clients,
+            "unit": "client",
             "accountant": "rdp (flwr RdpAccountant, without replacement, replace-one)"}
 
 
@@ -72,21 +88,28 @@ def append(run_dir: str | Path, records: Iterable[Mapping[str, Any]]) -> None:
         handle.write("\n".join(lines) + "\n")
 
 
-def read(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every record, the last one of each (kind, client, round), in round order."""
+def read_all(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every record as written, a repeated round's records included (what happened)."""
     path = ledger_path(run_dir)
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} holds no privacy ledger ({LEDGER_FILE}); "
                                 "was the run made with privacy.enabled = true?")
-    latest: dict[tuple[str, int, int], dict[str, Any]] = {}
+    records = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                records.append(json.loads(line))
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not a JSON record ({error})") from error
-            key = (record["kind"], int(record.get("partition-id", -1)), int(record["round"]))
-            latest[key] = record
+    return records
+
+
+def read(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every record, the last one of each (kind, client, round), in round order."""
+    latest: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for record in read_all(run_dir):
+        key = (record["kind"], int(record.get("partition-id", -1)), int(record["round"]))
+        latest[key] = record
     return [latest[key] for key in sorted(latest, key=lambda k: (k[2], k[0], k[1]))]

@@ -14,24 +14,30 @@ def client_summaries(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per client: what it spent, from its latest ledger record."""
     by_client: dict[int, list[dict[str, Any]]] = {}
     for record in records:
-        if record["kind"] == "client":
+        if record["kind"] in ledger.CLIENT_KINDS:
             by_client.setdefault(record["partition-id"], []).append(record)
     rows = []
     for pid in sorted(by_client):
-        history = sorted(by_client[pid], key=lambda r: r["round"])
+        history = sorted(by_client[pid], key=lambda r: (r["round"], r["total-steps"]))
+        latest = max(history, key=lambda r: (r["total-steps"], r["epsilon"]))
         last = history[-1]
         budget = last.get("budget")
+        spent = max(r["epsilon"] for r in history)
         rows.append({
             "partition-id": pid,
-            "rounds": sum(1 for r in history if r["trained"]),
-            "total-steps": last["total-steps"],
+            "rounds": sum(1 for r in history if r["kind"] == "client" and r["trained"]),
+            "total-steps": latest["total-steps"],
             "noise-multiplier": last["noise-multiplier"],
             "sample-rate": last["sample-rate"],
-            "epsilon": max(r["epsilon"] for r in history),
+            "epsilon": spent,
             "delta": last["delta"],
+            "unit": last.get("unit", "clip"),
             "accountant": last["accountant"],
+            "history": latest.get("history"),
+            "lifetime-epsilon": max((r.get("lifetime-epsilon") or 0.0) for r in history),
+            "lifetime-delta": last.get("lifetime-delta"),
             "budget": budget,
-            "budget-left": None if budget is None else budget - max(r["epsilon"] for r in history),
+            "budget-left": None if budget is None else budget - spent,
             "budget-exhausted": any(r["budget-exhausted"] for r in history),
         })
     return rows
@@ -49,9 +55,27 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
             "partition-id": worst["partition-id"], "epsilon": worst["epsilon"],
             "delta": worst["delta"]},
         "client-level": None if not client_level else {
-            key: client_level[-1][key] for key in
-            ("epsilon", "delta", "noise-multiplier", "clip-norm", "sample-rate", "round")},
+            **{key: client_level[-1][key] for key in
+               ("epsilon", "delta", "noise-multiplier", "clip-norm", "sample-rate", "round",
+                "accountant")},
+            "unit": "client", "releases": sum(
+                1 for r in ledger.read_all(run_dir) if r["kind"] == "client-level")},
+        "unit": _unit_text(clients, client_level),
     }
+
+
+UNIT_TEXT = {"clip": "one training clip (one manifest row) of a client",
+             "user": "one user (all clips sharing a manifest user/video) of a client",
+             "client": "one client's whole contribution"}
+
+
+def _unit_text(clients: list[dict[str, Any]], client_level: list[dict[str, Any]]) -> str:
+    """What one epsilon protects, in words."""
+    units = sorted({c["unit"] for c in clients})
+    parts = [f"sample-level DP protects {UNIT_TEXT[u]}" for u in units]
+    if client_level:
+        parts.append(f"client-level DP protects {UNIT_TEXT['client']}")
+    return "; ".join(parts)
 
 
 def _significant(value: float, rounding: str, digits: int = 4) -> str:
@@ -83,8 +107,9 @@ def _cell(value: Any, digits: int = 4) -> str:
 
 def format_table(summary: dict[str, Any]) -> str:
     """A plain-text table of `run_summary`."""
-    header = ("client", "rounds", "steps", "sigma", "q", "epsilon", "delta", "budget left")
-    rows = [(str(c["partition-id"]), str(c["rounds"]), str(c["total-steps"]),
+    header = ("client", "unit", "rounds", "steps", "sigma", "q", "epsilon", "delta",
+              "budget left")
+    rows = [(str(c["partition-id"]), c["unit"], str(c["rounds"]), str(c["total-steps"]),
              _cell(c["noise-multiplier"]), _cell(c["sample-rate"]), epsilon_text(c["epsilon"]),
              _cell(c["delta"], 2),
              "exhausted" if c["budget-exhausted"]
@@ -102,6 +127,8 @@ def format_table(summary: dict[str, Any]) -> str:
     if level is not None:
         lines.append(f"client-level DP: epsilon {epsilon_text(level['epsilon'])} at delta "
                      f"{level['delta']:g} after round {level['round']}")
+    if summary.get("unit"):
+        lines.append(f"unit of privacy: {summary['unit']}")
     return "\n".join(lines)
 
 

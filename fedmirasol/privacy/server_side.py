@@ -13,7 +13,9 @@ aggregator hand this object the train replies:
   the sampled clients plus Gaussian noise, and composes it in the client-level accountant.
 
 On resume the exhausted clients come back from metrics.jsonl and the client-level accountant
-is replayed from the ledger's records of the completed rounds.
+is replayed from every client-level record the ledger holds, including rounds after the
+checkpoint: their noised models were released (the ledger line is written before the model
+leaves the aggregate), so they stay accounted when those rounds run again.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ from flwr.supercore.differential_privacy import get_norm
 
 from fedmirasol.config.run import RunConfig
 from fedmirasol.core.parameters import NumpyState, from_record, to_record
-from fedmirasol.core.reply_checks import Rejection, check_metrics, reply_partition
+from fedmirasol.core.reply_checks import (
+    EVALUATE_KEYS, Rejection, check_metrics, reply_partition,
+)
 from fedmirasol.privacy import ledger
 from fedmirasol.privacy.client_level import ClientLevelAccountant, clip_update, noise_aggregate
 from fedmirasol.privacy.client_round import EXHAUSTED, budget_exhausted
+from fedmirasol.privacy.round_figures import aggregates_only, dp_round_figures
 
 EXHAUSTED_FIELD = "budget_exhausted"  # metrics.jsonl: partitions that replied "exhausted"
 CLIP_SLACK = 1e-5  # float32 rounding of a clipped update's norm
@@ -41,8 +46,9 @@ log = logging.getLogger("fedmirasol.server")
 def _dp_metrics_problem(metrics: Mapping[str, Any]) -> str | None:
     """Why a reply's ``dp-*`` figures cannot go to the ledger (None: they can)."""
     for key, value in metrics.items():
-        if key.startswith("dp-") and isinstance(value, (int, float)) \
-                and not math.isfinite(value):
+        values = value if isinstance(value, list) else [value]
+        if key.startswith("dp-") and any(isinstance(v, (int, float)) and not math.isfinite(v)
+                                         for v in values):
             return f"metric {key!r} is {value}"
     return None
 
@@ -77,10 +83,30 @@ class ServerPrivacy:
             self.exhausted.update(int(p) for p in record.get(EXHAUSTED_FIELD, []))
         if self.client_level is None or not ledger.ledger_path(self.run_dir).is_file():
             return
-        for record in ledger.read(self.run_dir):
-            if record["kind"] == "client-level" and record["round"] <= last_round:
+        for record in ledger.read_all(self.run_dir):  # every release, repeated rounds too
+            if record["kind"] == "client-level":
                 self.client_level.record_round(record["noise-multiplier"],
                                                record["sampled-clients"], record["num-clients"])
+
+    def evaluation_keys(self) -> tuple[str, ...]:
+        """The metrics an evaluation reply must carry: under DP only its partition id (a
+        client releases noised sums, figures of a public split, or nothing)."""
+        return ("partition-id",) if self.active else EVALUATE_KEYS
+
+    def round_figures(self, train_rows: Mapping[int, Mapping[str, float]],
+                      eval_rows: Mapping[int, Mapping[str, float]]) -> dict[str, Any]:
+        """Under DP-SGD the round's figures from the clients' noised sums (what the record's
+        train loss and federated accuracy then are); nothing to change otherwise."""
+        if not self.settings.enabled:
+            return {}
+        return dp_round_figures(train_rows, eval_rows)
+
+    def recorded(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The round record as the run directory keeps it: under client-level DP only
+        aggregates, unless privacy.keep-client-rows."""
+        if self.client_level is None or self.settings.keep_client_rows:
+            return record
+        return aggregates_only(record)
 
     def eligible(self, partitions: Mapping[int, int]) -> dict[int, int]:
         """{node: partition} of the nodes that may still train (budget not exhausted)."""
@@ -155,6 +181,26 @@ class ServerPrivacy:
                             metrics.get("partition-id"), problem)
         ledger.append(self.run_dir, records)
 
+    def record_evaluations(self, server_round: int, replies: Iterable[Message]) -> None:
+        """Ledger records of the evaluation replies that charged the client's accountant
+        (DP evaluation, DP local adaptation)."""
+        if not self.settings.enabled:
+            return
+        records = []
+        for reply in replies:
+            metrics = dict(_metrics(reply)) if "metrics" in reply.content.metric_records else {}
+            if "dp-epsilon" not in metrics or "partition-id" not in metrics \
+                    or _dp_metrics_problem(metrics) is not None:
+                continue
+            try:
+                records.append(ledger.client_record(
+                    server_round, int(metrics["partition-id"]), metrics,
+                    self.settings.accountant, kind="client-evaluation"))
+            except (TypeError, ValueError) as error:
+                log.warning("round %d: DP evaluation figures of partition %r not recorded: %s",
+                            server_round, metrics.get("partition-id"), error)
+        ledger.append(self.run_dir, records)
+
     def reported_problem(self, server_round: int, reply: Message) -> str | None:
         """Under DP-SGD, why the ledger cannot record a reply's DP figures (missing or
         malformed); None when it can, or without DP-SGD."""
@@ -212,16 +258,14 @@ class ServerPrivacy:
         analysed mechanism: a missing client counts as a zero update.
         """
         assert self.client_level is not None
-        total = {name: np.zeros_like(value, dtype=np.float32)
+        total = {name: np.zeros(np.shape(value), dtype=np.float64)
                  for name, value in global_shared.items() if name in self.trainable}
         for reply in accepted:
             update = from_record(reply.content.array_records["arrays"])
             for name in total:
                 total[name] += update[name]
         mean = {name: value / num_sampled for name, value in total.items()}
-        noised = noise_aggregate(mean, clip_norm=self.settings.client_clip_norm,
-                                 noise_multiplier=self.settings.client_noise_multiplier,
-                                 num_sampled=num_sampled)
+        # accounted (and on record) before the noised model exists
         epsilon = self.client_level.record_round(self.settings.client_noise_multiplier,
                                                  num_sampled, population)
         ledger.append(self.run_dir, [ledger.client_level_record(
@@ -229,5 +273,9 @@ class ServerPrivacy:
             noise_multiplier=self.settings.client_noise_multiplier,
             clip_norm=self.settings.client_clip_norm, num_sampled=num_sampled,
             num_clients=population)])
-        return {name: (global_shared[name] + noised[name]).astype(global_shared[name].dtype)
+        noised = noise_aggregate(mean, clip_norm=self.settings.client_clip_norm,
+                                 noise_multiplier=self.settings.client_noise_multiplier,
+                                 num_sampled=num_sampled)
+        return {name: (global_shared[name].astype(np.float64) + noised[name])
+                .astype(global_shared[name].dtype)
                 if name in noised else global_shared[name] for name in global_shared}

@@ -170,6 +170,11 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _count(clients: list | int) -> int:
+    """How many clients a record field names (a count where the record keeps aggregates)."""
+    return clients if isinstance(clients, int) else len(clients)
+
+
 def summary_table(run_dir: str | Path) -> str:
     """One line per round: accuracy, losses, participants, bytes, time."""
     header = (f"{'round':>5} {'train_loss':>10} {'central_acc':>11} {'central_loss':>12} "
@@ -182,7 +187,7 @@ def summary_table(run_dir: str | Path) -> str:
             f"{_fmt(r.get('centralized_accuracy'), '11.3f')} "
             f"{_fmt(r.get('centralized_loss'), '12.4f')} "
             f"{_fmt(r.get('federated_accuracy'), '8.3f')} {_fmt(r.get('federated_loss'), '8.4f')} "
-            f"{len(r.get('participants', [])):>7} {len(r.get('rejected', [])):>8} "
+            f"{_count(r.get('participants', [])):>7} {len(r.get('rejected', [])):>8} "
             f"{r.get('bytes_down', 0) / 1e6:>8.2f} {r.get('bytes_up', 0) / 1e6:>7.2f} "
             f"{_fmt(r.get('duration_s'), '6.1f')}"
         )
@@ -258,8 +263,8 @@ def _print_round(record: Mapping[str, Any]) -> None:
           + (f"centralized EM {fmt('centralized_exact_match')}  CIDEr {fmt('centralized_cider')}  "
              if "centralized_exact_match" in record else "")
           + f"centralized acc {fmt('centralized_accuracy')}  federated acc "
-          f"{fmt('federated_accuracy')}  clients {len(record['participants'])}/"
-          f"{len(record['sampled'])}  rejected {len(record['rejected'])}  "
+          f"{fmt('federated_accuracy')}  clients {_count(record['participants'])}/"
+          f"{_count(record['sampled'])}  rejected {len(record['rejected'])}  "
           f"{record['duration_s']:.1f}s"
           + (f"  out of DP budget {record['budget_exhausted']}"
              if record.get("budget_exhausted") else ""), flush=True)

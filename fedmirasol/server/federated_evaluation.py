@@ -43,7 +43,7 @@ def in_clear(accepted: Sequence[Message], rejected: Sequence[Rejection]) -> Eval
     return EvaluationOutcome({
         "federated_accuracy": weighted_mean(rows.values(), "val-accuracy"),
         "federated_loss": weighted_mean(rows.values(), "val-loss"),
-        "federated_accuracy_client_mean": mean(r["val-accuracy"] for r in rows.values()),
+        "federated_accuracy_client_mean": mean(r.get("val-accuracy") for r in rows.values()),
         **_personal_means(rows.values()),
         **federated_text(rows.values()),
         "evaluate_rejected": [r.to_json() for r in rejected],

@@ -240,6 +240,8 @@ class FederatedRun:
                      for pid in sorted(set(train_rows) | set(eval_rows))},
         )
 
+        record.update(self.privacy.round_figures(train_rows, eval_rows))
+
         # Centralized evaluation on the server's test set.
         every = self.config.server.evaluate_every
         if every and (server_round % every == 0 or server_round == self.config.num_rounds):
@@ -249,7 +251,7 @@ class FederatedRun:
         else:
             record.update(centralized_accuracy=None, centralized_loss=None)
         record["duration_s"] = time.perf_counter() - started
-        return record
+        return self.privacy.recorded(record)
 
     def watch(self, server_round: int, phase: str, messages: list[Message]
                ) -> Callable[[Message], None] | None:
@@ -337,7 +339,7 @@ def _client_row(train: Mapping[str, float] | None, val: Mapping[str, float] | No
                     if key in train})
         if "skipped_files" in train:
             row["skipped_files"] = int(train["skipped_files"])
-    if val:
+    if val and "val-accuracy" in val:  # under DP only from a site's public split
         row.update({"val_accuracy": val["val-accuracy"], "val_loss": val["val-loss"],
                     "val_examples": val["num-examples"]})
         row.update({key.replace("-", "_"): val[key] for key in PERSONAL_EVAL_KEYS if key in val})

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from fedmirasol.data.batch import Sample, collate
+from fedmirasol.data.batch import Sample, UnavailableSample, collate
 from fedmirasol.data.questions import QUESTION_TYPES
 from fedmirasol.data.synthetic import DomainShift, SyntheticAVDataset, SyntheticConfig
 from fedmirasol.config.run import RunConfig
@@ -30,16 +31,26 @@ class ClientData:
     spec: ClientSpec
     train: Dataset
     val: Dataset
-    # Bad media files met while loading (each replaced by another clip): `skipped_files` and
-    # `skipped_<reason>`; empty for synthetic data.
+    # Bad media files met while loading (each dropped, never replaced by another clip):
+    # `skipped_files` and `skipped_<reason>`; empty for synthetic data.
     skipped: dict[str, int] = field(default_factory=dict)
+    # Who each training clip comes from (privacy.unit = "user"); None: no grouping known
+    users: tuple[str, ...] | None = None
 
 
 class Materialized(Dataset):
-    """A dataset rendered once and kept in memory (clients see it every round)."""
+    """A dataset rendered once and kept in memory (clients see it every round); an item the
+    source cannot produce (`UnavailableSample`) is left out, and `kept` names the others."""
 
     def __init__(self, source: Dataset) -> None:
-        self.samples: list[Sample] = [source[i] for i in range(len(source))]  # type: ignore
+        self.samples: list[Sample] = []
+        self.kept: list[int] = []
+        for index in range(len(source)):  # type: ignore[arg-type]
+            try:
+                self.samples.append(source[index])
+            except UnavailableSample:
+                continue
+            self.kept.append(index)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -112,9 +123,11 @@ def _manifest_module() -> Any:
 def _pool_dataset(config: Mapping[str, Any], spec: ClientSpec | None) -> Dataset:
     """The client pool as client `spec` sees it (its domain, its missing modalities)."""
     if config.data.source == "manifest":
-        # The manifest's clips form the pool; the media package decodes them (PyAV).
+        # The manifest's clips form the pool; the media package decodes them (PyAV); a clip
+        # that fails is dropped, never replaced by another.
         return _manifest_module().manifest_pool(config.data.manifest, config.model.mirasol,
-                                                score_captions=config.task.name == "videoqa")
+                                                score_captions=config.task.name == "videoqa",
+                                                substitute=spec is None)
     return synthetic_dataset(
         config, pool_size(config), seed=config.seed,
         domain=domain_shift(config, spec.domain) if spec else None,
@@ -143,10 +156,35 @@ def _site_data(config: Mapping[str, Any], partition_id: int) -> ClientData:
                          "with --node-config '... data.manifest=\"PATH\"'")
     train, val = _manifest_module().load_manifest_datasets(
         manifest, config.model.mirasol, val_fraction=config.data.val_fraction,
-        seed=config.seed, score_captions=config.task.name == "videoqa")
-    spec = ClientSpec(partition_id, tuple(range(len(train))), tuple(range(len(val))), None,
-                      False, False)
-    return ClientData(spec=spec, train=train, val=val, skipped=train.skip_metrics())
+        seed=config.seed, score_captions=config.task.name == "videoqa", substitute=False)
+    train_kept, val_kept = _decodable(train), _decodable(val)
+    spec = ClientSpec(partition_id, tuple(train_kept), tuple(val_kept), None, False, False)
+    skipped = dict(Counter(train.skip_metrics()) + Counter(val.skip_metrics()))
+    owners = train.owners()
+    return ClientData(spec=spec, train=Subset(train, train_kept), val=Subset(val, val_kept),
+                      skipped=skipped,
+                      users=_users([owners[i] for i in train_kept], train_kept))
+
+
+def _decodable(dataset: Dataset) -> list[int]:
+    """The items of a site's dataset that decode (each file is decoded once here, and served
+    from the decode cache afterwards); the others are dropped and counted."""
+    kept = []
+    for index in range(len(dataset)):  # type: ignore[arg-type]
+        try:
+            dataset[index]
+        except UnavailableSample:
+            continue
+        kept.append(index)
+    return kept
+
+
+def _users(owners: Sequence[str | None], positions: Sequence[int]) -> tuple[str, ...] | None:
+    """Each clip's user id, or None when no clip names one (then nothing groups them)."""
+    if not any(owner is not None for owner in owners):
+        return None
+    return tuple(owner if owner is not None else f"clip-{i}"
+                 for owner, i in zip(owners, positions))
 
 
 @functools.lru_cache(maxsize=16)
@@ -162,7 +200,19 @@ def _client_data_cached(config: RunConfig, partition_id: int) -> ClientData:
     train = Materialized(Subset(pool, list(spec.train_indices)))
     val = Materialized(Subset(pool, list(spec.val_indices)))
     skipped = pool.skip_metrics() if hasattr(pool, "skip_metrics") else {}
-    return ClientData(spec=spec, train=train, val=val, skipped=skipped)
+    indices = [spec.train_indices[i] for i in train.kept]
+    return ClientData(spec=spec, train=train, val=val, skipped=skipped,
+                      users=_pool_users(config, pool, indices))
+
+
+def _pool_users(config: Mapping[str, Any], pool: Dataset, indices: Sequence[int]
+                ) -> tuple[str, ...] | None:
+    """The user of each of the pool's clips at `indices`: the manifest's user/video column,
+    or (synthetic) one simulated person per `data.clips-per-user` of the client's clips."""
+    if hasattr(pool, "records"):
+        return _users([pool.records[i].owner for i in indices], indices)
+    per_user = config.data.clips_per_user
+    return tuple(f"person-{n // per_user}" for n in range(len(indices))) if per_user else None
 
 
 @functools.lru_cache(maxsize=4)

@@ -71,12 +71,14 @@ def train_epochs(
 def evaluate(
     model: nn.Module, loader: Iterable[Batch], *, device: torch.device | str = "cpu",
     generation: Mapping[str, Any] | None = None,
+    loss_bound: float | None = None,
 ) -> dict[str, float]:
     """Classification loss and accuracy over `loader`'s labelled samples and, for samples that
     ask a question or want a caption (``question_type`` >= 0), the generated text's scores
     (`fedmirasol.training.text_eval`; `generation`: the decoding options of
     `TextDecoder.generate`). On data without labels ``loss`` is the text cross-entropy and
-    ``accuracy`` the QA exact match."""
+    ``accuracy`` the QA exact match. `loss_bound` clips each sample's classification loss (the
+    bounded sums DP evaluation noises)."""
     device = torch.device(device)
     model.eval()
     loss_sum = 0.0
@@ -92,7 +94,10 @@ def evaluate(
         if not bool(labelled.any()):
             continue
         logits, labels = logits[labelled], batch["label"][labelled]
-        loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        if loss_bound is not None:
+            losses = losses.clamp(max=loss_bound)
+        loss_sum += float(losses.sum())
         correct += int((logits.argmax(dim=-1) == labels).sum())
         count += int(labelled.sum())
     scores = text.metrics()

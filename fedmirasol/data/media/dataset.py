@@ -2,7 +2,9 @@
 
 Bad files: a file that fails to decode is logged (its path and the reason), flagged and
 counted, and the index it was asked for returns the next good file's sample instead, so a
-batch is always full and one bad file never stops training. The flags live in shared memory,
+batch is always full and one bad file never stops training; with ``substitute=False`` (what
+federated clients use: under DP a substitute would be drawn twice as often as the accountant
+assumes) it raises `UnavailableSample` instead, and the caller drops the item. The flags live in shared memory,
 so `skipped_count()` in the main process sees the failures of every DataLoader worker.
 """
 
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fedmirasol.data.batch import Sample, collate
+from fedmirasol.data.batch import Sample, UnavailableSample, collate
 from fedmirasol.data.media.cache import DEFAULT_CACHE_DIR, DecodeCache
 from fedmirasol.data.media.decode import DecodedMedia, DecodeSettings, decode_media
 from fedmirasol.data.media.errors import REASONS, MediaError
@@ -53,6 +55,7 @@ class MediaClipDataset(Dataset):
         num_frames: int | None = None,
         max_seconds: float | None = 120.0,
         score_captions: bool = False,
+        substitute: bool = True,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown sampling strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
@@ -72,6 +75,7 @@ class MediaClipDataset(Dataset):
         self.cache = cache
         self.num_frames = num_frames or model_config.num_frames
         self.max_seconds = max_seconds
+        self.substitute = substitute
         self._tokenizer = ByteTokenizer()
         self.score_captions = score_captions  # videoqa: captions as scored "caption:" prompts
         self._failed = torch.zeros(len(self.records), dtype=torch.int8).share_memory_()
@@ -81,6 +85,14 @@ class MediaClipDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         video, clip = divmod(index, self.clips_per_video)
+        if not self.substitute:
+            if not self._failed[video]:
+                try:
+                    return self._sample(video, clip)
+                except MediaError as error:
+                    self._failed[video] = REASONS.index(error.kind) + 1
+                    log.warning("skipping %s", error)
+            raise UnavailableSample(f"{self.records[video].path} does not decode")
         for step in range(len(self.records)):
             candidate = (video + step) % len(self.records)
             if self._failed[candidate]:
@@ -98,6 +110,10 @@ class MediaClipDataset(Dataset):
     def labels(self) -> np.ndarray:
         """Each video's label (-1: none), read from the manifest without decoding anything."""
         return np.array([r.label for r in self.records], dtype=np.int64)
+
+    def owners(self) -> list[str | None]:
+        """Each item's unit of user-level DP (the record's user, else its video)."""
+        return [self.records[i // self.clips_per_video].owner for i in range(len(self))]
 
     def video_ids(self) -> torch.Tensor:
         """The video index of each item (for averaging dense clips per video)."""
@@ -250,6 +266,7 @@ def load_manifest_datasets(
     eval_clips: int = 1,
     max_seconds: float | None = 120.0,
     score_captions: bool = False,
+    substitute: bool = True,
 ) -> tuple[MediaClipDataset, MediaClipDataset]:
     """(train, val) datasets of one client (or of everyone when `client_id` is None).
 
@@ -277,6 +294,7 @@ def load_manifest_datasets(
             cache=cache,
             max_seconds=max_seconds,
             score_captions=score_captions,
+            substitute=substitute,
         ),
         MediaClipDataset(
             val,
@@ -286,6 +304,7 @@ def load_manifest_datasets(
             cache=cache,
             max_seconds=max_seconds,
             score_captions=score_captions,
+            substitute=substitute,
         ),
     )
 
@@ -296,12 +315,14 @@ def manifest_pool(
     strategy: str = "center",
     cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
     score_captions: bool = False,
+    substitute: bool = True,
 ) -> MediaClipDataset:
     """Every clip of `manifest` as one dataset (``.labels`` for partitioners), for callers that
     split the pool themselves."""
     cache = DecodeCache(cache_dir) if cache_dir is not None else None
     return MediaClipDataset(read_manifest(manifest), model_config, strategy=strategy, cache=cache,
-                            score_captions=score_captions)
+                            score_captions=score_captions,
+                            substitute=substitute)
 
 
 def _client_manifest(folder: Path, client_id: int | str) -> Path:

@@ -10,6 +10,8 @@ Columns (only ``path`` is required):
 - ``label_name``, ``caption``, ``site`` (site or client id), ``split`` (train / val / test).
 - ``question`` and ``answer``: a question about the clip and its answer, for video QA (the text
   decoder reads the question and is trained to generate the answer); both or neither.
+- ``user`` / ``video``: who or what the clip comes from; clips that share one (``user``, else
+  ``video``) are one unit of user-level DP (``privacy.unit = "user"``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Iterable, Sequence
 from fedmirasol.errors import ConfigError
 
 COLUMNS = ("path", "audio_path", "start", "end", "label", "label_name", "caption", "site", "split",
-           "question", "answer")
+           "question", "answer", "user", "video")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,13 @@ class ClipRecord:
     split: str | None = None
     question: str | None = None
     answer: str | None = None
+    user: str | None = None
+    video: str | None = None
+
+    @property
+    def owner(self) -> str | None:
+        """The unit of user-level DP this clip belongs to (its user, else its video)."""
+        return self.user or self.video
 
 
 def read_manifest(manifest: str | Path) -> list[ClipRecord]:
@@ -140,6 +149,8 @@ def _record(row: dict, manifest: Path, line: int, names: dict[str, int]) -> Clip
         split=_blank(row.get("split")),
         question=question,
         answer=answer,
+        user=_blank(row.get("user")),
+        video=_blank(row.get("video")),
     )
 
 

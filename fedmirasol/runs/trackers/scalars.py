@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+from fedmirasol.privacy.ledger import CLIENT_KINDS
+
 # metrics.jsonl key -> tag; any other number in a record goes under "round/<key>".
 TAGS = {
     "centralized_accuracy": "accuracy/centralized",
@@ -49,10 +51,10 @@ def record_scalars(record: Mapping[str, Any]) -> dict[str, float]:
     for key, value in record.items():
         if key in ("round", "clients"):
             continue
-        if _number(value):
+        if key in COUNTS and isinstance(value, (list, int)):  # a count where only aggregates
+            scalars[COUNTS[key]] = float(value if isinstance(value, int) else len(value))
+        elif _number(value):
             scalars[TAGS.get(key, f"round/{key}")] = float(value)
-        elif key in COUNTS and isinstance(value, list):
-            scalars[COUNTS[key]] = float(len(value))
     for partition_id, row in record.get("clients", {}).items():
         scalars.update({client_tag(partition_id, key): float(value)
                         for key, value in row.items() if _number(value)})
@@ -63,7 +65,8 @@ def worst_client_epsilon(ledger: Iterable[Mapping[str, Any]], server_round: int
                          ) -> float | None:
     """The largest epsilon any client had spent by the end of `server_round` (None: no client
     record yet)."""
-    spent = [r["epsilon"] for r in ledger if r["kind"] == "client" and r["round"] <= server_round]
+    spent = [r["epsilon"] for r in ledger
+             if r["kind"] in CLIENT_KINDS and r["round"] <= server_round]
     return max(spent) if spent else None
 
 

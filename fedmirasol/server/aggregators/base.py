@@ -80,6 +80,8 @@ class Aggregator(ABC):
                                    run.watch(server_round, "evaluate", messages))
         run.check_registered(replies)
         accepted, rejected = validate_evaluate_replies(
-            replies, run.partitions, destinations(messages), run.config.strategy.max_num_examples)
+            replies, run.partitions, destinations(messages), run.config.strategy.max_num_examples,
+            run.privacy.evaluation_keys())
+        run.privacy.record_evaluations(server_round, accepted)
         return in_clear(accepted, rejected + missing(messages, replies, run.partitions,
                                                      run.timeout))
