@@ -21,6 +21,10 @@ from fedmirasol.secagg.identity import provision
 from fedmirasol.server.loop import FederatedRun
 from fedmirasol.testing.leaf_digits import write_digits_femnist
 from fedmirasol.testing.local_grid import LocalGrid
+from fedmirasol.task import data as task_data
+from fedmirasol.task.model import model_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -79,6 +83,23 @@ def test_leaf_synthetic_command_writes_leaf_json_with_each_users_split(tmp_path:
     assert "exists; pass --force" in capsys.readouterr().err
     leaf = LeafFederation(out)
     assert leaf.task.name == "synthetic" and len(leaf.users) == 5
+
+
+@pytest.mark.parametrize("name", ["leaf-synthetic", "leaf-femnist", "leaf-shakespeare"])
+def test_the_leaf_configs_validate(name: str) -> None:
+    config = load_config(ROOT / "simulations" / f"{name}.toml")
+    assert config.name == name and config.data.source == "leaf"
+    assert config.client.optimizer == "sgd" and config.client.batch_size == 10  # LEAF's
+
+
+def test_the_synthetic_config_takes_the_generated_data(tmp_path: Path) -> None:
+    write_synthetic(SyntheticSpec(alpha=1.0, beta=1.0), tmp_path / "syn")
+    config = load_config(ROOT / "simulations" / "leaf-synthetic.toml",
+                         [f"data.leaf-path='{tmp_path / 'syn'}'"])
+    assert len(task_data.specs(config)) == 30
+    model = model_config(config)
+    assert (model.leaf_input_dim, model.num_classes) == (60, 10)
+    assert int(config.data.num_clients * config.strategy.fraction_train) == 10  # per round
 
 
 def test_fedavg_on_synthetic_data_learns_and_lists_the_users(tmp_path: Path) -> None:

@@ -44,13 +44,10 @@ def _celeba_features() -> tuple[nn.Sequential, int]:
 
 
 class LeafCNN(nn.Module):
-    """LEAF's CNN for `config.leaf_task`; reads ``batch["image"]`` (``B x C x H x W``)."""
+    """LEAF's CNN for `config.leaf_task` (checked by the config); reads ``batch["image"]``."""
 
     def __init__(self, config: MirasolConfig) -> None:
         super().__init__()
-        if config.leaf_task not in IMAGE_SHAPES:
-            raise ValueError(f"leaf-cnn is LEAF's CNN for {tuple(IMAGE_SHAPES)}, not "
-                             f"{config.leaf_task!r}")
         self.config = config
         channels, size = IMAGE_SHAPES[config.leaf_task]
         self.input_shape = (channels, size, size)

@@ -30,9 +30,6 @@ class LeafLSTM(nn.Module):
 
     def __init__(self, config: MirasolConfig) -> None:
         super().__init__()
-        if config.leaf_task not in LSTM_SHAPES:
-            raise ValueError(f"leaf-lstm is LEAF's LSTM for {tuple(LSTM_SHAPES)}, not "
-                             f"{config.leaf_task!r}")
         self.config = config
         self.seq_len, embed, hidden, dense = LSTM_SHAPES[config.leaf_task]
         self.embedding = nn.Embedding(config.leaf_vocab, embed)
