@@ -49,26 +49,18 @@ _WORDS = re.compile(r"[\w']+|[.,!?;]")  # LEAF's split_line
 
 @dataclass(frozen=True)
 class LeafTask:
-    """One LEAF task: its input kind (the batch key its samples carry) and class count."""
+    """One LEAF task: its input kind (the batch key its samples carry), its class count, and how
+    a sample's ``x`` and ``y`` become a model input and a class index (or a LeafFormatError
+    naming the file and user)."""
 
     name: str
     kind: str  # "image" | "tokens" | "features": the sample key of the model input
     num_classes: int | None  # None: read from the data (synthetic)
     input_of: Callable[[Any, "SampleSite"], torch.Tensor]
+    label_of: Callable[[Any, "SampleSite", int], int]
 
     def label(self, y: Any, site: "SampleSite", num_classes: int) -> int:
-        """``y`` as a class index, or a LeafFormatError naming the file and user."""
-        if self.name == "shakespeare":
-            index = ALL_LETTERS.find(y) if isinstance(y, str) and len(y) == 1 else -1
-            if index < 0:
-                raise site.error(f"label {y!r} is not one of LEAF's {len(ALL_LETTERS)} "
-                                 "Shakespeare characters")
-            return index
-        if isinstance(y, bool) or not isinstance(y, (int, float)) or not float(y).is_integer():
-            raise site.error(f"label {y!r} is not a class index")
-        if not 0 <= int(y) < num_classes:
-            raise site.error(f"label {int(y)} is outside the task's {num_classes} classes")
-        return int(y)
+        return self.label_of(y, site, num_classes)
 
 
 @dataclass(frozen=True)
@@ -92,6 +84,24 @@ class LeafImageError(LeafFormatError):
         super().__init__(site.path, f"sample {site.index}: image {image}: {reason}: {detail}",
                          site.user)
         self.reason = reason
+
+
+def _class_index(y: Any, site: SampleSite, num_classes: int) -> int:
+    """An integral number (LEAF's CelebA writes 0.0 / 1.0) in [0, num_classes)."""
+    if isinstance(y, bool) or not isinstance(y, (int, float)) or not float(y).is_integer():
+        raise site.error(f"label {y!r} is not a class index")
+    if not 0 <= int(y) < num_classes:
+        raise site.error(f"label {int(y)} is outside the task's {num_classes} classes")
+    return int(y)
+
+
+def _next_letter(y: Any, site: SampleSite, num_classes: int) -> int:
+    """Shakespeare's label: the next character, one of LEAF's 80."""
+    index = ALL_LETTERS.find(y) if isinstance(y, str) and len(y) == 1 else -1
+    if index < 0:
+        raise site.error(f"label {y!r} is not one of LEAF's {len(ALL_LETTERS)} Shakespeare "
+                         "characters")
+    return index
 
 
 def _femnist(x: Any, site: SampleSite) -> torch.Tensor:
@@ -156,11 +166,12 @@ def _numbers(x: Any, size: int | None, site: SampleSite, what: str) -> np.ndarra
 
 
 TASK_SPECS: dict[str, LeafTask] = {
-    "femnist": LeafTask("femnist", "image", 62, _femnist),
-    "celeba": LeafTask("celeba", "image", 2, _celeba),
-    "shakespeare": LeafTask("shakespeare", "tokens", len(ALL_LETTERS), _shakespeare),
-    "sent140": LeafTask("sent140", "tokens", 2, _sent140),
-    "synthetic": LeafTask("synthetic", "features", None, _synthetic),
+    "femnist": LeafTask("femnist", "image", 62, _femnist, _class_index),
+    "celeba": LeafTask("celeba", "image", 2, _celeba, _class_index),
+    "shakespeare": LeafTask("shakespeare", "tokens", len(ALL_LETTERS), _shakespeare,
+                            _next_letter),
+    "sent140": LeafTask("sent140", "tokens", 2, _sent140, _class_index),
+    "synthetic": LeafTask("synthetic", "features", None, _synthetic, _class_index),
 }
 
 
