@@ -35,13 +35,15 @@ _LAZY = {
     "LeafLSTM": "fedmirasol.models.leaf_lstm",
     "LeafLogReg": "fedmirasol.models.leaf_logreg",
 }
+# architecture -> the class that builds it; each is imported only when a model of it is built
+# (LEAF's LSTM imports Opacus, a second of start-up that no other model should pay)
+ARCHITECTURE_CLASSES = {"mirasol": "Mirasol", "latefusion": "LateFusion", "leaf-cnn": "LeafCNN",
+                        "leaf-lstm": "LeafLSTM", "leaf-logreg": "LeafLogReg"}
 
 
 def __getattr__(name: str) -> Any:
     if name == "MODEL_CLASSES":
-        value: Any = {"mirasol": __getattr__("Mirasol"), "latefusion": __getattr__("LateFusion"),
-                      "leaf-cnn": __getattr__("LeafCNN"), "leaf-lstm": __getattr__("LeafLSTM"),
-                      "leaf-logreg": __getattr__("LeafLogReg")}
+        value: Any = {arch: __getattr__(cls) for arch, cls in ARCHITECTURE_CLASSES.items()}
     elif name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
     else:
@@ -57,8 +59,8 @@ def build_model(config: MirasolConfig | str, device: torch.device | str | None =
 
     if isinstance(config, str):
         config = get_config(config)
-    classes = globals().get("MODEL_CLASSES") or __getattr__("MODEL_CLASSES")
-    model_class = classes[config.architecture]
+    name = ARCHITECTURE_CLASSES[config.architecture]
+    model_class = globals().get(name) or __getattr__(name)
     if device is None:
         return model_class(config)
     with torch.device(device):
