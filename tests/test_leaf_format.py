@@ -246,5 +246,8 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         task_data.specs(leaf_config(tmp_path / "train"))
     with pytest.raises(ConfigError, match=r"model.name = 'leaf-cnn' .* use 'leaf-logreg'"):
         task_data.specs(leaf_config(tmp_path, "model.name='leaf-cnn'", "data.num-clients=2"))
+    with pytest.raises(ConfigError, match=r"task.name = 'videoqa' .* LEAF's tasks are"):
+        task_data.specs(leaf_config(tmp_path, "task.name='videoqa'", "data.num-clients=2",
+                                    "model.name='tiny'"))
     with pytest.raises(ConfigError, match=r"'tiny' cannot take the LEAF task 'synthetic'"):
         task_data.specs(leaf_config(tmp_path, "model.name='tiny'", "data.num-clients=2"))

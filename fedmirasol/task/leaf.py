@@ -64,6 +64,9 @@ def plan(config: RunConfig) -> LeafPlan:
 def model_config(config: RunConfig) -> MirasolConfig:
     """`model.*` with the LEAF task's geometry; a model that cannot take the task is refused,
     naming both keys."""
+    if config.task.name != "classification":
+        raise ConfigError(f"task.name = {config.task.name!r} needs clips with questions or "
+                          "captions; LEAF's tasks are classification (data.source = 'leaf')")
     base, leaf = config.model.mirasol, plan(config)
     task, architecture = leaf.task.name, base.architecture
     if architecture in LEAF_MODEL_TASKS:
