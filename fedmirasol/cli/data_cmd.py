@@ -1,4 +1,5 @@
-"""`fedmirasol data`: synth, inspect and partition clip manifests of real media files."""
+"""`fedmirasol data`: synth, inspect and partition clip manifests of real media files; generate
+LEAF's Synthetic(alpha, beta) dataset."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ if TYPE_CHECKING:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser("data", help="prepare audio-video data: synth, inspect, partition")
+    data = subparsers.add_parser("data", help="prepare data: synth, inspect, partition clip "
+                                 "manifests; generate LEAF's synthetic dataset")
     commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
     synth = commands.add_parser(
@@ -58,6 +60,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     partition.add_argument("--seed", type=int, default=42)
     partition.add_argument("--out", required=True, type=Path, help="folder for client_<i>.csv")
     partition.set_defaults(func=_partition)
+
+    leaf = commands.add_parser(
+        "leaf-synthetic", help="write LEAF's Synthetic(alpha, beta) dataset (train/ and test/ JSON)",
+        description="Generate Synthetic(alpha, beta) (Li et al., FedProx; the synthetic data of "
+        "the LEAF benchmark) with numpy and write it in LEAF's format: one user per client, "
+        "each user's samples split into train/ and test/.",
+    )
+    leaf.add_argument("--alpha", type=float, required=True, help="how much the users' models differ")
+    leaf.add_argument("--beta", type=float, required=True, help="how much the users' inputs differ")
+    leaf.add_argument("--users", type=int, default=30, help="number of users (default 30)")
+    leaf.add_argument("--out", required=True, type=Path, help="output folder (train/, test/)")
+    leaf.add_argument("--dim", type=int, default=60, help="features per sample (default 60)")
+    leaf.add_argument("--classes", type=int, default=10, help="classes (default 10)")
+    leaf.add_argument("--iid", action="store_true", help="one model and input distribution "
+                      "for all users (alpha and beta unused)")
+    leaf.add_argument("--train-fraction", type=float, default=0.9,
+                      help="each user's share of samples in train/ (default 0.9)")
+    leaf.add_argument("--seed", type=int, default=0)
+    leaf.add_argument("--force", action="store_true", help="overwrite existing JSON in --out")
+    leaf.set_defaults(func=_leaf_synthetic)
 
 
 def _add_source(parser: argparse.ArgumentParser) -> None:
@@ -138,4 +160,25 @@ def _partition(args: argparse.Namespace) -> int:
         site = f" (site {part[0].site})" if args.by == "site" and part else ""
         labels = len({r.label for r in part})
         print(f"client {index}{site}: {len(part)} clips, {labels} labels -> {path}")
+    return 0
+
+
+def _leaf_synthetic(args: argparse.Namespace) -> int:
+    from fedmirasol.data.leaf.synthetic import SyntheticSpec, write_synthetic
+
+    existing = sorted(args.out.glob("t*/*.json")) if args.out.is_dir() else []
+    if existing and not args.force:
+        raise FileExistsError(f"{existing[0]} exists; pass --force to overwrite {args.out}")
+    try:
+        spec = SyntheticSpec(alpha=args.alpha, beta=args.beta, users=args.users, dim=args.dim,
+                             classes=args.classes, iid=args.iid,
+                             train_fraction=args.train_fraction, seed=args.seed)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    for path in existing:
+        path.unlink()
+    train, test = write_synthetic(spec, args.out)
+    print(f"wrote {spec.users} users of Synthetic({spec.alpha:g}, {spec.beta:g}): {train}, {test}")
+    print(f"run it: fedmirasol simulate --config simulations/leaf-synthetic.toml "
+          f"--set data.leaf-path='{args.out}'")
     return 0

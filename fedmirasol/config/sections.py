@@ -14,7 +14,8 @@ from pydantic import Field, field_serializer, field_validator, model_validator
 from fedmirasol.config.base import Section
 from fedmirasol.errors import ConfigError, did_you_mean
 
-SOURCES = ("synthetic", "manifest", "site")
+SOURCES = ("synthetic", "manifest", "site", "leaf")
+LEAF_TASKS = ("", "femnist", "shakespeare", "sent140", "celeba", "synthetic")
 PARTITIONERS = ("iid", "dirichlet", "pathological", "quantity")
 OPTIMIZERS = ("adam", "sgd")
 TRACKERS = ("tensorboard", "mlflow")  # fedmirasol.runs.trackers
@@ -31,9 +32,15 @@ class DataConfig(Section):
     """Where each client's clips come from and how they are split across clients."""
 
     # synthetic | manifest | site (deployment: every SuperNode brings its own manifest through
-    # its node config, fedmirasol.client.site)
+    # its node config, fedmirasol.client.site) | leaf (a LEAF dataset: each user one client)
     source: Literal[SOURCES] = "synthetic"  # type: ignore[valid-type]
     manifest: str = ""  # path of a media manifest when source = "manifest"
+    # source = "leaf": the LEAF dataset folder (its train/ and test/ JSON, or the folder above
+    # them) and its task ("" = told from the data); clips-per-client, test-clips, val-fraction
+    # and the partitioning keys do not apply (LEAF's users and their own split are kept)
+    leaf_path: str = ""
+    leaf_task: Literal[LEAF_TASKS] = ""  # type: ignore[valid-type]
+    # clients; with source = "leaf", that many LEAF users sampled by the run's seed
     num_clients: int = Field(10, ge=1)
     clips_per_client: int = Field(80, ge=1)  # mean clips per client (train + validation)
     test_clips: int = Field(240, ge=1)  # the server's held-out test set
@@ -59,6 +66,9 @@ class DataConfig(Section):
         if self.source == "manifest" and not self.manifest:
             raise ConfigError("config key 'data.manifest' must name a manifest when "
                               "data.source = 'manifest'")
+        if self.source == "leaf" and not self.leaf_path:
+            raise ConfigError("config key 'data.leaf-path' must name a LEAF dataset folder "
+                              "(with train/ and test/) when data.source = 'leaf'")
         return self
 
 

@@ -16,7 +16,9 @@ A sample is a dict:
   type in its dataset's ``question_types`` (`fedmirasol.data.videoqa`); -1 for no question.
 
 `collate` stacks samples into the same keys with a leading batch axis, filling an optional
-key a sample lacks with its default.
+key a sample lacks with its default. LEAF's reference models (`fedmirasol.data.leaf`) take
+samples of another form, ``label`` and one input (``image``, ``tokens`` or ``features``):
+`collate` stacks whatever keys the samples share.
 """
 
 from __future__ import annotations
@@ -51,11 +53,16 @@ def normalize_video(frames: torch.Tensor) -> torch.Tensor:
 
 
 def collate(samples: Sequence[Mapping[str, torch.Tensor]]) -> Batch:
-    """Stack samples into a batch, naming the key whose shapes disagree."""
+    """Stack samples into a batch, naming the key whose shapes disagree or that a sample lacks."""
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
+    keys = [key for key in samples[0] if key not in OPTIONAL_KEYS]
+    for sample in samples[1:]:
+        if {key for key in sample if key not in OPTIONAL_KEYS} != set(keys):
+            raise ValueError(f"samples disagree on their keys: {sorted(keys)} and "
+                             f"{sorted(sample)}")
     batch: Batch = {}
-    for key in BATCH_KEYS:
+    for key in keys:
         values = [sample[key] for sample in samples]
         shapes = {tuple(v.shape) for v in values}
         if len(shapes) > 1:

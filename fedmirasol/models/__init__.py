@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from torch import nn
 
     from fedmirasol.models.late_fusion import LateFusion
+    from fedmirasol.models.leaf_cnn import LeafCNN
+    from fedmirasol.models.leaf_logreg import LeafLogReg
+    from fedmirasol.models.leaf_lstm import LeafLSTM
     from fedmirasol.models.loss import mirasol_loss
     from fedmirasol.models.mirasol import Mirasol, MirasolOutput
     from fedmirasol.models.tokenizer import ByteTokenizer
@@ -28,12 +31,19 @@ _LAZY = {
     "Mirasol": "fedmirasol.models.mirasol",
     "MirasolOutput": "fedmirasol.models.mirasol",
     "ByteTokenizer": "fedmirasol.models.tokenizer",
+    "LeafCNN": "fedmirasol.models.leaf_cnn",
+    "LeafLSTM": "fedmirasol.models.leaf_lstm",
+    "LeafLogReg": "fedmirasol.models.leaf_logreg",
 }
+# architecture -> the class that builds it; each is imported only when a model of it is built
+# (LEAF's LSTM imports Opacus, a second of start-up that no other model should pay)
+ARCHITECTURE_CLASSES = {"mirasol": "Mirasol", "latefusion": "LateFusion", "leaf-cnn": "LeafCNN",
+                        "leaf-lstm": "LeafLSTM", "leaf-logreg": "LeafLogReg"}
 
 
 def __getattr__(name: str) -> Any:
     if name == "MODEL_CLASSES":
-        value: Any = {"mirasol": __getattr__("Mirasol"), "latefusion": __getattr__("LateFusion")}
+        value: Any = {arch: __getattr__(cls) for arch, cls in ARCHITECTURE_CLASSES.items()}
     elif name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
     else:
@@ -43,14 +53,14 @@ def __getattr__(name: str) -> Any:
 
 
 def build_model(config: MirasolConfig | str, device: torch.device | str | None = None) -> nn.Module:
-    """Build the model a config (or config name) describes: `Mirasol`, or `LateFusion` when
-    `config.architecture == "latefusion"`; `device="meta"` allocates nothing."""
+    """Build the model a config (or config name) describes, by `config.architecture`: `Mirasol`,
+    `LateFusion`, or one of LEAF's reference models; `device="meta"` allocates nothing."""
     import torch
 
     if isinstance(config, str):
         config = get_config(config)
-    classes = globals().get("MODEL_CLASSES") or __getattr__("MODEL_CLASSES")
-    model_class = classes[config.architecture]
+    name = ARCHITECTURE_CLASSES[config.architecture]
+    model_class = globals().get(name) or __getattr__(name)
     if device is None:
         return model_class(config)
     with torch.device(device):
@@ -58,6 +68,7 @@ def build_model(config: MirasolConfig | str, device: torch.device | str | None =
 
 
 __all__ = [
-    "MODEL_CLASSES", "NAMED_CONFIGS", "ByteTokenizer", "LateFusion", "Mirasol", "MirasolConfig", "MirasolOutput",
+    "MODEL_CLASSES", "NAMED_CONFIGS", "ByteTokenizer", "LateFusion", "LeafCNN", "LeafLSTM",
+    "LeafLogReg", "Mirasol", "MirasolConfig", "MirasolOutput",
     "build_model", "get_config", "mirasol_loss",
 ]

@@ -25,7 +25,11 @@ SMALL_TUBES: tuple[TubeSpec, ...] = (
 )
 
 
-ARCHITECTURES = ("mirasol", "latefusion")
+ARCHITECTURES = ("mirasol", "latefusion", "leaf-cnn", "leaf-lstm", "leaf-logreg")
+# LEAF's reference models (leaf_cnn.py, leaf_lstm.py, leaf_logreg.py) and the LEAF tasks each is
+# LEAF's model for (`leaf_task` picks the layout).
+LEAF_MODEL_TASKS = {"leaf-cnn": ("femnist", "celeba"), "leaf-lstm": ("shakespeare", "sent140"),
+                    "leaf-logreg": ("synthetic",)}
 MODALITY_NAMES = ("video", "audio")
 
 
@@ -85,12 +89,19 @@ class MirasolConfig:
     learn_alpha: bool = False
     freeze_encoders: bool = False  # train only the fusion head (and alpha, absent tokens, input stem)
     head_dropout: float = 0.5
+    # LEAF reference models only (architecture = "leaf-cnn" | "leaf-lstm" | "leaf-logreg"); a
+    # LEAF run (data.source = "leaf") sets them, and num_classes, from its data.
+    leaf_task: str = ""  # the LEAF task whose reference layout to build
+    leaf_vocab: int = 81  # leaf-lstm: rows of the token embedding
+    leaf_input_dim: int = 60  # leaf-logreg: features per sample
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.architecture == "latefusion":
             self._check_late_fusion()
+        if self.architecture in LEAF_MODEL_TASKS:
+            self._check_leaf()
         if self.combiner not in ("transformer", "ttm"):
             raise ValueError(f"combiner must be 'transformer' or 'ttm', got {self.combiner!r}")
         if self.fusion not in ("chunked", "joint"):
@@ -121,6 +132,17 @@ class MirasolConfig:
             raise ValueError(
                 "the late-fusion model predicts nothing across time: latent_weight must be 0"
             )
+
+    def _check_leaf(self) -> None:
+        tasks = LEAF_MODEL_TASKS[self.architecture]
+        if self.leaf_task not in tasks:
+            raise ValueError(f"{self.architecture} is LEAF's model for {tasks}; leaf_task is "
+                             f"{self.leaf_task!r}")
+        if self.text_weight or self.latent_weight:
+            raise ValueError("LEAF's reference models have no text decoder and no latent "
+                             "prediction: text_weight and latent_weight must be 0")
+        if min(self.leaf_vocab, self.leaf_input_dim, self.num_classes) < 1:
+            raise ValueError("leaf_vocab, leaf_input_dim and num_classes must be positive")
 
     @property
     def samples_per_chunk(self) -> int:
@@ -208,10 +230,22 @@ NAMED_CONFIGS |= {
 }
 NAMED_CONFIGS["latefusion"] = NAMED_CONFIGS["latefusion-base"].replace(name="latefusion")
 
+# LEAF's reference models with the geometry of their first task (a LEAF run takes its task's).
+_LEAF = dict(text_weight=0.0, latent_weight=0.0)
+NAMED_CONFIGS |= {
+    "leaf-cnn": MirasolConfig(name="leaf-cnn", architecture="leaf-cnn", leaf_task="femnist",
+                              image_size=28, num_classes=62, **_LEAF),
+    "leaf-lstm": MirasolConfig(name="leaf-lstm", architecture="leaf-lstm",
+                               leaf_task="shakespeare", leaf_vocab=81, num_classes=80, **_LEAF),
+    "leaf-logreg": MirasolConfig(name="leaf-logreg", architecture="leaf-logreg",
+                                 leaf_task="synthetic", leaf_input_dim=60, num_classes=10,
+                                 **_LEAF),
+}
+
 
 def get_config(name: str, **overrides: Any) -> MirasolConfig:
-    """Return a named config (`tiny` ... `mirasol3b`, `latefusion-tiny` ... `latefusion`)
-    with overrides applied."""
+    """Return a named config (`tiny` ... `mirasol3b`, `latefusion-tiny` ... `latefusion`,
+    `leaf-cnn`, `leaf-lstm`, `leaf-logreg`) with overrides applied."""
     if name not in NAMED_CONFIGS:
         raise KeyError(f"unknown model config {name!r}; known: {', '.join(NAMED_CONFIGS)}")
     return NAMED_CONFIGS[name].replace(**overrides) if overrides else NAMED_CONFIGS[name]

@@ -25,4 +25,6 @@ def describe(config: MirasolConfig) -> str:
         frozen = ", encoders frozen" if config.freeze_encoders else ""
         return (f"TimeSformer + AST late fusion, {alpha} on {config.alpha_modality}{frozen}, "
                 f"width {config.width}")
+    if config.architecture.startswith("leaf-"):
+        return f"LEAF's reference {config.architecture[5:]} for {config.leaf_task}"
     return f"Mirasol, {config.combiner} combiner, {config.fusion} fusion, width {config.width}"

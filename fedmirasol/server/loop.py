@@ -31,7 +31,7 @@ from fedmirasol.task import data as client_data
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.core.wire import CONFIG_KEY, RUN_NAME_KEY, STATE_DIR_KEY
 from fedmirasol.core.seeds import seed_for
-from fedmirasol.task.model import init_model
+from fedmirasol.task.model import init_model, model_config
 from fedmirasol.core.metrics import client_metrics, message_array_bytes, weighted_mean
 from fedmirasol.server.nodes import (
     PartitionOrderedGrid,
@@ -316,7 +316,7 @@ class FederatedRun:
     def finish(self) -> dict[str, Any]:
         """Write the final model and report.json; return the report."""
         rundir.save_final_model(self.run_dir, full_state(self.config, self.global_shared),
-                                self.config.model.mirasol.to_dict())
+                                model_config(self.config).to_dict())
         report = write_report(self.run_dir, shared=self.global_shared,
                               discovery_problems=self.discovery_problems,
                               local_parameters=list(self.split.local),

@@ -22,6 +22,7 @@ from fedmirasol.data.questions import QUESTION_TYPES
 from fedmirasol.data.synthetic import DomainShift, SyntheticAVDataset, SyntheticConfig
 from fedmirasol.config.run import RunConfig
 from fedmirasol.data.partitioning import ClientSpec, client_specs, label_histogram
+from fedmirasol.task import leaf
 
 TEST_SEED_OFFSET = 1_000_003  # the test set never shares clips with the client pool
 
@@ -64,6 +65,8 @@ def partition_summary(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     empty when every site brings its own data (the server never sees it)."""
     if config.data.source == "site":
         return []
+    if config.data.source == "leaf":
+        return leaf.partition_summary(config)
     labels = pool_labels(config)
     num_classes = partition_classes(config)
     return [{
@@ -107,6 +110,8 @@ def domain_shift(config: Mapping[str, Any], domain: int | None) -> DomainShift |
 
 def specs(config: Mapping[str, Any]) -> list[ClientSpec]:
     """Every client's partition, from the config alone."""
+    if config.data.source == "leaf":
+        return leaf.specs(config)
     return client_specs(pool_labels(config), config.data, config.seed)
 
 
@@ -191,6 +196,9 @@ def _users(owners: Sequence[str | None], positions: Sequence[int]) -> tuple[str,
 def _client_data_cached(config: RunConfig, partition_id: int) -> ClientData:
     if config.data.source == "site":
         return _site_data(config, partition_id)
+    if config.data.source == "leaf":
+        spec, train, val, skipped = leaf.client_datasets(config, partition_id)
+        return ClientData(spec=spec, train=train, val=val, skipped=skipped)
     all_specs = _specs_cached(config)
     if not 0 <= partition_id < len(all_specs):
         raise ValueError(f"partition id {partition_id} is outside data.num-clients = "
@@ -233,14 +241,17 @@ def client_data(config: Mapping[str, Any], partition_id: int) -> ClientData:
 
 
 @functools.lru_cache(maxsize=2)
-def _test_cached(config: RunConfig) -> Materialized:
+def _test_cached(config: RunConfig) -> Dataset:
+    if config.data.source == "leaf":
+        return leaf.test_dataset(config)
     dataset = synthetic_dataset(config, config.data.test_clips,
                                 seed=config.seed + TEST_SEED_OFFSET)
     return Materialized(dataset)
 
 
 def test_dataset(config: Mapping[str, Any]) -> Dataset:
-    """The server's held-out test set (neutral domain, both modalities)."""
+    """The server's held-out test set (neutral domain, both modalities; LEAF: the sampled
+    users' test parts)."""
     return _test_cached(data_key(config))
 
 

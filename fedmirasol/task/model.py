@@ -7,8 +7,15 @@ from torch import nn
 
 from fedmirasol.config.run import RunConfig
 from fedmirasol.models import build_model
+from fedmirasol.models.config import MirasolConfig
+from fedmirasol.task import leaf
 from fedmirasol.core.parameters import ParameterSplit
 from fedmirasol.pretrained.checkpoint import frozen_names, load_pretrained
+
+
+def model_config(config: RunConfig) -> MirasolConfig:
+    """The model the run trains: `model.*`, with a LEAF task's geometry on LEAF data."""
+    return leaf.model_config(config) if config.data.source == "leaf" else config.model.mirasol
 
 
 def init_model(config: RunConfig) -> nn.Module:
@@ -16,7 +23,7 @@ def init_model(config: RunConfig) -> nn.Module:
     checkpoint, `pretrained.*`, whose frozen parameters come back with requires_grad off)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = build_model(config.model.mirasol)
+        model = build_model(model_config(config))
     load_pretrained(model, config.pretrained)
     return model
 
