@@ -20,6 +20,7 @@ from fedmirasol.runs.report import add_to_report, build_report
 from fedmirasol.runs.resume import open_run
 from fedmirasol.server.aggregators import AGGREGATORS, choose_aggregator
 from fedmirasol.server.aggregators.client_level_dp import ClientLevelDPMean
+from fedmirasol.server.aggregators.he import HEMean
 from fedmirasol.server.aggregators.mean import StrategyMean
 from fedmirasol.server.aggregators.secure import SecureMean
 from fedmirasol.server.filters import Screening, masked_check, reply_filters, screen
@@ -33,7 +34,7 @@ SHARED = {"w": np.zeros((2, 3), np.float32)}
 
 def test_registry_names_each_aggregator_by_its_name() -> None:
     assert AGGREGATORS == {"strategy": StrategyMean, "client-level-dp": ClientLevelDPMean,
-                           "secagg": SecureMean}
+                           "secagg": SecureMean, "he": HEMean}
 
 
 @pytest.mark.parametrize("values, outer, inner", [

@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "fedmirasol.cli.compare_cmd",
     "fedmirasol.cli.privacy_report_cmd",
     "fedmirasol.cli.certs_cmd",
+    "fedmirasol.cli.he_cmd",
 )
 
 # FileNotFoundError / FileExistsError: a path the user gave is missing, or would be overwritten.

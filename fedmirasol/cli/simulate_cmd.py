@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     print(summary_table(run_dir))
     keys = ("final_centralized_accuracy", "final_federated_accuracy",
             "final_mean_client_accuracy", "final_mean_client_personal_accuracy",
-            "final_mean_client_adapted_accuracy", "total_rejected_updates", "wall_clock_seconds",
+            "final_mean_client_adapted_accuracy", "decrypted_final_test_accuracy",
+            "total_rejected_updates", "wall_clock_seconds",
             "centralized_baseline_accuracy")
     print(json.dumps({k: report[k] for k in keys if k in report}, indent=2))
     print(f"run directory: {run_dir}")

@@ -18,22 +18,29 @@ Wire protocol (keys of the RecordDict):
 
 Before anything reads the site's data, the run's privacy request is checked against the
 site's own policy (node config ``privacy.*``); a weaker request is refused by name.
+
+Under homomorphic encryption the server's ``arrays`` may be its encrypted global state and the
+update leaves encrypted: an `Opener` (`fedmirasol.client.he`) turns the message into the
+global model and the way the update is sealed.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from flwr.app import ConfigRecord, Context, Message
 
 from fedmirasol.client import state as client_state
 from fedmirasol.client import task as client_task
-from fedmirasol.client.release import release_evaluate, release_partition, release_train
+from fedmirasol.client.release import (
+    Seal, release_evaluate, release_partition, release_train,
+)
 from fedmirasol.client.site import apply_site, site_root, state_dir
 from fedmirasol.config import RunConfig, from_json
-from fedmirasol.core.parameters import from_record
+from fedmirasol.core.parameters import NumpyState, from_record
 from fedmirasol.core.wire import CONFIG_KEY, RUN_NAME_KEY, STATE_DIR_KEY
 from fedmirasol.privacy.site_policy import check_request
 
@@ -114,14 +121,31 @@ def privacy_log(context: Context, record: ConfigRecord, pid: int,
     return ReleaseLog.in_state(context.state)
 
 
-def handle_train(message: Message, context: Context) -> Message:
+@dataclass(frozen=True)
+class Opened:
+    """What a message's ``arrays`` give a client: the global model, and how its update leaves
+    (None: in the clear)."""
+
+    global_shared: NumpyState
+    seal: Seal | None = None
+
+
+Opener = Callable[[Message, Context, RunConfig], Opened]
+
+
+def plain_global(message: Message, context: Context, config: RunConfig) -> Opened:
+    """The global model the message carries in the clear."""
+    return Opened(from_record(message.content.array_records["arrays"]))
+
+
+def handle_train(message: Message, context: Context, opener: Opener = plain_global) -> Message:
     config, record = run_config(message, context)
     pid = partition_id(context, config)
     check_request(config.privacy, config.site_privacy)  # before the site's data is read
     server_round = int(record["server-round"])
     restore_state(context, record, pid, server_round)
-    global_shared = from_record(message.content.array_records["arrays"])
-    result = client_task.train(config, pid, server_round, global_shared, context.state,
+    opened = opener(message, context, config)
+    result = client_task.train(config, pid, server_round, opened.global_shared, context.state,
                                proximal_mu=float(record.get("proximal-mu", 0.0)),
                                privacy_log=privacy_log(context, record, pid, config),
                                run=run_name(record))
@@ -129,17 +153,18 @@ def handle_train(message: Message, context: Context) -> Message:
     if directory:
         client_state.mirror_to_disk(context.state, directory, pid, server_round)
     return release_train(message, config, pid, result.num_examples, result.update,
-                         result.metrics)
+                         result.metrics, seal=opened.seal)
 
 
-def handle_evaluate(message: Message, context: Context) -> Message:
+def handle_evaluate(message: Message, context: Context, opener: Opener = plain_global
+                    ) -> Message:
     config, record = run_config(message, context)
     pid = partition_id(context, config)
     check_request(config.privacy, config.site_privacy)
     server_round = int(record["server-round"])
     # A node restarted since it trained this round evaluates with that round's state.
     restore_state(context, record, pid, server_round + 1)
-    global_shared = from_record(message.content.array_records["arrays"])
+    global_shared = opener(message, context, config).global_shared
     metrics = client_task.evaluate_local(
         config, pid, global_shared, context.state,
         privacy_log=privacy_log(context, record, pid, config), run=run_name(record),

@@ -23,6 +23,9 @@
 - ``secagg-key``, ``secagg-registry``: the site's long-term key (its SuperNode key) and the
   registry of public keys it accepts secure-aggregation peers from; ``secagg.min-contributors``
   and ``secagg.reconstruction-fraction``: the least this site accepts (`fedmirasol.secagg`).
+- ``he-secret-context``: the site file of `fedmirasol he-keys` (the federation's secret CKKS
+  key); ``he.min-contributors``: the fewest clients' updates in a sum this site decrypts
+  (`fedmirasol.he`).
 - ``pretrained.checkpoint``: where this site keeps its copy of the run's pre-trained checkpoint
   (it must be the server's file: its SHA-256 is checked against ``pretrained.sha256``).
 - ``model.<field>``: model settings suited to the site that keep every parameter's shape (for
@@ -41,11 +44,12 @@ from fedmirasol.config.base import dashed
 from fedmirasol.config.privacy import SAFE_NAME, SitePrivacyConfig
 from fedmirasol.errors import ConfigError
 
-NODE_KEYS = ("partition-id", "num-partitions", "state-dir", "secagg-key", "secagg-registry")
+NODE_KEYS = ("partition-id", "num-partitions", "state-dir", "secagg-key", "secagg-registry",
+             "he-secret-context")
 SITE_KEYS = ("data.manifest", "client.device", "client.threads", "client.batch-size",
              "client.eval-batch-size", "client.local-epochs",
              "privacy.max-physical-batch-size", "pretrained.checkpoint",
-             "secagg.min-contributors", "secagg.reconstruction-fraction")
+             "secagg.min-contributors", "secagg.reconstruction-fraction", "he.min-contributors")
 # The site's privacy policy: node key privacy.<field> -> run config key site-privacy.<field>
 POLICY_KEYS = {f"privacy.{dashed(name)}": f"site-privacy.{dashed(name)}"
                for name in SitePrivacyConfig.model_fields}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from fedmirasol.config.base import Section
+from fedmirasol.config.he import HEConfig
 from fedmirasol.config.model import ModelConfig
 from fedmirasol.config.personalization import PersonalizationConfig
 from fedmirasol.config.privacy import PrivacyConfig, SitePrivacyConfig
@@ -40,6 +41,7 @@ class RunConfig(Section):
     # what every virtual client of `fedmirasol simulate` demands (a deployed site: node config)
     site_privacy: SitePrivacyConfig = SitePrivacyConfig()
     secagg: SecAggConfig = SecAggConfig()
+    he: HEConfig = HEConfig()
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
@@ -58,6 +60,8 @@ class RunConfig(Section):
                               "norm is the bound)")
         if self.secagg.enabled:  # raises, naming the keys, when no sum field holds the round
             self.secagg.field_bits(self.secagg_max_weight(), self.data.num_clients)
+        if self.he.enabled:
+            self._check_he()
         if self.task.name == "videoqa":
             self._check_videoqa()
         if self.privacy.enabled and self.privacy.unit == "user" \
@@ -73,6 +77,21 @@ class RunConfig(Section):
         if self.model.mirasol.text_weight <= 0:
             raise ConfigError("task.name = 'videoqa' trains the text decoder: set "
                               "model.text-weight > 0 (e.g. 1.0)")
+
+    def _check_he(self) -> None:
+        """Homomorphic encryption: the server sees no model, so it can neither step on one
+        nor evaluate one."""
+        if self.secagg.enabled:
+            raise ConfigError("config keys 'he.enabled' and 'secagg.enabled' are both true: "
+                              "choose one way of hiding the updates from the server")
+        if self.strategy.name not in SECAGG_STRATEGIES:
+            raise ConfigError(f"config key 'he.enabled' needs strategy.name in "
+                              f"{SECAGG_STRATEGIES} (the clients step on the decrypted mean), "
+                              f"got {self.strategy.name!r}")
+        if self.server.evaluate_every:
+            raise ConfigError("config key 'he.enabled' needs server.evaluate-every = 0: the "
+                              "server holds only the encrypted model, so it cannot evaluate it "
+                              "(the clients still evaluate every round)")
 
     def _check_federation_size(self) -> None:
         """A federation of `data.num-clients` clients must be able to fill every round the

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -15,6 +16,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from fedmirasol.client import handlers as client_handlers
+from fedmirasol.client.he import HEOpener
 from fedmirasol.client.mods import client_mods
 from fedmirasol.client.secure import secure_hooks
 from fedmirasol.runs import run_dir as rundir
@@ -22,6 +24,7 @@ from fedmirasol.runs.report import print_progress
 from fedmirasol.runs.resume import OpenedRun, open_run
 from fedmirasol.config import RunConfig, from_flower_run_config
 from fedmirasol.pretrained.checkpoint import with_digest
+from fedmirasol.server.aggregators.he_step import ServerStepOnClients
 from fedmirasol.server.loop import FederatedRun, Progress
 from fedmirasol.secagg import client as secagg_client
 from fedmirasol.secagg.identity import Identity
@@ -30,13 +33,18 @@ log = logging.getLogger("fedmirasol.server")
 
 
 def build_client_app(identities: Sequence[Identity] | None = None,
-                     node_defaults: Mapping[str, Any] | None = None) -> ClientApp:
+                     node_defaults: Mapping[str, Any] | None = None,
+                     he_secret: str | None = None) -> ClientApp:
     """The ClientApp (`identities`: a simulation's provisioned long-term keys by partition id,
     for secure aggregation; None: each node's own, from its node config; `node_defaults`:
-    node-config keys a simulation gives every virtual client, e.g. its site privacy policy)."""
+    node-config keys a simulation gives every virtual client, e.g. its site privacy policy;
+    `he_secret`: a simulation's site CKKS context file, for homomorphic encryption)."""
     app = ClientApp(mods=client_mods(node_defaults))
-    app.train()(client_handlers.handle_train)
-    app.evaluate()(client_handlers.handle_evaluate)
+    # under homomorphic encryption the server's arrays are its encrypted state: the clients
+    # decrypt it and run the server's step (ServerStepOnClients), and seal their updates
+    opener = HEOpener(ServerStepOnClients(), he_secret)
+    app.train()(functools.partial(client_handlers.handle_train, opener=opener))
+    app.evaluate()(functools.partial(client_handlers.handle_evaluate, opener=opener))
     app.query()(client_handlers.handle_query)
     # the secure-aggregation stages (used when secagg.enabled) mask what handle_train returns
     secagg_client.register(app, secure_hooks(identities))

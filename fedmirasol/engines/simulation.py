@@ -9,7 +9,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from fedmirasol.config import RunConfig
+from fedmirasol.config import RunConfig, with_values
+from fedmirasol.errors import ConfigError
 from fedmirasol.engines.apps import build_client_app, build_server_app
 from fedmirasol.secagg.identity import Identity, provision
 from fedmirasol.runs import run_dir as rundir
@@ -113,8 +114,48 @@ def site_privacy_node_config(config: RunConfig) -> dict[str, Any]:
     return {f"privacy.{key}": value for key, value in config.site_privacy.table().items()}
 
 
+def _he_keys(config: RunConfig, run_dir: Path) -> tuple[RunConfig, str | None]:
+    """Under homomorphic encryption, the config naming the server's context file and the
+    sites' file for every virtual client: the pair in he.public-context's folder (`fedmirasol
+    he-keys --out DIR` writes both), else a pair made in (or, resuming, found in) the run
+    directory: this process plays the key provisioner, as `fedmirasol he-keys` would."""
+    if not config.he.enabled:
+        return config, None
+    from fedmirasol.he.keyfiles import SERVER_FILE, SIMULATION_KEYS_DIR, SITE_FILE, write_key_pair
+    from fedmirasol.he.params import CkksParameters
+
+    if config.he.public_context:
+        site = Path(config.he.public_context).parent / SITE_FILE
+        if not site.is_file():
+            raise ConfigError(f"he.public-context = {config.he.public_context!r}: a simulation "
+                              f"plays the sites too and needs {site} beside it (`fedmirasol "
+                              "he-keys --out DIR` writes both)")
+        return config, str(site)
+    keys = run_dir / SIMULATION_KEYS_DIR
+    if not (keys / SITE_FILE).is_file():
+        write_key_pair(keys, CkksParameters.from_config(config.he))
+    named = with_values(config, {"he.public-context": str(keys / SERVER_FILE)})
+    return named, str(keys / SITE_FILE)
+
+
+def _decrypt_final_model(config: RunConfig, run_dir: Path, secret: str) -> None:
+    """As a site would (`fedmirasol he-decrypt`): the final model, and its test accuracy in
+    report.json (the server, holding no key, evaluated nothing)."""
+    from fedmirasol.engines.he_final import decrypted_final_model, write_final_model
+    from fedmirasol.he.keyfiles import load_site
+    from fedmirasol.runs.report import add_to_report
+    from fedmirasol.server.evaluation import make_evaluate_fn
+
+    site = load_site(secret)
+    write_final_model(run_dir, site)
+    figures = make_evaluate_fn(config)(decrypted_final_model(run_dir, site))
+    add_to_report(run_dir, baseline={"decrypted_final_test_accuracy": figures["test-accuracy"],
+                                     "decrypted_final_test_loss": figures["test-loss"]})
+
+
 def _simulate(config: RunConfig, run_dir: Path, checkpoint: rundir.Checkpoint | None,
               progress: Progress | None, quiet_flower: bool) -> None:
+    config, he_secret = _he_keys(config, run_dir)
     if quiet_flower:
         logging.getLogger("flwr").setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
@@ -126,7 +167,8 @@ def _simulate(config: RunConfig, run_dir: Path, checkpoint: rundir.Checkpoint | 
         _run_simulation(
             server_app=server_app,
             client_app=build_client_app(identities=_identities(config),
-                                        node_defaults=site_privacy_node_config(config)),
+                                        node_defaults=site_privacy_node_config(config),
+                                        he_secret=he_secret),
             num_supernodes=config.data.num_clients, backend_config=backend,
         )
     except RuntimeError as error:
@@ -142,3 +184,5 @@ def _simulate(config: RunConfig, run_dir: Path, checkpoint: rundir.Checkpoint | 
     if not (run_dir / rundir.REPORT_FILE).is_file():
         raise RuntimeError(f"the simulation ended without finishing {run_dir}; see the log "
                            "above; `fedmirasol simulate --resume` continues it")
+    if he_secret is not None:
+        _decrypt_final_model(config, run_dir, he_secret)

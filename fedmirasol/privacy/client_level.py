@@ -51,6 +51,18 @@ def noise_std(clip_norm: float, noise_multiplier: float, num_sampled: int) -> fl
     return compute_stdv(noise_multiplier, clip_norm, num_sampled)
 
 
+def noise_share_std(clip_norm: float, noise_multiplier: float, min_contributors: int) -> float:
+    """Per-coordinate std of one client's share of distributed client-level noise (homomorphic
+    encryption: nobody sees the sum before it is noised). Any `min_contributors` - 1 shares
+    sum to N(0, (z*C)^2), the central mechanism's noise on the sum of the clipped updates, so a
+    sum of at least `min_contributors` updates carries that noise even for a client that knows
+    (and removes) its own share, and the release is accounted as the central one."""
+    if min_contributors < 2:
+        raise ValueError(f"distributed noise needs at least 2 contributors, got "
+                         f"{min_contributors}")
+    return noise_multiplier * clip_norm / math.sqrt(min_contributors - 1)
+
+
 def noise_aggregate(aggregate: Mapping[str, np.ndarray], *, clip_norm: float,
                     noise_multiplier: float, num_sampled: int,
                     noise: SecureNoise | None = None) -> NumpyState:

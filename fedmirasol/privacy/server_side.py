@@ -266,6 +266,21 @@ class ServerPrivacy:
                 total[name] += update[name]
         mean = {name: value / num_sampled for name, value in total.items()}
         # accounted (and on record) before the noised model exists
+        self.account_client_level(server_round, num_sampled, population)
+        noised = noise_aggregate(mean, clip_norm=self.settings.client_clip_norm,
+                                 noise_multiplier=self.settings.client_noise_multiplier,
+                                 num_sampled=num_sampled)
+        return {name: (global_shared[name].astype(np.float64) + noised[name])
+                .astype(global_shared[name].dtype)
+                if name in noised else global_shared[name] for name in global_shared}
+
+    def account_client_level(self, server_round: int, num_sampled: int, population: int
+                             ) -> float:
+        """Compose one client-level release of `num_sampled` clients drawn from `population`
+        (noise multiplier `privacy.client-noise-multiplier` on the sum of the clipped updates)
+        in the accountant and the ledger; the run's cumulative epsilon. Under homomorphic
+        encryption the clients add that noise themselves, in shares (`fedmirasol.he`)."""
+        assert self.client_level is not None
         epsilon = self.client_level.record_round(self.settings.client_noise_multiplier,
                                                  num_sampled, population)
         ledger.append(self.run_dir, [ledger.client_level_record(
@@ -273,9 +288,4 @@ class ServerPrivacy:
             noise_multiplier=self.settings.client_noise_multiplier,
             clip_norm=self.settings.client_clip_norm, num_sampled=num_sampled,
             num_clients=population)])
-        noised = noise_aggregate(mean, clip_norm=self.settings.client_clip_norm,
-                                 noise_multiplier=self.settings.client_noise_multiplier,
-                                 num_sampled=num_sampled)
-        return {name: (global_shared[name].astype(np.float64) + noised[name])
-                .astype(global_shared[name].dtype)
-                if name in noised else global_shared[name] for name in global_shared}
+        return epsilon

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import numpy as np
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 
@@ -40,11 +41,11 @@ from fedmirasol.server.nodes import (
     discover_partitions,
     registered_partitions,
 )
-from fedmirasol.core.parameters import canonical_name, model_state, to_record
+from fedmirasol.core.parameters import model_state, to_record
 from fedmirasol.runs.report import write_report
 from fedmirasol.runs.trackers import RunTrackers, open_trackers
 from fedmirasol.config import RunConfig, to_json
-from fedmirasol.task.model import parameter_split
+from fedmirasol.task.model import parameter_split, trainable_shared
 from fedmirasol.server.aggregators import choose_aggregator
 from fedmirasol.server.evaluation import full_state, make_evaluate_fn
 from fedmirasol.server.federated_evaluation import PERSONAL_EVAL_KEYS
@@ -110,9 +111,7 @@ class FederatedRun:
         self.expected = {k: tuple(v.shape) for k, v in self.global_shared.items()}
         self.evaluate_global = make_evaluate_fn(config)
         self.aggregator = choose_aggregator(config, self.global_shared)
-        self.privacy = ServerPrivacy(config, run_dir, [
-            canonical_name(name) for name, param in model.named_parameters()
-            if param.requires_grad and canonical_name(name) in self.global_shared])
+        self.privacy = ServerPrivacy(config, run_dir, trainable_shared(model, self.global_shared))
         self.filters = reply_filters(config, self.privacy, self.expected)
         self.start_round = 1
         self.discovery_problems: list[str] = []
@@ -224,6 +223,7 @@ class FederatedRun:
             skipped_files=int(sum(row.get("skipped_files", 0) for row in train_rows.values())),
             bytes_down=message_array_bytes(messages),
             bytes_up=bytes_up,
+            **outcome.figures,
         )
 
         # Federated evaluation on the clients' validation splits.
@@ -314,10 +314,16 @@ class FederatedRun:
         return True
 
     def finish(self) -> dict[str, Any]:
-        """Write the final model and report.json; return the report."""
-        rundir.save_final_model(self.run_dir, full_state(self.config, self.global_shared),
-                                model_config(self.config).to_dict())
-        report = write_report(self.run_dir, shared=self.global_shared,
+        """Write the final model (where the server can read it) and report.json; return the
+        report."""
+        final = self.aggregator.final_model(self)
+        if final is not None:
+            rundir.save_final_model(self.run_dir, full_state(self.config, final),
+                                    model_config(self.config).to_dict())
+        # counted from the shapes: under homomorphic encryption the server holds ciphertexts
+        shared = {name: np.broadcast_to(np.float32(0), shape)
+                  for name, shape in self.expected.items()}
+        report = write_report(self.run_dir, shared=shared,
                               discovery_problems=self.discovery_problems,
                               local_parameters=list(self.split.local),
                               stopped_early=self.stopped_early)

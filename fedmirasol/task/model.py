@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Collection
+
 import torch
 from torch import nn
 
@@ -9,7 +11,7 @@ from fedmirasol.config.run import RunConfig
 from fedmirasol.models import build_model
 from fedmirasol.models.config import MirasolConfig
 from fedmirasol.task import leaf
-from fedmirasol.core.parameters import ParameterSplit
+from fedmirasol.core.parameters import ParameterSplit, canonical_name
 from fedmirasol.pretrained.checkpoint import frozen_names, load_pretrained
 
 
@@ -33,3 +35,10 @@ def parameter_split(model: nn.Module, config: RunConfig) -> ParameterSplit:
     `pretrained.freeze`/`trainable` leave parameters neither shared nor local."""
     return ParameterSplit.from_model(model, config.local_selectors(),
                                      frozen_names(config.pretrained, model))
+
+
+def trainable_shared(model: nn.Module, shared: Collection[str]) -> list[str]:
+    """The `shared` names of `model`'s trainable parameters (what client-level DP clips and
+    noises; buffers keep their global value)."""
+    return [canonical_name(name) for name, param in model.named_parameters()
+            if param.requires_grad and canonical_name(name) in shared]

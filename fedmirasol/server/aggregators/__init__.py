@@ -14,6 +14,7 @@ from fedmirasol.config.run import RunConfig
 from fedmirasol.secagg.server import build_aggregator as build_secagg_protocol
 from fedmirasol.server.aggregators.base import Aggregator, TrainOutcome
 from fedmirasol.server.aggregators.client_level_dp import ClientLevelDPMean
+from fedmirasol.server.aggregators.he import HEMean
 from fedmirasol.server.aggregators.mean import StrategyMean
 from fedmirasol.server.aggregators.secure import SecureMean
 
@@ -21,12 +22,19 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     StrategyMean.name: StrategyMean,
     ClientLevelDPMean.name: ClientLevelDPMean,
     SecureMean.name: SecureMean,
+    HEMean.name: HEMean,
 }
 
 
 def choose_aggregator(config: RunConfig, global_shared: Mapping[str, np.ndarray]) -> Aggregator:
     """The run's aggregator: the strategy's mean, or client-level DP's noised mean under
-    `privacy.client-level`; either of them over a secure sum under `secagg.enabled`."""
+    `privacy.client-level`; either of them over a secure sum under `secagg.enabled`; the sum
+    of encrypted updates under `he.enabled` (the server holds the `he.public-context`)."""
+    if config.he.enabled:
+        from fedmirasol.he.keyfiles import load_server  # SEAL: only under HE
+
+        context = load_server(config.he.public_context)
+        return AGGREGATORS[HEMean.name](context, config)  # type: ignore[call-arg]
     mean = AGGREGATORS[ClientLevelDPMean.name if config.privacy.client_level
                        else StrategyMean.name]()
     if config.secagg.enabled:

@@ -4,8 +4,8 @@ its federated evaluation, from messages to the round's figures."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar, Mapping, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -55,6 +55,7 @@ class TrainOutcome:
     kept_reason: str | None  # why the previous model was kept, if it was
     # the accepted clients' mean train loss when the replies do not show it (a secure sum)
     train_loss: float | None = None
+    figures: dict[str, Any] = field(default_factory=dict)  # more for the round's record
 
 
 class Aggregator(ABC):
@@ -85,3 +86,8 @@ class Aggregator(ABC):
         run.privacy.record_evaluations(server_round, accepted)
         return in_clear(accepted, rejected + missing(messages, replies, run.partitions,
                                                      run.timeout))
+
+    def final_model(self, run: Run) -> NumpyState | None:
+        """The final global shared parameters in the clear, or None where the server cannot
+        read them (homomorphic encryption: the last checkpoint keeps the encrypted state)."""
+        return run.global_shared

@@ -27,8 +27,15 @@ def strategy_step(strategy: Strategy, server_round: int, accepted: list[Message]
     if not accepted:
         return global_shared, "no accepted updates"
     _to_weights(accepted, global_shared)
+    return aggregate_weights(strategy, server_round, accepted, global_shared)
+
+
+def aggregate_weights(strategy: Strategy, server_round: int, replies: list[Message],
+                      global_shared: NumpyState) -> tuple[NumpyState, str | None]:
+    """The strategy's aggregate of replies that carry models (not updates), checked; in the
+    dtypes of `global_shared`."""
     try:
-        arrays, _ = strategy.aggregate_train(server_round, accepted)
+        arrays, _ = strategy.aggregate_train(server_round, replies)
     except Exception as error:  # a strategy that cannot aggregate must not end the run
         return global_shared, f"aggregation failed: {type(error).__name__}: {error}"
     if arrays is None:
