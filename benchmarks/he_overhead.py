@@ -45,14 +45,10 @@ import tempfile
 import time
 from pathlib import Path
 
-CLIENTS = 5
+from secagg_overhead import CLIENTS, _secure_app, linear_sgd, rss_mib
+
 FEATURES = 1000
 MODES = ("plain", "secagg", "he")
-
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 def _config(mode: str, keys: Path | None, he: dict[str, object]):  # noqa: ANN202
@@ -78,6 +74,7 @@ class _Run:
         from fedmirasol.server.filters import reply_filters
         from fedmirasol.server.strategy import build_strategy
 
+        self.config = config
         self.grid = self.ordered = grid
         self.timeout = 3600.0
         self.partitions = {10 + i: i for i in range(CLIENTS)}
@@ -100,7 +97,6 @@ def one_round(size: int, mode: str, steps: int, batch: int, he: dict[str, object
     import numpy as np
     import torch
     from flwr.app import ConfigRecord, Message
-    from flwr.clientapp import ClientApp
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedmirasol.client.handlers import plain_global
@@ -110,8 +106,6 @@ def one_round(size: int, mode: str, steps: int, batch: int, he: dict[str, object
     from fedmirasol.core.metrics import message_array_bytes
     from fedmirasol.core.parameters import to_record
     from fedmirasol.core.wire import CONFIG_KEY
-    from fedmirasol.secagg import client as secagg_client
-    from fedmirasol.secagg.identity import provision
     from fedmirasol.server.aggregators import choose_aggregator
     from fedmirasol.server.aggregators.he_step import ServerStepOnClients
     from fedmirasol.testing.local_grid import LocalGrid
@@ -137,27 +131,11 @@ def one_round(size: int, mode: str, steps: int, batch: int, he: dict[str, object
         pid = int(context.node_config["partition-id"])
         opened = opener(message, context, config)
         start = opened.global_shared["w"]
-        weight = torch.nn.Parameter(torch.from_numpy(start.copy()))
-        optimizer = torch.optim.SGD([weight], lr=1e-3)
-        generator = torch.Generator().manual_seed(pid)
-        for _ in range(steps):
-            x = torch.randn(batch, FEATURES, generator=generator)
-            y = torch.randn(batch, shape[0], generator=generator)
-            optimizer.zero_grad()
-            loss = torch.nn.functional.mse_loss(x @ weight.T, y)
-            loss.backward()
-            optimizer.step()
-        update = {"w": weight.detach().numpy() - start}
-        return release_train(message, config, pid, batch * steps, update,
-                             {"train-loss": float(loss)}, seal=opened.seal)
+        update, loss = linear_sgd(start, pid, steps, batch)
+        return release_train(message, config, pid, batch * steps, {"w": update},
+                             {"train-loss": loss}, seal=opened.seal)
 
-    app = ClientApp()
-    app.train()(train)
-    identities = provision(CLIENTS)
-    secagg_client.register(app, secagg_client.ClientHooks(
-        train=train, run_seed=lambda message: 0, settings=lambda m, c: config.secagg,
-        identity=lambda m, c: identities[int(c.node_config["partition-id"])],
-        nothing_to_contribute=lambda m, c: None))
+    app = _secure_app(train, train, config.secagg, CLIENTS)
     grid = LocalGrid(app, {10 + i: {"partition-id": i, "num-partitions": CLIENTS}
                            for i in range(CLIENTS)})
     run = _Run(grid, config, global_shared, work)

@@ -64,6 +64,24 @@ def _secure_app(train, evaluate, settings, count: int):  # noqa: ANN001, ANN202
     return app
 
 
+def linear_sgd(start, seed: int, steps: int, batch: int):  # noqa: ANN001, ANN201
+    """A client's local work: `steps` SGD steps of the linear model `start` (outputs x inputs)
+    on random batches seeded by `seed` (torch, 1 thread); the update and the last loss."""
+    import torch
+
+    weight = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    optimizer = torch.optim.SGD([weight], lr=1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(batch, start.shape[1], generator=generator)
+        y = torch.randn(batch, start.shape[0], generator=generator)
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(x @ weight.T, y)
+        loss.backward()
+        optimizer.step()
+    return weight.detach().numpy() - start, float(loss.detach())
+
+
 def one_round(size: int, mode: str, steps: int, batch: int) -> dict[str, float]:
     """One round of `overhead` in this process (called in a fresh subprocess)."""
     import numpy as np
@@ -88,16 +106,7 @@ def one_round(size: int, mode: str, steps: int, batch: int) -> dict[str, float]:
     def train(message: Message, context) -> Message:  # noqa: ANN001
         pid = int(context.node_config["partition-id"])
         start = from_record(message.content.array_records["arrays"])["w"]
-        weight = torch.nn.Parameter(torch.from_numpy(start.copy()))
-        optimizer = torch.optim.SGD([weight], lr=1e-3)
-        generator = torch.Generator().manual_seed(pid)
-        for _ in range(steps):
-            x = torch.randn(batch, features, generator=generator)
-            y = torch.randn(batch, start.shape[0], generator=generator)
-            optimizer.zero_grad()
-            torch.nn.functional.mse_loss(x @ weight.T, y).backward()
-            optimizer.step()
-        delta = weight.detach().numpy() - start
+        delta, _ = linear_sgd(start, pid, steps, batch)
         return Message(RecordDict({"arrays": to_record({"w": delta}), "metrics": MetricRecord(
             {"num-examples": batch * steps, "partition-id": pid})}), reply_to=message)
 
