@@ -139,7 +139,8 @@ def test_client_level_dp_under_he_is_accounted(tmp_path: Path, keys) -> None:
     run(config(1, keys, **{"privacy.client-level": True, "he.min-contributors": 2}),
         tmp_path / "run", keys[0])
     record = metrics(tmp_path / "run")[-1]
-    assert record["participants"] == [0, 1, 2] and record["aggregate_kept_previous"] is None
+    # under client-level DP the run directory keeps only aggregates: participants are counted
+    assert record["participants"] == 3 and record["aggregate_kept_previous"] is None
     [release] = [json.loads(line) for line in
                  privacy_ledger.ledger_path(tmp_path / "run").read_text().splitlines()]
     assert release["kind"] == "client-level" and release["round"] == 1

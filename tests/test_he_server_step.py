@@ -128,6 +128,6 @@ def test_client_level_dp_noise_is_shared_among_the_clients(monkeypatch) -> None:
     np.testing.assert_array_equal(new["buffer"], model["buffer"])
     noise = new["w"] - sum(u["w"] for u in updates) / sampled
     expected = np.sqrt(4 / 2) * 2.0 * 0.5 / sampled  # sqrt(K / (min - 1)) z C / m
-    assert abs(noise.mean()) < 0.01 * expected
+    assert abs(noise.mean()) < 0.02 * expected  # 5 standard errors of the mean of 60000
     assert noise.std() == pytest.approx(expected, rel=0.02)
     assert noise.std() > 2.0 * 0.5 / sampled  # above the central mechanism's

@@ -17,6 +17,7 @@ from fedmirasol.he.wire import is_encrypted
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.server.aggregators.he_step import ServerStepOnClients
 from fedmirasol.server.evaluation import full_state
+from fedmirasol.task.model import model_config
 
 
 def decrypted_final_model(run_dir: str | Path, site: SiteContext) -> NumpyState:
@@ -37,4 +38,4 @@ def write_final_model(run_dir: str | Path, site: SiteContext) -> Path:
     config = rundir.read_config(run_dir)
     model = decrypted_final_model(run_dir, site)
     return rundir.save_final_model(Path(run_dir), full_state(config, model),
-                                   config.model.mirasol.to_dict())
+                                   model_config(config).to_dict())

@@ -13,7 +13,6 @@ them start from the same model. Under client-level DP the clients add the noise,
 from __future__ import annotations
 
 import functools
-import secrets
 from typing import Mapping
 
 import numpy as np
@@ -25,6 +24,7 @@ from fedmirasol.config.run import RunConfig
 from fedmirasol.core.parameters import NumpyState, apply_delta, to_record
 from fedmirasol.he.packing import Layout, segment
 from fedmirasol.privacy.client_level import noise_share_std
+from fedmirasol.privacy.secure_noise import SecureNoise
 from fedmirasol.runs.run_dir import StrategyState
 from fedmirasol.server.aggregators.mean import aggregate_weights
 from fedmirasol.server.strategy import build_strategy, restore_strategy_state, strategy_state
@@ -41,8 +41,8 @@ def _trainable(config: RunConfig, shared: tuple[str, ...]) -> frozenset[str]:
 
 
 def _gaussian(shape: tuple[int, ...], std: float) -> np.ndarray:
-    """float64 N(0, std^2) from a generator keyed by the operating system's entropy."""
-    return np.random.default_rng(secrets.randbits(128)).normal(0.0, std, shape)
+    """float64 N(0, std^2) from the CSPRNG DP noise comes from (`SecureNoise`)."""
+    return SecureNoise().normal_array(shape, std)
 
 
 def _configured(strategy: Strategy, model: NumpyState) -> None:
