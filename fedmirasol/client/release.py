@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from fedmirasol.config.run import RunConfig
 from fedmirasol.core.parameters import NumpyState, to_record
@@ -65,6 +65,11 @@ RELEASE_POLICIES: dict[str, ReleasePolicy] = {
 }
 
 
+# How an update leaves in another form than float32 deltas (compressed:
+# `fedmirasol.client.compression`): (update, example count) -> the reply's arrays.
+Seal = Callable[[NumpyState, int], ArrayRecord]
+
+
 def release_policy(config: RunConfig) -> ReleasePolicy:
     if config.privacy.enabled:
         return RELEASE_POLICIES["dp-sgd"]
@@ -74,15 +79,16 @@ def release_policy(config: RunConfig) -> ReleasePolicy:
 
 
 def release_train(message: Message, config: RunConfig, partition_id: int, num_examples: int,
-                  update: NumpyState | None, metrics: Mapping[str, Any]) -> Message:
+                  update: NumpyState | None, metrics: Mapping[str, Any],
+                  seal: Seal | None = None) -> Message:
     """The train reply: ``metrics`` (``num-examples``, ``partition-id`` and the task's figures
-    the policy allows) and ``arrays`` (the update; absent when there is none, e.g. a client
-    whose DP budget is exhausted)."""
+    the policy allows) and ``arrays`` (the update, or with `seal` what it encodes it to;
+    absent when there is none, e.g. a client whose DP budget is exhausted)."""
     released = {"num-examples": num_examples, "partition-id": partition_id,
                 **release_policy(config).metrics(metrics)}
     content = RecordDict({"metrics": MetricRecord(released)})
     if update is not None:
-        content["arrays"] = to_record(update)
+        content["arrays"] = to_record(update) if seal is None else seal(update, num_examples)
     return Message(content=content, reply_to=message)
 
 

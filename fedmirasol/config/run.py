@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from fedmirasol.config.base import Section
+from fedmirasol.config.compression import CompressionConfig
 from fedmirasol.config.model import ModelConfig
 from fedmirasol.config.personalization import PersonalizationConfig
 from fedmirasol.config.privacy import PrivacyConfig, SitePrivacyConfig
@@ -40,6 +41,7 @@ class RunConfig(Section):
     # what every virtual client of `fedmirasol simulate` demands (a deployed site: node config)
     site_privacy: SitePrivacyConfig = SitePrivacyConfig()
     secagg: SecAggConfig = SecAggConfig()
+    compression: CompressionConfig = CompressionConfig()
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
@@ -58,6 +60,7 @@ class RunConfig(Section):
                               "norm is the bound)")
         if self.secagg.enabled:  # raises, naming the keys, when no sum field holds the round
             self.secagg.field_bits(self.secagg_max_weight(), self.data.num_clients)
+        self._check_compression()
         if self.task.name == "videoqa":
             self._check_videoqa()
         if self.privacy.enabled and self.privacy.unit == "user" \
@@ -67,6 +70,23 @@ class RunConfig(Section):
                               "contributes)")
         self._check_federation_size()
         return self
+
+    def _check_compression(self) -> None:
+        """Under secure aggregation the server sums masked vectors: what a client masks is
+        its update quantized to `secagg.bits` (stochastic rounding, unbiased), so fewer bits
+        is the compression there; a sparse or low-rank update cannot be masked and summed
+        (clients would keep different positions), and the downlink replica is not kept."""
+        compression = self.compression
+        if self.secagg.enabled and compression.codec != "none":
+            raise ConfigError(
+                f"compression.codec = {compression.codec!r} cannot be combined with "
+                "secagg.enabled: the masked sum needs every client's dense vector on the same "
+                "positions (sparsification would reveal which positions each client sends, "
+                "and masks do not survive it); under secure aggregation lower secagg.bits "
+                "instead (the update is quantized to it before masking)")
+        if self.secagg.enabled and compression.downlink != "none":
+            raise ConfigError("compression.downlink cannot be combined with secagg.enabled "
+                              "(the secure-aggregation stages send the model whole)")
 
     def _check_videoqa(self) -> None:
         """The answers are generated text: the model must train its text decoder."""

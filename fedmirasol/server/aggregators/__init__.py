@@ -14,6 +14,7 @@ from fedmirasol.config.run import RunConfig
 from fedmirasol.secagg.server import build_aggregator as build_secagg_protocol
 from fedmirasol.server.aggregators.base import Aggregator, TrainOutcome
 from fedmirasol.server.aggregators.client_level_dp import ClientLevelDPMean
+from fedmirasol.server.aggregators.compressed import CompressedMean
 from fedmirasol.server.aggregators.mean import StrategyMean
 from fedmirasol.server.aggregators.secure import SecureMean
 
@@ -21,17 +22,22 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     StrategyMean.name: StrategyMean,
     ClientLevelDPMean.name: ClientLevelDPMean,
     SecureMean.name: SecureMean,
+    CompressedMean.name: CompressedMean,
 }
 
 
 def choose_aggregator(config: RunConfig, global_shared: Mapping[str, np.ndarray]) -> Aggregator:
     """The run's aggregator: the strategy's mean, or client-level DP's noised mean under
-    `privacy.client-level`; either of them over a secure sum under `secagg.enabled`."""
+    `privacy.client-level`; either of them over a secure sum under `secagg.enabled`, or over
+    decoded updates under `compression.*`."""
     mean = AGGREGATORS[ClientLevelDPMean.name if config.privacy.client_level
                        else StrategyMean.name]()
     if config.secagg.enabled:
         protocol = build_secagg_protocol(config, global_shared)
         return AGGREGATORS[SecureMean.name](protocol, mean)  # type: ignore[call-arg]
+    if config.compression.enabled:
+        return AGGREGATORS[CompressedMean.name](  # type: ignore[call-arg]
+            mean, config.compression, config.seed)
     return mean
 
 
