@@ -11,6 +11,7 @@ a payload that does not fit (`MalformedPayload`), naming what is wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -31,13 +32,15 @@ class MalformedPayload(ValueError):
 
 
 class Codec(ABC):
-    """One compression algorithm; `settings` are the run config's values it depends on."""
+    """One compression algorithm: a frozen dataclass whose fields are the run config's values
+    it depends on (`settings`)."""
 
     name: ClassVar[str]
 
-    @abstractmethod
     def settings(self) -> dict[str, Any]:
         """What sender and receiver must agree on (goes into the header)."""
+        return {field.name.replace("_", "-"): getattr(self, field.name)
+                for field in dataclasses.fields(self)}  # type: ignore[arg-type]
 
     @abstractmethod
     def encode(self, values: np.ndarray, layout: Layout, rng: np.random.Generator,

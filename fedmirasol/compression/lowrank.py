@@ -11,7 +11,8 @@ for each tensor in layout order either its values, or its P then its Q.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Mapping, MutableMapping
 
 import numpy as np
 
@@ -29,14 +30,10 @@ def matrix_shape(shape: tuple[int, ...], rank: int) -> tuple[int, int] | None:
     return (rows, columns) if rank * (rows + columns) < rows * columns else None
 
 
+@dataclass(frozen=True)
 class LowRank(Codec):
+    rank: int
     name = "low-rank"
-
-    def __init__(self, rank: int) -> None:
-        self.rank = int(rank)
-
-    def settings(self) -> dict[str, Any]:
-        return {"rank": self.rank}
 
     def _plan(self, layout: Layout) -> list[tuple[str, int, tuple[int, int] | None]]:
         """(name, values in the flat vector, matrix shape or None) per tensor."""

@@ -11,7 +11,8 @@ expectation is ``x`` (QSGD, Alistarh et al. 2017; here with min-max buckets). Th
 
 from __future__ import annotations
 
-from typing import Any, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Mapping, MutableMapping
 
 import numpy as np
 
@@ -52,17 +53,20 @@ def packed_size(count: int, bits: int) -> int:
     return -(-count // (8 // bits))
 
 
+@dataclass(frozen=True)
 class Quantize(Codec):
+    bits: int
+    bucket_size: int
     name = "quantize"
 
-    def __init__(self, bits: int, bucket_size: int) -> None:
-        if bits not in BITS:
-            raise ValueError(f"quantization bits must be one of {BITS}, got {bits}")
-        self.bits, self.bucket_size = int(bits), int(bucket_size)
-        self.top = (1 << self.bits) - 1  # the highest code
+    def __post_init__(self) -> None:
+        if self.bits not in BITS:
+            raise ValueError(f"quantization bits must be one of {BITS}, got {self.bits}")
 
-    def settings(self) -> dict[str, Any]:
-        return {"bits": self.bits, "bucket-size": self.bucket_size}
+    @property
+    def top(self) -> int:
+        """The highest code."""
+        return (1 << self.bits) - 1
 
     def encode(self, values: np.ndarray, layout: Layout, rng: np.random.Generator,
                memory: MutableMapping[str, np.ndarray]) -> Payload:

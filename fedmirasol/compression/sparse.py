@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Mapping, MutableMapping
 
 import numpy as np
 
@@ -49,14 +50,10 @@ class Sparse(Codec):
         return {**payload, "values": (payload["values"] * np.float32(factor)).astype(np.float32)}
 
 
+@dataclass(frozen=True)
 class TopK(Sparse):
+    fraction: float
     name = "top-k"
-
-    def __init__(self, fraction: float) -> None:
-        self.fraction = float(fraction)
-
-    def settings(self) -> dict[str, Any]:
-        return {"fraction": self.fraction}
 
     def encode(self, values: np.ndarray, layout: Layout, rng: np.random.Generator,
                memory: MutableMapping[str, np.ndarray]) -> Payload:
@@ -94,14 +91,11 @@ class TopK(Sparse):
                                        f"below {count}")
         return scatter(payload, positions, count, k)
 
+@dataclass(frozen=True)
 class RandomK(Sparse):
+    fraction: float
+    unbiased: bool  # values scaled by size / k (without error feedback)
     name = "random-k"
-
-    def __init__(self, fraction: float, unbiased: bool) -> None:
-        self.fraction, self.unbiased = float(fraction), bool(unbiased)
-
-    def settings(self) -> dict[str, Any]:
-        return {"fraction": self.fraction, "unbiased": self.unbiased}
 
     def encode(self, values: np.ndarray, layout: Layout, rng: np.random.Generator,
                memory: MutableMapping[str, np.ndarray]) -> Payload:
