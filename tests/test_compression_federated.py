@@ -149,6 +149,24 @@ def test_a_malformed_payload_is_rejected_by_name_and_the_round_goes_on(tmp_path:
     assert "NaN" in record["rejected"][0]["reason"]
 
 
+@pytest.mark.parametrize("settings", [
+    {"strategy.name": "fedprox", "strategy.proximal-mu": 0.1, "compression.codec": "low-rank"},
+    {"strategy.name": "fedadam", "compression.codec": "random-k", "compression.fraction": 0.1},
+], ids=["fedprox-low-rank", "fedadam-random-k"])
+def test_fedprox_and_server_optimizers_step_from_the_decoded_updates(tmp_path: Path,
+                                                                     settings: dict) -> None:
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    run_dir = run(tmp_path, settings | {"num-rounds": 1})
+    record = rundir.read_metrics(run_dir)[-1]
+    assert record["participants"] == [0, 1] and not record["rejected"]
+    assert record["aggregate_kept_previous"] is None
+    config = rundir.read_config(run_dir)
+    model = init_model(config)
+    initial = model_state(model, parameter_split(model, config).shared)
+    moved = rundir.read_checkpoint(run_dir / "checkpoints" / "round-0001.json").global_shared
+    assert any(not np.array_equal(initial[name], moved[name]) for name in initial)
+
+
 def test_under_dp_sgd_compression_leaves_the_privacy_ledger_unchanged(tmp_path: Path) -> None:
     """Compression runs after DP-SGD on what it released (post-processing): the same epsilon,
     steps and sampling in the ledger, round by round, with and without it."""
