@@ -70,6 +70,7 @@ class _Run:
     """What an aggregator uses of the run it serves (the round loop's FederatedRun)."""
 
     def __init__(self, grid, config, global_shared, run_dir: Path) -> None:  # noqa: ANN001
+        from fedmirasol.core.metrics import Traffic
         from fedmirasol.privacy.server_side import ServerPrivacy
         from fedmirasol.server.filters import reply_filters
         from fedmirasol.server.strategy import build_strategy
@@ -83,6 +84,7 @@ class _Run:
         self.privacy = ServerPrivacy(config, run_dir, list(global_shared))
         self.filters = reply_filters(config, self.privacy,
                                      {k: v.shape for k, v in global_shared.items()})
+        self.traffic = Traffic()  # bytes on the wire, as the round loop counts them
 
     def watch(self, *args) -> None:  # noqa: ANN002
         return None
@@ -103,7 +105,6 @@ def one_round(size: int, mode: str, steps: int, batch: int, he: dict[str, object
     from fedmirasol.client.he import HEOpener
     from fedmirasol.client.release import release_train
     from fedmirasol.config import to_json
-    from fedmirasol.core.metrics import message_array_bytes
     from fedmirasol.core.parameters import to_record
     from fedmirasol.core.wire import CONFIG_KEY
     from fedmirasol.server.aggregators import choose_aggregator
@@ -152,7 +153,8 @@ def one_round(size: int, mode: str, steps: int, batch: int, he: dict[str, object
                                                                    outcome.kept_reason)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds": seconds, "cpu_seconds": cpu, "peak_mib": peak, "round_mib": peak - before,
-            "bytes_down": message_array_bytes(messages), "bytes_up": outcome.bytes_up,
+            "bytes_down": sum(run.traffic.down.values()),
+            "bytes_up": sum(run.traffic.up.values()),
             **{k: v for k, v in outcome.figures.items()}}
 
 

@@ -21,6 +21,7 @@ from fedmirasol.runs.resume import open_run
 from fedmirasol.server.aggregators import AGGREGATORS, choose_aggregator
 from fedmirasol.server.aggregators.client_level_dp import ClientLevelDPMean
 from fedmirasol.server.aggregators.he import HEMean
+from fedmirasol.server.aggregators.compressed import CompressedMean
 from fedmirasol.server.aggregators.mean import StrategyMean
 from fedmirasol.server.aggregators.secure import SecureMean
 from fedmirasol.server.filters import Screening, masked_check, reply_filters, screen
@@ -34,7 +35,8 @@ SHARED = {"w": np.zeros((2, 3), np.float32)}
 
 def test_registry_names_each_aggregator_by_its_name() -> None:
     assert AGGREGATORS == {"strategy": StrategyMean, "client-level-dp": ClientLevelDPMean,
-                           "secagg": SecureMean, "he": HEMean}
+                           "secagg": SecureMean, "he": HEMean,
+                           "compressed": CompressedMean}
 
 
 @pytest.mark.parametrize("values, outer, inner", [
@@ -42,13 +44,16 @@ def test_registry_names_each_aggregator_by_its_name() -> None:
     ({"privacy.client-level": True}, ClientLevelDPMean, None),
     ({"secagg.enabled": True}, SecureMean, StrategyMean),
     ({"secagg.enabled": True, "privacy.client-level": True}, SecureMean, ClientLevelDPMean),
+    ({"compression.codec": "top-k"}, CompressedMean, StrategyMean),
+    ({"compression.downlink": "quantize", "privacy.client-level": True}, CompressedMean,
+     ClientLevelDPMean),
 ])
 def test_one_aggregator_is_chosen_per_run(values, outer, inner) -> None:
     config = with_values(load_config(None, ["data.num-clients=3"]), values)
     aggregator = choose_aggregator(config, SHARED)
     assert type(aggregator) is outer
     if inner is not None:
-        assert type(aggregator.mean) is inner  # how the secure sum moves the model
+        assert type(aggregator.mean) is inner  # how the (secure or decoded) sum moves it
 
 
 def _reply(metrics: dict, arrays: bool = False) -> Message:

@@ -2,13 +2,16 @@
 
 Wire protocol (keys of the RecordDict):
 
-- server -> client: ``arrays`` (the global shared parameters), ``config`` (``server-round``,
+- server -> client: ``arrays`` (the global shared parameters; under ``compression.downlink``
+  a change of the client's replica of them, with a ``downlink`` record: see
+  `fedmirasol.compression.downlink`), ``config`` (``server-round``,
   ``fedmirasol-config`` = the run config as JSON, ``proximal-mu`` under FedProx,
   ``client-state-dir`` where a simulation mirrors client state for resuming, ``run-name``
   the run directory's name). A deployed node's own ``state-dir`` (node config) takes
   precedence over ``client-state-dir``; its other site settings override the run config on
   that node (`fedmirasol.client.site`).
-- client -> server after training: ``arrays`` (the update: shared-parameter deltas, float32)
+- client -> server after training: ``arrays`` (the update: shared-parameter deltas, float32;
+  under ``compression.codec`` the codec's packed payload, `fedmirasol.compression.codec`)
   and ``metrics`` (``num-examples``, ``partition-id``, train losses; under DP only the
   ``dp-*`` figures of `fedmirasol.privacy.client_round`: bookkeeping and noised sums). A
   client whose DP budget is exhausted replies with ``metrics`` only (``dp-budget-exhausted``
@@ -35,12 +38,13 @@ from flwr.app import ConfigRecord, Context, Message
 
 from fedmirasol.client import state as client_state
 from fedmirasol.client import task as client_task
+from fedmirasol.client.compression import open_global, update_seal
 from fedmirasol.client.release import (
     Seal, release_evaluate, release_partition, release_train,
 )
 from fedmirasol.client.site import apply_site, site_root, state_dir
 from fedmirasol.config import RunConfig, from_json
-from fedmirasol.core.parameters import NumpyState, from_record
+from fedmirasol.core.parameters import NumpyState
 from fedmirasol.core.wire import CONFIG_KEY, RUN_NAME_KEY, STATE_DIR_KEY
 from fedmirasol.privacy.site_policy import check_request
 
@@ -134,8 +138,9 @@ Opener = Callable[[Message, Context, RunConfig], Opened]
 
 
 def plain_global(message: Message, context: Context, config: RunConfig) -> Opened:
-    """The global model the message carries in the clear."""
-    return Opened(from_record(message.content.array_records["arrays"]))
+    """The global model the message carries in the clear (through the client's replica under
+    ``compression.downlink``); the update leaves as the run's codec encodes it."""
+    return Opened(open_global(message, context, config))
 
 
 def handle_train(message: Message, context: Context, opener: Opener = plain_global) -> Message:
@@ -149,11 +154,15 @@ def handle_train(message: Message, context: Context, opener: Opener = plain_glob
                                proximal_mu=float(record.get("proximal-mu", 0.0)),
                                privacy_log=privacy_log(context, record, pid, config),
                                run=run_name(record))
+    reply = release_train(message, config, pid, result.num_examples, result.update,
+                          result.metrics,
+                          seal=opened.seal or update_seal(config, context.state, pid,
+                                                          server_round))
     directory = _state_dir(context, record)
-    if directory:
-        client_state.mirror_to_disk(context.state, directory, pid, server_round)
-    return release_train(message, config, pid, result.num_examples, result.update,
-                         result.metrics, seal=opened.seal)
+    if directory:  # after the release: a compressed update's residual is in the state now
+        client_state.mirror_to_disk(context.state, directory, pid, server_round,
+                                    keep_from=server_round - config.output.checkpoint_every)
+    return reply
 
 
 def handle_evaluate(message: Message, context: Context, opener: Opener = plain_global

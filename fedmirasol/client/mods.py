@@ -51,7 +51,8 @@ def inject_faults(message: Message, context: Context, call_next: ClientAppCallab
     reply = call_next(message, context)
     if pid in faults.clients("nan") and "arrays" in reply.content.array_records:
         update = from_record(reply.content.array_records["arrays"])
-        first = next(iter(update))
+        # the first float array (a compressed update's scales or values)
+        first = next(name for name, values in update.items() if values.dtype.kind == "f")
         update[first] = np.full_like(update[first], math.nan)
         reply.content["arrays"] = to_record(update)
     return reply

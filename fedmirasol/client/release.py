@@ -65,8 +65,9 @@ RELEASE_POLICIES: dict[str, ReleasePolicy] = {
 }
 
 
-# How an update leaves encrypted (homomorphic encryption, `fedmirasol.client.he`): (update,
-# example count) -> the ciphertexts' arrays.
+# How an update leaves in another form than float32 deltas: encrypted (homomorphic encryption,
+# `fedmirasol.client.he`) or compressed (`fedmirasol.client.compression`): (update, example
+# count) -> the reply's arrays.
 Seal = Callable[[NumpyState, int], ArrayRecord]
 
 
@@ -82,8 +83,8 @@ def release_train(message: Message, config: RunConfig, partition_id: int, num_ex
                   update: NumpyState | None, metrics: Mapping[str, Any],
                   seal: Seal | None = None) -> Message:
     """The train reply: ``metrics`` (``num-examples``, ``partition-id`` and the task's figures
-    the policy allows) and ``arrays`` (the update, or with `seal` its ciphertexts; absent
-    when there is none, e.g. a client whose DP budget is exhausted)."""
+    the policy allows) and ``arrays`` (the update, or with `seal` what it encrypts or encodes
+    it to; absent when there is none, e.g. a client whose DP budget is exhausted)."""
     released = {"num-examples": num_examples, "partition-id": partition_id,
                 **release_policy(config).metrics(metrics)}
     content = RecordDict({"metrics": MetricRecord(released)})

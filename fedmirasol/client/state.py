@@ -15,10 +15,13 @@ import numpy as np
 from flwr.app import RecordDict
 from safetensors.numpy import load_file, save_file
 
+from fedmirasol.compression.downlink import REPLICA_KEY
 from fedmirasol.core.parameters import NumpyState, from_record, to_record
 from fedmirasol.errors import ConfigError
 
 LOCAL_PARAMS_KEY = "local-params"
+# Records not mirrored: the downlink replica (the server sends it whole to a client that lost it)
+NOT_MIRRORED = (REPLICA_KEY,)
 
 
 def load_local_params(state: RecordDict) -> NumpyState | None:
@@ -42,15 +45,21 @@ def _state_file(directory: str | Path, partition_id: int, server_round: int) -> 
 
 
 def mirror_to_disk(state: RecordDict, directory: str | Path, partition_id: int,
-                   server_round: int) -> None:
-    """Write the client's array records, as of the end of `server_round`, to `directory`."""
-    if not state.array_records:
+                   server_round: int, keep_from: int | None = None) -> None:
+    """Write the client's array records, as of the end of `server_round`, to `directory`.
+
+    `keep_from`: the oldest round a resume can go back to (the server's latest checkpoint is
+    never older): this client's mirrors that no resume can read any more (older than its
+    newest mirror from a round <= `keep_from`) are removed."""
+    records = {key: record for key, record in state.array_records.items()
+               if key not in NOT_MIRRORED}
+    if not records:
         return
     path = _state_file(directory, partition_id, server_round)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, np.ndarray] = {}
     layout: list[list[str]] = []  # [record key, array name, tensor key]
-    for key, record in state.array_records.items():
+    for key, record in records.items():
         for name, value in from_record(record).items():
             tensor = f"t{len(layout)}"
             tensors[tensor] = np.ascontiguousarray(value)
@@ -58,6 +67,22 @@ def mirror_to_disk(state: RecordDict, directory: str | Path, partition_id: int,
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={"layout": json.dumps(layout)})
     tmp.replace(path)
+    if keep_from is not None:
+        _prune(directory, partition_id, keep_from)
+
+
+def _mirrors(directory: str | Path, partition_id: int) -> list[tuple[int, Path]]:
+    """This client's mirror files by round, oldest first."""
+    return sorted((int(path.stem.rsplit("-", 1)[1]), path) for path in
+                  Path(directory).glob(f"client-{partition_id:05d}-round-*.safetensors"))
+
+
+def _prune(directory: str | Path, partition_id: int, keep_from: int) -> None:
+    mirrors = _mirrors(directory, partition_id)
+    needed = [r for r, _ in mirrors if r <= keep_from]
+    for server_round, path in mirrors:
+        if needed and server_round < needed[-1]:
+            path.unlink(missing_ok=True)
 
 
 def read_mirror(path: Path) -> dict[str, NumpyState]:
@@ -85,10 +110,7 @@ def restore_from_disk(state: RecordDict, directory: str | Path, partition_id: in
     if any(Path(directory).glob(f"client-{partition_id:05d}-round-*.pkl")):
         raise ConfigError(f"{directory} holds client state of an older fedmirasol (pickle "
                           "files); this version does not unpickle files: start a new run")
-    candidates = sorted(
-        (int(path.stem.rsplit("-", 1)[1]), path)
-        for path in Path(directory).glob(f"client-{partition_id:05d}-round-*.safetensors")
-    )
+    candidates = _mirrors(directory, partition_id)
     earlier = [(r, path) for r, path in candidates if r <= up_to_round]
     payload = read_mirror(earlier[-1][1]) if earlier else {}
     if not payload:

@@ -6,6 +6,7 @@ from pydantic import Field, model_validator
 
 from fedmirasol.config.base import Section
 from fedmirasol.config.he import HEConfig
+from fedmirasol.config.compression import CompressionConfig
 from fedmirasol.config.model import ModelConfig
 from fedmirasol.config.personalization import PersonalizationConfig
 from fedmirasol.config.privacy import PrivacyConfig, SitePrivacyConfig
@@ -42,6 +43,7 @@ class RunConfig(Section):
     site_privacy: SitePrivacyConfig = SitePrivacyConfig()
     secagg: SecAggConfig = SecAggConfig()
     he: HEConfig = HEConfig()
+    compression: CompressionConfig = CompressionConfig()
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
@@ -62,6 +64,7 @@ class RunConfig(Section):
             self.secagg.field_bits(self.secagg_max_weight(), self.data.num_clients)
         if self.he.enabled:
             self._check_he()
+        self._check_compression()
         if self.task.name == "videoqa":
             self._check_videoqa()
         if self.privacy.enabled and self.privacy.unit == "user" \
@@ -71,6 +74,27 @@ class RunConfig(Section):
                               "contributes)")
         self._check_federation_size()
         return self
+
+    def _check_compression(self) -> None:
+        """Under secure aggregation the server sums masked vectors: what a client masks is
+        its update quantized to `secagg.bits` (stochastic rounding, unbiased), so fewer bits
+        is the compression there; a sparse or low-rank update cannot be masked and summed
+        (clients would keep different positions), and the downlink replica is not kept."""
+        compression = self.compression
+        if self.secagg.enabled and compression.codec != "none":
+            raise ConfigError(
+                f"compression.codec = {compression.codec!r} cannot be combined with "
+                "secagg.enabled: the masked sum needs every client's dense vector on the same "
+                "positions (sparsification would reveal which positions each client sends, "
+                "and masks do not survive it); under secure aggregation lower secagg.bits "
+                "instead (the update is quantized to it before masking)")
+        if self.he.enabled and (compression.codec != "none" or compression.downlink != "none"):
+            raise ConfigError("compression.codec / compression.downlink cannot be combined with "
+                              "he.enabled: the server adds ciphertexts of every client's dense "
+                              "update and sends the encrypted sum (CKKS packs the values already)")
+        if self.secagg.enabled and compression.downlink != "none":
+            raise ConfigError("compression.downlink cannot be combined with secagg.enabled "
+                              "(the secure-aggregation stages send the model whole)")
 
     def _check_videoqa(self) -> None:
         """The answers are generated text: the model must train its text decoder."""

@@ -1,25 +1,39 @@
-"""Per-round metric records: per-client values, weighted means, byte counts."""
+"""Per-round metric records: per-client values, weighted means, bytes on the wire."""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from flwr.app import ArrayRecord, Message
+from flwr.app import Message
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 
-def array_bytes(record: ArrayRecord) -> int:
-    """Payload bytes of an ArrayRecord (the arrays' serialized data)."""
-    return int(sum(len(array.data) for array in record.values()))
+def wire_bytes(message: Message) -> int:
+    """The bytes Flower sends for `message`: every object it is made of (the message with its
+    metadata, its records, arrays and array chunks), serialized as Flower pushes them
+    (`InflatableObject.deflate`), each distinct object once."""
+    return sum(len(part.deflate()) for part in get_all_nested_objects(message).values())
 
 
-def message_array_bytes(messages: Iterable[Message]) -> int:
-    """Array payload bytes over messages (replies with errors carry none)."""
-    total = 0
-    for message in messages:
-        if message.has_content():
-            total += sum(array_bytes(r) for r in message.content.array_records.values())
-    return total
+@dataclass
+class Traffic:
+    """One round's bytes on the wire, per node: down (messages sent) and up (replies)."""
+
+    down: Counter = field(default_factory=Counter)
+    up: Counter = field(default_factory=Counter)
+
+    def count(self, messages: Iterable[Message], replies: Iterable[Message]) -> None:
+        for message in messages:
+            self.down[message.metadata.dst_node_id] += wire_bytes(message)
+        for reply in replies:
+            self.up[reply.metadata.src_node_id] += wire_bytes(reply)
+
+    def add(self, other: "Traffic") -> None:
+        self.down.update(other.down)
+        self.up.update(other.up)
 
 
 def client_metrics(message: Message) -> dict[str, float]:

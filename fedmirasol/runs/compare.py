@@ -20,7 +20,7 @@ from fedmirasol.errors import ConfigError, did_you_mean  # noqa: E402
 from fedmirasol.privacy import ledger  # noqa: E402
 from fedmirasol.privacy.report import epsilon_text  # noqa: E402
 from fedmirasol.runs import run_dir as rundir  # noqa: E402
-from fedmirasol.runs.plots import MARKERS, round_axis, save_figure  # noqa: E402
+from fedmirasol.runs.plots import MARKERS, megabytes_sent, round_axis, save_figure  # noqa: E402
 from fedmirasol.runs.trackers.scalars import worst_client_epsilon  # noqa: E402
 
 EPSILON = "worst_client_epsilon"  # the one metric that comes from the privacy ledger
@@ -186,7 +186,7 @@ def plot_comparison(runs: Sequence[ComparedRun], metric: str, path: str | Path) 
         for axis, panel in zip(axes[0], panels):
             points = run.series(EPSILON if panel == "epsilon" else metric)
             if panel == "bytes":
-                sent = _megabytes_sent(run)
+                sent = megabytes_sent(run.rounds)
                 points = [(sent[rnd], value) for rnd, value in points if rnd in sent]
             if points:
                 axis.plot(*zip(*points), **style)
@@ -211,12 +211,3 @@ def plot_comparison(runs: Sequence[ComparedRun], metric: str, path: str | Path) 
     figure.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
                   frameon=False, fontsize="small", ncol=1 if len(runs) > 4 else len(runs))
     return save_figure(figure, Path(path))
-
-
-def _megabytes_sent(run: ComparedRun) -> dict[int, float]:
-    """Round -> megabytes sent down and up by the end of it (0 for the initial model)."""
-    total, sent = 0.0, {}
-    for record in run.rounds:
-        total += (record.get("bytes_down", 0) + record.get("bytes_up", 0)) / 1e6
-        sent[record["round"]] = total
-    return sent

@@ -1,4 +1,5 @@
-"""PNG plots of a run: accuracy and loss per round, per-client accuracy, bytes per round."""
+"""PNG plots of a run: accuracy and loss per round, per-client accuracy, bytes per round,
+accuracy against the bytes sent so far."""
 
 from __future__ import annotations
 
@@ -142,16 +143,44 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     xs = [r["round"] for r in trained]
     ax.bar([x - 0.2 for x in xs], [r["bytes_down"] / 1e6 for r in trained], 0.4, label="down")
     ax.bar([x + 0.2 for x in xs], [r["bytes_up"] / 1e6 for r in trained], 0.4, label="up")
-    ax.set(ylabel="MB", title="Bytes per round")
+    ax.set(ylabel="MB", title="Bytes per round (as serialized on the wire)")
     round_axis(ax)
     legend_outside(ax)
     paths.append(save_figure(fig, out / "bytes.png"))
+    paths.append(_plot_accuracy_bytes(rounds, out / "accuracy_bytes.png"))
     if any(r.get("personal_accuracy_client_mean") is not None for r in rounds):
         paths.append(_plot_personalization(rounds, out / "personalization.png"))
     if any(r.get("centralized_exact_match") is not None or r.get("federated_exact_match")
            is not None for r in rounds):
         paths.append(_plot_text(rounds, out / "text_metrics.png"))
     return paths
+
+
+def megabytes_sent(rounds: Sequence[Mapping[str, Any]], directions: Sequence[str] = ("down", "up")
+                   ) -> dict[int, float]:
+    """Round -> megabytes sent in `directions` by the end of it (0 for the initial model)."""
+    total, sent = 0.0, {}
+    for record in rounds:
+        total += sum(record.get(f"bytes_{way}", 0) for way in directions) / 1e6
+        sent[record["round"]] = total
+    return sent
+
+
+def _plot_accuracy_bytes(rounds: list[dict], path: Path) -> Path:
+    """Accuracy against the megabytes sent so far: up (the clients' updates) and in total."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, directions, label in ((axes[0], ("up",), "MB sent up so far"),
+                                  (axes[1], ("down", "up"), "MB sent so far (down + up)")):
+        sent = megabytes_sent(rounds, directions)
+        for key, name in (("centralized_accuracy", "centralized (server test set)"),
+                          ("federated_accuracy", "federated (clients' validation)")):
+            xs, ys = _series(rounds, key)
+            if xs:
+                ax.plot([sent[x] for x in xs], ys, marker="o", label=name)
+        ax.set(xlabel=label, ylabel="accuracy", ylim=(0, 1), title="Accuracy against bytes")
+        ax.grid(alpha=0.3)
+        legend_outside(ax, "below", ncol=1, fontsize="small")
+    return save_figure(fig, path)
 
 
 def _plot_text(rounds: list[dict], path: Path) -> Path:

@@ -60,6 +60,8 @@ def build_report(run_dir: str | Path, shared: Mapping[str, np.ndarray] | None = 
         **shared_counts(shared if shared is not None else _checkpointed_shared(run_dir)),
         "total_bytes_down": sum(r["bytes_down"] for r in rounds),
         "total_bytes_up": sum(r["bytes_up"] for r in rounds),
+        "compression": _compression_summary(config),
+        "bytes_to_accuracy": bytes_to_accuracy(rounds),
         "total_rejected_updates": sum(len(r["rejected"]) for r in rounds),
         "total_round_seconds": sum(r["duration_s"] for r in rounds),
         "mean_round_seconds": mean(r["duration_s"] for r in rounds),
@@ -106,6 +108,38 @@ def shared_counts(shared: Mapping[str, np.ndarray] | None) -> dict[str, int]:
 def _checkpointed_shared(run_dir: str | Path) -> Mapping[str, np.ndarray] | None:
     checkpoint = rundir.latest_checkpoint(run_dir)
     return None if checkpoint is None else checkpoint.global_shared
+
+
+def _compression_summary(config: RunConfig) -> dict[str, Any]:
+    """The run's codec and downlink, with the settings that apply to them."""
+    c = config.compression
+    settings = {"quantize": {"bits": c.bits, "bucket_size": c.bucket_size},
+                "top-k": {"fraction": c.fraction}, "random-k": {"fraction": c.fraction},
+                "low-rank": {"rank": c.rank}}.get(c.codec, {})
+    return {"codec": c.codec, **settings,
+            **({"error_feedback": c.error_feedback} if c.codec != "none" else {}),
+            "downlink": c.downlink,
+            **({"downlink_bits": c.downlink_bits} if c.downlink != "none" else {})}
+
+
+def bytes_to_accuracy(rounds: list[dict]) -> dict[str, dict[str, int]]:
+    """For each accuracy level the run reached (10 %, 20 %, ...): the first round that reached
+    it and the bytes sent by the end of that round (up, down, both). The accuracy is the
+    centralized one (the server's test set), or the federated one in runs whose server does
+    not evaluate."""
+    key = "centralized_accuracy" if any(r.get("centralized_accuracy") is not None
+                                        for r in rounds) else "federated_accuracy"
+    reached: dict[str, dict[str, int]] = {}
+    up = down = 0
+    for record in rounds:
+        up, down = up + record["bytes_up"], down + record["bytes_down"]
+        accuracy = record.get(key)
+        if accuracy is None:
+            continue
+        for level in range(10, int(accuracy * 100 + 1e-9) + 1, 10):
+            reached.setdefault(f"{level}%", {"round": record["round"], "bytes_up": up,
+                                             "bytes_down": down, "bytes_total": up + down})
+    return reached
 
 
 def _last_quarter(rounds: list[dict]) -> list[dict]:

@@ -25,9 +25,11 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from fedmirasol.core.metrics import Traffic
 from fedmirasol.core.parameters import to_record
 from fedmirasol.core.reply_checks import Rejection, check_metrics, error_reason
-from fedmirasol.secagg import keys, protocol, vector
+from fedmirasol.core import vector
+from fedmirasol.secagg import keys, protocol
 from fedmirasol.secagg.masking import apply_mask
 from fedmirasol.secagg.protocol import (
     EVALUATE, MASKED, RECORD, SUMS, SUMS_STREAM, TRAIN, VECTOR, VECTOR_STREAM,
@@ -78,7 +80,7 @@ class SecureRound:
     train_loss: float | None = None  # weighted mean of the contributors' train losses (secure)
     rejections: list[Rejection] = field(default_factory=list)
     failure: str | None = None
-    bytes_up: int = 0
+    traffic: Traffic = field(default_factory=Traffic)  # every stage's bytes on the wire
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -110,6 +112,7 @@ class SecureAggregator:
         messages = [Message(content=content, dst_node_id=node, message_type=stage,
                             group_id=group) for node, content in contents.items()]
         replies = list(grid.send_and_receive(messages, timeout=timeout))
+        result.traffic.count(messages, replies)
         good: dict[int, Message] = {}
         for reply in replies:
             node = reply.metadata.src_node_id
@@ -269,7 +272,6 @@ class SecureAggregator:
                 self._reject(result, node, protocol.MASK_STAGES[purpose], problem)
                 continue
             masked = reply.content.array_records[MASKED]
-            result.bytes_up += len(masked[VECTOR].data) + len(masked[SUMS].data)
             total += masked[VECTOR].numpy()
             sums += masked[SUMS].numpy()
             result.survivors.append(node)

@@ -33,7 +33,7 @@ from fedmirasol.runs import run_dir as rundir
 from fedmirasol.core.wire import CONFIG_KEY, RUN_NAME_KEY, STATE_DIR_KEY
 from fedmirasol.core.seeds import seed_for
 from fedmirasol.task.model import init_model, model_config
-from fedmirasol.core.metrics import client_metrics, message_array_bytes, weighted_mean
+from fedmirasol.core.metrics import Traffic, client_metrics, weighted_mean
 from fedmirasol.server.nodes import (
     PartitionOrderedGrid,
     ask_partitions,
@@ -117,6 +117,7 @@ class FederatedRun:
         self.discovery_problems: list[str] = []
         self.stopped_early: str | None = None
         self.trackers = RunTrackers(run_dir)  # opened by run()
+        self.traffic = Traffic()  # the current round's bytes on the wire
 
     def _config_record(self) -> ConfigRecord:
         return ConfigRecord({CONFIG_KEY: to_json(self.config),
@@ -190,6 +191,7 @@ class FederatedRun:
         started = time.perf_counter()
         seed = self.config.seed
         record: dict[str, Any] = {"round": server_round}
+        self.traffic = Traffic()
 
         # Training: Flower's strategy samples (seeded per round) and builds the messages. Under
         # client-level DP the draw comes from a secret seed instead: its accounting counts on
@@ -206,7 +208,7 @@ class FederatedRun:
         outcome = self.aggregator.train(self, server_round, messages, population)
         self.global_shared = outcome.global_shared
         accepted, exhausted, rejected = outcome.accepted, outcome.exhausted, outcome.rejected
-        bytes_up, kept_reason = outcome.bytes_up, outcome.kept_reason
+        kept_reason = outcome.kept_reason
         train_rows = {}
         for reply in accepted:
             row = client_metrics(reply)
@@ -221,8 +223,6 @@ class FederatedRun:
             train_loss=(outcome.train_loss if outcome.train_loss is not None
                         else weighted_mean(train_rows.values(), "train-loss")),
             skipped_files=int(sum(row.get("skipped_files", 0) for row in train_rows.values())),
-            bytes_down=message_array_bytes(messages),
-            bytes_up=bytes_up,
             **outcome.figures,
         )
 
@@ -233,11 +233,15 @@ class FederatedRun:
                 self.ordered))
         evaluation = self.aggregator.evaluate(self, server_round, eval_messages)
         eval_rows = evaluation.rows
-        record["bytes_down"] += message_array_bytes(eval_messages)
+        down, up = self._by_partition(self.traffic.down), self._by_partition(self.traffic.up)
         record.update(
             **evaluation.fields,
-            clients={str(pid): _client_row(train_rows.get(pid), eval_rows.get(pid))
-                     for pid in sorted(set(train_rows) | set(eval_rows))},
+            # bytes as serialized on the wire, train and evaluate messages, every node
+            bytes_down=sum(self.traffic.down.values()),
+            bytes_up=sum(self.traffic.up.values()),
+            clients={str(pid): {**_client_row(train_rows.get(pid), eval_rows.get(pid)),
+                                "bytes_down": down.get(pid, 0), "bytes_up": up.get(pid, 0)}
+                     for pid in sorted(set(train_rows) | set(eval_rows) | set(down) | set(up))},
         )
 
         record.update(self.privacy.round_figures(train_rows, eval_rows))
@@ -252,6 +256,11 @@ class FederatedRun:
             record.update(centralized_accuracy=None, centralized_loss=None)
         record["duration_s"] = time.perf_counter() - started
         return self.privacy.recorded(record)
+
+    def _by_partition(self, counts: Mapping[int, int]) -> dict[int, int]:
+        """Per-node byte counts by partition (nodes of known partitions)."""
+        return {self.partitions[node]: count for node, count in counts.items()
+                if node in self.partitions}
 
     def watch(self, server_round: int, phase: str, messages: list[Message]
                ) -> Callable[[Message], None] | None:

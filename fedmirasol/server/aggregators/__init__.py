@@ -15,6 +15,7 @@ from fedmirasol.secagg.server import build_aggregator as build_secagg_protocol
 from fedmirasol.server.aggregators.base import Aggregator, TrainOutcome
 from fedmirasol.server.aggregators.client_level_dp import ClientLevelDPMean
 from fedmirasol.server.aggregators.he import HEMean
+from fedmirasol.server.aggregators.compressed import CompressedMean
 from fedmirasol.server.aggregators.mean import StrategyMean
 from fedmirasol.server.aggregators.secure import SecureMean
 
@@ -23,13 +24,15 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     ClientLevelDPMean.name: ClientLevelDPMean,
     SecureMean.name: SecureMean,
     HEMean.name: HEMean,
+    CompressedMean.name: CompressedMean,
 }
 
 
 def choose_aggregator(config: RunConfig, global_shared: Mapping[str, np.ndarray]) -> Aggregator:
     """The run's aggregator: the strategy's mean, or client-level DP's noised mean under
     `privacy.client-level`; either of them over a secure sum under `secagg.enabled`; the sum
-    of encrypted updates under `he.enabled` (the server holds the `he.public-context`)."""
+    of encrypted updates under `he.enabled` (the server holds the `he.public-context`); the mean of decoded updates under
+    `compression.*`."""
     if config.he.enabled:
         from fedmirasol.he.keyfiles import load_server  # SEAL: only under HE
 
@@ -40,6 +43,9 @@ def choose_aggregator(config: RunConfig, global_shared: Mapping[str, np.ndarray]
     if config.secagg.enabled:
         protocol = build_secagg_protocol(config, global_shared)
         return AGGREGATORS[SecureMean.name](protocol, mean)  # type: ignore[call-arg]
+    if config.compression.enabled:
+        return AGGREGATORS[CompressedMean.name](  # type: ignore[call-arg]
+            mean, config.compression, config.seed)
     return mean
 
 

@@ -12,6 +12,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmirasol.config.run import RunConfig
+from fedmirasol.core.metrics import Traffic
 from fedmirasol.core.parameters import NumpyState
 from fedmirasol.core.reply_checks import Rejection, validate_evaluate_replies
 from fedmirasol.server.exchange import destinations, missing, send_and_receive
@@ -34,6 +35,7 @@ class Run(Protocol):
     global_shared: NumpyState  # the current global shared parameters
     privacy: ServerPrivacy
     filters: list[ReplyFilter]  # the run's reply-filter chain
+    traffic: Traffic  # the round's bytes on the wire, per node
 
     def watch(self, server_round: int, phase: str, messages: list[Message]
               ) -> Callable[[Message], None] | None:
@@ -50,7 +52,6 @@ class TrainOutcome:
     accepted: list[Message]  # the replies whose updates went into the new model
     exhausted: list[Message]  # clients out of their DP budget (trained nothing)
     rejected: list[Rejection]
-    bytes_up: int
     global_shared: NumpyState  # the new global shared parameters
     kept_reason: str | None  # why the previous model was kept, if it was
     # the accepted clients' mean train loss when the replies do not show it (a secure sum)
@@ -73,13 +74,21 @@ class Aggregator(ABC):
               population: int) -> TrainOutcome:
         """`messages` were built by the strategy for the clients drawn from `population`."""
 
+    def exchange(self, run: Run, server_round: int, phase: str, messages: list[Message]
+                 ) -> list[Message]:
+        """Send `messages` of `phase` ("train"/"evaluate") and collect the replies, counting
+        the bytes both ways in `run.traffic`."""
+        replies = send_and_receive(run.grid, messages, run.timeout,
+                                   run.watch(server_round, phase, messages))
+        run.traffic.count(messages, replies)
+        run.check_registered(replies)
+        return replies
+
     def evaluate(self, run: Run, server_round: int, messages: list[Message]
                  ) -> EvaluationOutcome:
         """Federated evaluation of the new global model (`messages`: the strategy's evaluate
         messages): by default every client's figures, in the clear."""
-        replies = send_and_receive(run.grid, messages, run.timeout,
-                                   run.watch(server_round, "evaluate", messages))
-        run.check_registered(replies)
+        replies = self.exchange(run, server_round, "evaluate", messages)
         accepted, rejected = validate_evaluate_replies(
             replies, run.partitions, destinations(messages), run.config.strategy.max_num_examples,
             run.privacy.evaluation_keys())

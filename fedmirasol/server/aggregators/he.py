@@ -22,13 +22,11 @@ from typing import TYPE_CHECKING
 from flwr.app import Message
 
 from fedmirasol.config.run import RunConfig
-from fedmirasol.core.metrics import message_array_bytes
 from fedmirasol.core.parameters import NumpyState
 from fedmirasol.core.reply_checks import Rejection, check_metrics, error_reason, reply_partition
 from fedmirasol.he.wire import HEADER_KEY, SAMPLED_KEY, Header, is_encrypted, pack, read_header
 from fedmirasol.privacy.server_side import ServerPrivacy
 from fedmirasol.server.aggregators.base import Aggregator, Run, TrainOutcome
-from fedmirasol.server.exchange import send_and_receive
 from fedmirasol.server.filters import Screening, masked_check, screen_masked
 
 if TYPE_CHECKING:
@@ -69,9 +67,7 @@ class HEMean(Aggregator):
               population: int) -> TrainOutcome:
         for message in messages:
             message.content.config_records["config"][SAMPLED_KEY] = len(messages)
-        replies = send_and_receive(run.grid, messages, run.timeout,
-                                   run.watch(server_round, "train", messages))
-        run.check_registered(replies)
+        replies = self.exchange(run, server_round, "train", messages)
         check = masked_check(run.filters, server_round)
         rejected: list[Rejection] = []
         answered, candidates = [], []
@@ -94,9 +90,8 @@ class HEMean(Aggregator):
                 and check(reply) is None] + [reply for reply, _ in candidates]
         s = screen_masked(run.filters, Screening(server_round, answered, run.partitions, {},
                                                  kept=kept))
-        bytes_up = message_array_bytes(replies)
         if not candidates:
-            return TrainOutcome([], s.exhausted, rejected, bytes_up, run.global_shared,
+            return TrainOutcome([], s.exhausted, rejected, run.global_shared,
                                 "no encrypted update to sum")
         from fedmirasol.he.summing import sum_replies  # SEAL: only under HE
 
@@ -113,7 +108,7 @@ class HEMean(Aggregator):
         accepted = [candidates[i][0] for i in members]
         figures = {"he_sum_seconds": seconds}
         if len(accepted) < self.settings.min_contributors:
-            return TrainOutcome(accepted, s.exhausted, rejected, bytes_up, run.global_shared,
+            return TrainOutcome(accepted, s.exhausted, rejected, run.global_shared,
                                 f"{len(accepted)} encrypted updates, fewer than "
                                 f"he.min-contributors = {self.settings.min_contributors}",
                                 figures=figures)
@@ -126,7 +121,7 @@ class HEMean(Aggregator):
         figures["he_error_bound"] = len(accepted) * self.context.params.noise_bound / divisor
         state = pack(header.summed(server_round, len(accepted), len(messages),
                                    secrets.token_hex(8)), batches)
-        return TrainOutcome(accepted, s.exhausted, rejected, bytes_up, state, None,
+        return TrainOutcome(accepted, s.exhausted, rejected, state, None,
                             figures=figures)
 
     @staticmethod

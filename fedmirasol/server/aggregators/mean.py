@@ -7,10 +7,10 @@ import numpy as np
 from flwr.app import Message
 from flwr.serverapp.strategy import Strategy
 
-from fedmirasol.core.metrics import message_array_bytes
 from fedmirasol.core.parameters import NumpyState, apply_delta, from_record, to_record
 from fedmirasol.server.aggregators.base import Aggregator, Run, TrainOutcome
-from fedmirasol.server.exchange import destinations, missing, send_and_receive
+from fedmirasol.core.reply_checks import Rejection
+from fedmirasol.server.exchange import destinations, missing
 from fedmirasol.server.filters import Screening, screen
 
 
@@ -59,15 +59,20 @@ class StrategyMean(Aggregator):
 
     def train(self, run: Run, server_round: int, messages: list[Message],
               population: int) -> TrainOutcome:
-        replies = send_and_receive(run.grid, messages, run.timeout,
-                                   run.watch(server_round, "train", messages))
-        run.check_registered(replies)
-        s = screen(run.filters, Screening(server_round, replies, run.partitions,
-                                          destinations(messages), kept=list(replies)))
-        rejected = s.rejected + missing(messages, replies, run.partitions, run.timeout)
+        replies = self.exchange(run, server_round, "train", messages)
+        usable, unreadable = self.readable(run, replies)
+        s = screen(run.filters, Screening(server_round, usable, run.partitions,
+                                          destinations(messages), kept=list(usable)))
+        rejected = unreadable + s.rejected + missing(messages, replies, run.partitions,
+                                                     run.timeout)
         new, kept_reason = self.step(run, server_round, s.kept, len(messages), population)
-        return TrainOutcome(s.kept, s.exhausted, rejected, message_array_bytes(replies), new,
-                            kept_reason)
+        return TrainOutcome(s.kept, s.exhausted, rejected, new, kept_reason)
+
+    def readable(self, run: Run, replies: list[Message]
+                 ) -> tuple[list[Message], list[Rejection]]:
+        """The replies the reply filters can read (all of them: updates travel as float32
+        deltas), and why the others cannot be read."""
+        return replies, []
 
     def step(self, run: Run, server_round: int, accepted: list[Message],
              num_sampled: int, population: int) -> tuple[NumpyState, str | None]:

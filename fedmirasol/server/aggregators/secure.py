@@ -32,17 +32,18 @@ class SecureMean(Aggregator):
         secure = self.protocol.run(run.ordered, messages, run.timeout, server_round,
                                    run.partitions,
                                    screen=masked_check(run.filters, server_round))
+        run.traffic.add(secure.traffic)
         run.check_registered(secure.replies)
         s = screen_masked(run.filters, Screening(server_round, secure.replies, run.partitions,
                                                  {}, kept=list(secure.replies)))
         if secure.failure is not None:
-            return TrainOutcome(s.kept, s.exhausted, secure.rejections, secure.bytes_up,
-                                run.global_shared, secure.failure)
+            return TrainOutcome(s.kept, s.exhausted, secure.rejections, run.global_shared,
+                                secure.failure)
         new, kept_reason = self.mean.step(
             run, server_round, [mean_reply(secure, messages[0], self.mean.takes_sum)],
             len(messages), population)
-        return TrainOutcome(s.kept, s.exhausted, secure.rejections, secure.bytes_up, new,
-                            kept_reason, train_loss=secure.train_loss)
+        return TrainOutcome(s.kept, s.exhausted, secure.rejections, new, kept_reason,
+                            train_loss=secure.train_loss)
 
     def evaluate(self, run: Run, server_round: int, messages: list[Message]
                  ) -> EvaluationOutcome:
@@ -52,5 +53,6 @@ class SecureMean(Aggregator):
             return from_sums(None, [], None)
         secure = self.protocol.evaluate(run.ordered, messages, run.timeout, server_round,
                                         EVALUATION_FIGURES, run.partitions)
+        run.traffic.add(secure.traffic)
         run.check_registered(secure.replies)
         return from_sums(secure.sums, secure.rejections, secure.failure)

@@ -1,4 +1,5 @@
-"""The layout of a state of named arrays as one flat vector, in an agreed key order."""
+"""The layout of a state of named arrays as one flat vector, in an agreed key order (secure
+aggregation masks it, codecs compress it)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,12 @@ def unflatten(vector: np.ndarray,
         state[name] = vector[offset:offset + count].reshape(shape)
         offset += count
     return state
+
+
+def flatten(state: Mapping[str, np.ndarray],
+            spec: Sequence[tuple[str, tuple[int, ...]]]) -> np.ndarray:
+    """The arrays of `state` named by `spec`, one after the other, as one float32 vector."""
+    if not spec:
+        return np.zeros(0, np.float32)
+    return np.concatenate([np.asarray(state[name], np.float32).reshape(-1)
+                           for name, _ in spec])
