@@ -189,6 +189,8 @@ def test_metrics_hold_no_unnoised_client_figure(run) -> None:
     run_dir, _ = run
     for record in rundir.read_metrics(run_dir)[1:]:
         for row in record["clients"].values():
-            assert set(row) <= {"train_examples"}, row  # no loss, no validation figure
+            # no loss, no validation figure; the bytes on the wire are what the server observes
+            # of any message it sends or receives (public)
+            assert set(row) <= {"train_examples", "bytes_down", "bytes_up"}, row
         assert record["privacy_figures"]["noised"] == ["train_loss"]
         assert record["train_loss"] is not None and record["federated_accuracy"] is None

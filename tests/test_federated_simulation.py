@@ -134,7 +134,8 @@ def test_report_command_rebuilds_plots_and_prints_summary(full_run: Path, capsys
     assert cli_main(["report", str(full_run)]) == 0
     out = capsys.readouterr().out
     assert "central_acc" in out and "final_centralized_accuracy" in out
-    assert len(list((full_run / "plots").glob("*.png"))) == 3
+    assert sorted(png.name for png in (full_run / "plots").glob("*.png")) == [
+        "accuracy_bytes.png", "accuracy_loss.png", "bytes.png", "client_accuracy.png"]
 
 
 def test_simulate_command_names_a_bad_key(capsys) -> None:
