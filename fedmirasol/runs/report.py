@@ -320,7 +320,9 @@ def _print_round(record: Mapping[str, Any]) -> None:
           f"{_count(record['sampled'])}  rejected {len(record['rejected'])}  "
           f"{record['duration_s']:.1f}s"
           + (f"  out of DP budget {record['budget_exhausted']}"
-             if record.get("budget_exhausted") else ""), flush=True)
+             if record.get("budget_exhausted") else "")
+          + (f"  attack success {fmt('attack_success_rate')}"
+             if record.get("attack_success_rate") is not None else ""), flush=True)
 
 
 # The default progress of `fedmirasol simulate` and `flwr run`.
