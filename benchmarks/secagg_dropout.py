@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the draw of who vanishes")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE")
+    parser.add_argument("--check", type=Path, metavar="RUN_DIR",
+                        help="only check a run this script made (same --clients, --rounds, "
+                             "--fraction and --seed)")
     args = parser.parse_args()
 
     from flwr.supercore.task_identity import TaskIdentity
@@ -56,18 +59,19 @@ def main() -> None:
     settings = DEFAULTS | {"num-rounds": args.rounds, "data.num-clients": args.clients}
     config = load_config(None, [*(f"{k}={json.dumps(v)}" for k, v in settings.items()),
                                 *args.overrides])
-    run_dir = rundir.create(tempfile.mkdtemp(prefix="secagg-dropout-"), "dropout")
-    rundir.write_config(run_dir, config)
     grid = LocalGrid(build_client_app(identities=provision(args.clients)),
                      {FIRST_NODE + pid: {"partition-id": pid} for pid in range(args.clients)})
     plan = drop_each_round(grid, args.rounds, args.fraction, args.seed)
-    started = time.perf_counter()
-    FederatedRun(grid, config, run_dir).run()
-    run_seconds = time.perf_counter() - started
+    if args.check:
+        run_dir = args.check
+    else:
+        run_dir = rundir.create(tempfile.mkdtemp(prefix="secagg-dropout-"), "dropout")
+        rundir.write_config(run_dir, config)
+        FederatedRun(grid, config, run_dir).run()
     started = time.perf_counter()
     checks = check_secure_means(run_dir, plan)
     check_seconds = time.perf_counter() - started
-    durations = {r["round"]: r["duration_s"] for r in rundir.read_metrics(run_dir)}
+    durations = {r["round"]: r.get("duration_s", 0.0) for r in rundir.read_metrics(run_dir)}
 
     print("| round | vanished (partitions) | from stage | in the sum | outcome | "
           "max abs error / quantization step | s |")
@@ -83,7 +87,7 @@ def main() -> None:
           f"{len(checks) - len(completed)} failed with a named reason; every check holds: "
           f"{all(c.ok for c in checks)}; largest error in a completed round "
           f"{max((c.max_error for c in completed), default=float('nan')):.2e} "
-          f"(one quantization step {checks[0].step:.2e}); run {run_seconds:.0f} s, "
+          f"(one quantization step {checks[0].step:.2e}); rounds {sum(durations.values()):.0f} s, "
           f"check {check_seconds:.0f} s, load {os.getloadavg()[0]:.1f}; run directory "
           f"{Path(run_dir)}")
 
