@@ -317,3 +317,26 @@ def test_attackers_are_marked_and_never_counted_as_honest_clients(tmp_path: Path
     assert "1" not in report["final_client_accuracy"]
     assert report["attack"]["final_attack_success_rate"] == records[-1]["attack_success_rate"]
     assert (tmp_path / "plots" / "attack.png") in plot_run(tmp_path)
+
+
+def test_non_finite_figures_are_recorded_as_null() -> None:
+    record = {"round": 3, "centralized_loss": math.inf, "train_loss": 1.5,
+              "clients": {"2": {"train_loss": math.nan, "val_accuracy": 0.5}},
+              "sampled": [1, 2], "aggregate_kept_previous": None}
+    cleaned = rundir.finite_record(record)
+    assert cleaned == {"round": 3, "centralized_loss": None, "train_loss": 1.5,
+                       "clients": {"2": {"train_loss": None, "val_accuracy": 0.5}},
+                       "sampled": [1, 2], "aggregate_kept_previous": None}
+    json.dumps(cleaned, allow_nan=False)
+
+
+@pytest.mark.slow
+def test_a_run_whose_model_an_attacker_blows_up_still_records_its_rounds(tmp_path: Path) -> None:
+    cfg = config(**{"num-rounds": 1, "attack.kind": "gaussian", "attack.clients": "1",
+                    "attack.noise-std": 1e30})
+    rundir.write_config(tmp_path, cfg)
+    grid = LocalGrid(build_client_app(), {10 + pid: {"partition-id": pid} for pid in range(4)})
+    FederatedRun(grid, cfg, tmp_path).run()
+    last = rundir.read_metrics(tmp_path)[-1]
+    assert last["round"] == 1 and last["aggregate_kept_previous"] is None
+    assert last["centralized_loss"] is None  # the diverged model's loss is not finite

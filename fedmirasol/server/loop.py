@@ -177,7 +177,7 @@ class FederatedRun:
         for server_round in range(self.start_round, cfg.num_rounds + 1):
             if self._too_few_within_budget(server_round):
                 break
-            record = self.run_round(server_round)
+            record = rundir.finite_record(self.run_round(server_round))
             rundir.append_metrics(self.run_dir, record)
             if server_round % cfg.output.checkpoint_every == 0 \
                     or server_round == cfg.num_rounds:
