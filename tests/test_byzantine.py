@@ -20,6 +20,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedmirasol.client import task as client_task
 from fedmirasol.client.attacks import AttackRound, gaussian, little_is_enough, scaled, sign_flip
 from fedmirasol.client.mods import client_mods, with_train_mods
 from fedmirasol.client.release import release_train
@@ -30,6 +31,7 @@ from fedmirasol.data import poisoning
 from fedmirasol.data.batch import VIDEO_MEAN, VIDEO_STD
 from fedmirasol.engines.apps import build_client_app
 from fedmirasol.errors import ConfigError
+from fedmirasol.privacy.client_level import clip_update
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.runs.plots import plot_run
 from fedmirasol.server.aggregators.mean import strategy_step
@@ -37,7 +39,9 @@ from fedmirasol.server.filters import NormBound, Screening
 from fedmirasol.server.loop import FederatedRun
 from fedmirasol.server.strategy import build_strategy
 from fedmirasol.task import data as task_data
+from fedmirasol.testing.dropout import initial_shared
 from fedmirasol.testing.local_grid import LocalGrid
+from secagg_app_fixtures import run, secagg_config
 
 TINY = {"num-rounds": 2, "data.num-clients": 4, "data.clips-per-client": 6,
         "data.test-clips": 8, "model.num-frames": 8, "client.batch-size": 4,
@@ -283,6 +287,9 @@ def test_config_refuses_unusable_attacks_naming_the_keys() -> None:
                                 "attack.target-class": 8},
         "defense.median-norm-bound": {"secagg.enabled": True,
                                       "defense.median-norm-bound": True},
+        "sensitivity": {"privacy.client-level": True, "defense.median-norm-bound": True},
+        "task.name = 'classification'": {"attack.kind": "label-flip", "attack.clients": "1",
+                                         "task.name": "videoqa", "model.text-weight": 1.0},
     }
     for words, settings in cases.items():
         with pytest.raises(ConfigError, match=words):
@@ -340,3 +347,29 @@ def test_a_run_whose_model_an_attacker_blows_up_still_records_its_rounds(tmp_pat
     last = rundir.read_metrics(tmp_path)[-1]
     assert last["round"] == 1 and last["aggregate_kept_previous"] is None
     assert last["centralized_loss"] is None  # the diverged model's loss is not finite
+
+
+@pytest.mark.slow
+def test_under_secure_aggregation_honest_clients_clip_before_masking(tmp_path: Path) -> None:
+    """Three clients with secure aggregation and defense.norm-bound: the global model moves by
+    the honest clients' clipped mean; the attacker's noise, beyond secagg.range, is refused by
+    its own (honest) quantizer, so it sits the round out, named."""
+    bound = 0.05
+    cfg = secagg_config(1, **{"secagg.enabled": True, "attack.kind": "gaussian",
+                              "attack.clients": "2", "attack.noise-std": 5.0,
+                              "defense.norm-bound": bound})
+    federated = run(cfg, tmp_path)
+    record = rundir.read_metrics(tmp_path)[-1]
+    assert record["aggregate_kept_previous"] is None and record["attackers"] == [2]
+    assert [r["partition-id"] for r in record["rejected"]] == [2]
+    assert "range" in record["rejected"][0]["reason"]
+    before = initial_shared(cfg)
+    results = [client_task.train(cfg, pid, 1, before, RecordDict()) for pid in (0, 1)]
+    assert all(norm(r.update) > bound for r in results)  # the bound binds
+    weights = [r.num_examples for r in results]
+    clipped = [clip_update(r.update, bound)[0] for r in results]
+    step = cfg.secagg_bound() / 2 ** (cfg.secagg.bits - 1)
+    for name in before:
+        mean = sum(w * u[name].astype(np.float64) for w, u in zip(weights, clipped)) / sum(weights)
+        moved = federated.global_shared[name].astype(np.float64) - before[name]
+        np.testing.assert_allclose(moved, mean, atol=step)

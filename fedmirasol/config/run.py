@@ -10,7 +10,7 @@ from fedmirasol.config.compression import CompressionConfig
 from fedmirasol.config.model import ModelConfig
 from fedmirasol.config.personalization import PersonalizationConfig
 from fedmirasol.config.privacy import PrivacyConfig, SitePrivacyConfig
-from fedmirasol.config.robustness import AttackConfig, DefenseConfig
+from fedmirasol.config.robustness import DATA_ATTACKS, AttackConfig, DefenseConfig
 from fedmirasol.config.secagg import SecAggConfig
 from fedmirasol.config.task import TaskConfig
 from fedmirasol.config.sections import (
@@ -132,6 +132,12 @@ class RunConfig(Section):
         if attackers and len(attackers) >= n:
             raise ConfigError(f"attack.clients / attack.fraction make all {n} clients attackers; "
                               "leave at least one honest client")
+        if attack.kind in DATA_ATTACKS and (self.data.source == "leaf"
+                                            or self.task.name != "classification"):
+            raise ConfigError(f"attack.kind = {attack.kind!r} poisons audio-visual clips' class "
+                              f"labels: it needs task.name = 'classification' on clips, not "
+                              f"task.name = {self.task.name!r} with data.source = "
+                              f"{self.data.source!r} (the update attacks work on any task)")
         classes = self.model.mirasol.num_classes
         if attack.kind == "backdoor" and attack.target_class >= classes:
             raise ConfigError(f"config key 'attack.target-class' = {attack.target_class} is not "
@@ -145,6 +151,11 @@ class RunConfig(Section):
             raise ConfigError("config key 'defense.median-norm-bound' needs the server to see "
                               "every update, which secure aggregation hides; use "
                               "defense.norm-bound (each client clips before masking)")
+        if self.defense.median_norm_bound and self.privacy.client_level:
+            raise ConfigError("config key 'defense.median-norm-bound' clips every update to a "
+                              "bound that depends on all clients' updates, which breaks "
+                              "privacy.client-level's sensitivity (one client would change how "
+                              "the others are clipped); use defense.norm-bound")
 
     def _check_federation_size(self) -> None:
         """A federation of `data.num-clients` clients must be able to fill every round the

@@ -78,7 +78,8 @@ def drop_each_round(grid: LocalGrid, rounds: int, fraction: float, seed: int
     return plan
 
 
-def _initial_shared(config: RunConfig) -> NumpyState:
+def initial_shared(config: RunConfig) -> NumpyState:
+    """The shared parameters of the initial model (what round 1 starts from)."""
     model = init_model(config)
     return model_state(model, parameter_split(model, config).shared)
 
@@ -99,7 +100,7 @@ def check_secure_means(run_dir: Path, plan: dict[int, Dropout]) -> list[RoundChe
     """Every round of the finished run in `run_dir` against `plan`."""
     config = rundir.read_config(run_dir)
     step = config.secagg_bound() / 2 ** (config.secagg.bits - 1)
-    before = _initial_shared(config)
+    before = initial_shared(config)
     checks = []
     for record in (r for r in rundir.read_metrics(run_dir) if r["round"] > 0):
         server_round = record["round"]
