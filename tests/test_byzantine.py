@@ -288,6 +288,10 @@ def test_config_refuses_unusable_attacks_naming_the_keys() -> None:
         "defense.median-norm-bound": {"secagg.enabled": True,
                                       "defense.median-norm-bound": True},
         "sensitivity": {"privacy.client-level": True, "defense.median-norm-bound": True},
+        "he.enabled encrypts": {"he.enabled": True, "server.evaluate-every": 0,
+                                "defense.median-norm-bound": True},
+        "encoded payload": {"attack.kind": "sign-flip", "attack.clients": "1",
+                            "compression.codec": "quantize"},
         "task.name = 'classification'": {"attack.kind": "label-flip", "attack.clients": "1",
                                          "task.name": "videoqa", "model.text-weight": 1.0},
     }
