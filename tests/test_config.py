@@ -31,7 +31,8 @@ def test_defaults_are_the_quickstart_config() -> None:
 
 @pytest.mark.parametrize("name", ["quickstart.toml", "feature-shift.toml", "fedprox.toml",
                                   "many-clients.toml", "personalization.toml", "videoqa.toml",
-                                  "videoqa-long.toml", "videoqa-dp.toml", "compression.toml"])
+                                  "videoqa-long.toml", "videoqa-dp.toml", "compression.toml",
+                                  "byzantine.toml"])
 def test_every_ready_config_validates(name: str) -> None:
     assert load_config(ROOT / "simulations" / name).name == name.removesuffix(".toml")
 

@@ -1,40 +1,45 @@
 """Flower client mods: behaviour that wraps every task instead of living inside one.
 
 `node_defaults` gives simulated nodes their site settings (a deployed site's node config).
-`fault_injection` makes chosen clients fail the way real ones do, for robustness experiments
-(`faults.*` keys): crash during training, answer too late, or send a NaN update. The mods a run
-uses come from `client_mods()`, which the ClientApp is built with.
+Two mods act on training, outermost first (`TRAIN_MODS`):
+
+- `inject_faults` makes chosen clients fail the way real ones do (`faults.*`): crash during
+  training, answer too late, or send a NaN update;
+- `attack` makes the attackers (`attack.*`) send a Byzantine update in place of the one the
+  release point produced (`fedmirasol.client.attacks`): a malicious client rewrites its own
+  reply, so its update escapes `defense.norm-bound`, which honest clients apply at release.
+
+`client_mods()` gives them to the ClientApp for plain train messages; the secure-aggregation
+stages train once per round through `with_train_mods(handle_train)` instead.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
+from fedmirasol.client import task as client_task
+from fedmirasol.client.attacks import UPDATE_ATTACKS, AttackRound
 from fedmirasol.client.handlers import partition_id, run_config
-from fedmirasol.core.parameters import from_record, to_record
+from fedmirasol.config.run import RunConfig
+from fedmirasol.core.parameters import NumpyState, from_record, to_record
 
 
 class InjectedFault(RuntimeError):
     """Raised by a client listed in `faults.crash-clients`."""
 
 
-def fault_injection(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """The mod: `faults.*` on plain train messages (the secure-aggregation stages train
-    through `with_faults(handle_train)` instead, once per round)."""
-    if message.metadata.message_type != "train":
-        return call_next(message, context)
-    return inject_faults(message, context, call_next)
-
-
-def with_faults(train: ClientAppCallable) -> ClientAppCallable:
-    """`train` with `faults.*` applied, for callers that run it outside the mod chain."""
-    return lambda message, context: inject_faults(message, context, train)
+def _update(reply: Message) -> NumpyState | None:
+    """The update a train reply carries (None: an error, or no update, e.g. DP budget spent)."""
+    if reply.has_error() or "arrays" not in reply.content.array_records:
+        return None
+    return from_record(reply.content.array_records["arrays"])
 
 
 def inject_faults(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -49,13 +54,76 @@ def inject_faults(message: Message, context: Context, call_next: ClientAppCallab
     if pid in faults.clients("slow"):
         time.sleep(faults.slow_seconds)
     reply = call_next(message, context)
-    if pid in faults.clients("nan") and "arrays" in reply.content.array_records:
-        update = from_record(reply.content.array_records["arrays"])
+    update = _update(reply) if pid in faults.clients("nan") else None
+    if update:
         # the first float array (a compressed update's scales or values)
         first = next(name for name, values in update.items() if values.dtype.kind == "f")
         update[first] = np.full_like(update[first], math.nan)
         reply.content["arrays"] = to_record(update)
     return reply
+
+
+def _colluders(config: RunConfig, pid: int, server_round: int, global_shared: NumpyState,
+               own: NumpyState) -> Callable[[], list[NumpyState]]:
+    """The colluding attackers' benign updates, `pid`'s own first. The others are recomputed
+    from the run config (their seeded training on their data, from a fresh client state), as
+    every attacker of a simulation can; `attack.kind = little-is-enough` is refused where the
+    data is each site's own."""
+    def benign() -> list[NumpyState]:
+        others = sorted(config.attack.attackers(config.data.num_clients, config.seed) - {pid})
+        results = (client_task.train(config, other, server_round, global_shared, RecordDict())
+                   for other in others)
+        return [own, *(result.update for result in results if result.update is not None)]
+
+    return benign
+
+
+def attack(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """An attacker's train reply carries `attack.kind`'s update instead of the one it trained
+    (from `attack.from-round` on); honest clients pass untouched."""
+    config, record = run_config(message, context)
+    settings = config.attack
+    if not settings.enabled:
+        return call_next(message, context)
+    pid, server_round = partition_id(context, config), int(record["server-round"])
+    if not settings.attacks(pid, server_round, config.data.num_clients, config.seed):
+        return call_next(message, context)
+    reply = call_next(message, context)
+    update = _update(reply)
+    if update is None:
+        return reply
+    global_shared = from_record(message.content.array_records["arrays"])
+    poisoned = UPDATE_ATTACKS[settings.kind](AttackRound(
+        config, pid, server_round, update,
+        _colluders(config, pid, server_round, global_shared, update)))
+    reply.content["arrays"] = to_record(poisoned)
+    return reply
+
+
+TRAIN_MODS: tuple[Mod, ...] = (inject_faults, attack)  # outermost first
+
+
+def _on_train(mod: Mod) -> Mod:
+    """`mod` for train messages; every other message passes untouched."""
+    def on_train(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if message.metadata.message_type != "train":
+            return call_next(message, context)
+        return mod(message, context, call_next)
+
+    on_train.__name__ = mod.__name__
+    return on_train
+
+
+def with_train_mods(train: ClientAppCallable) -> ClientAppCallable:
+    """`train` wrapped in `TRAIN_MODS`, for callers that run it outside the mod chain (the
+    secure-aggregation stages)."""
+    for mod in reversed(TRAIN_MODS):
+        train = functools.partial(_around, mod, train)
+    return train
+
+
+def _around(mod: Mod, inner: ClientAppCallable, message: Message, context: Context) -> Message:
+    return mod(message, context, inner)
 
 
 def node_defaults(defaults: Mapping[str, Any]) -> Mod:
@@ -73,6 +141,4 @@ def node_defaults(defaults: Mapping[str, Any]) -> Mod:
 def client_mods(defaults: Mapping[str, Any] | None = None) -> list[Mod]:
     """The mods of fedmirasol's ClientApp, outermost first (`defaults`: node-config keys every
     node gets unless it sets them, see `node_defaults`)."""
-    return ([node_defaults(defaults)] if defaults else []) + [fault_injection]
-
-
+    return ([node_defaults(defaults)] if defaults else []) + [_on_train(mod) for mod in TRAIN_MODS]

@@ -14,6 +14,9 @@ metrics leave the client:
   noised sums charged to the same accountant). Validation figures leave only as such noised
   sums, or in the clear from a split the *site* declared non-private (its node config's
   ``privacy.eval-split = "public"``), marked ``eval-split-public``.
+
+Under ``defense.norm-bound`` the update leaves clipped to that L2 norm (under secure
+aggregation: before it is masked; under DP: after the noise, which post-processing keeps DP).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from fedmirasol.config.run import RunConfig
 from fedmirasol.core.parameters import NumpyState, to_record
+from fedmirasol.privacy.client_level import clip_update
 
 
 PUBLIC_BOOKKEEPING = ("num-examples", "partition-id")
@@ -83,12 +87,16 @@ def release_train(message: Message, config: RunConfig, partition_id: int, num_ex
                   update: NumpyState | None, metrics: Mapping[str, Any],
                   seal: Seal | None = None) -> Message:
     """The train reply: ``metrics`` (``num-examples``, ``partition-id`` and the task's figures
-    the policy allows) and ``arrays`` (the update, or with `seal` what it encrypts or encodes
-    it to; absent when there is none, e.g. a client whose DP budget is exhausted)."""
+    the policy allows) and ``arrays`` (the update, clipped to ``defense.norm-bound`` when set,
+    or with `seal` what it encrypts or encodes it to; absent when there is none, e.g. a client
+    whose DP budget is exhausted)."""
     released = {"num-examples": num_examples, "partition-id": partition_id,
                 **release_policy(config).metrics(metrics)}
     content = RecordDict({"metrics": MetricRecord(released)})
     if update is not None:
+        bound = config.defense.norm_bound
+        if bound:
+            update = clip_update(update, bound)[0]
         content["arrays"] = to_record(update) if seal is None else seal(update, num_examples)
     return Message(content=content, reply_to=message)
 

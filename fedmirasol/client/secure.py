@@ -21,7 +21,7 @@ from fedmirasol.client.handlers import (
     handle_evaluate, handle_train, partition_id, privacy_log, restore_state, run_config,
     run_name, run_seed,
 )
-from fedmirasol.client.mods import with_faults
+from fedmirasol.client.mods import with_train_mods
 from fedmirasol.client.release import release_exhausted
 from fedmirasol.config.secagg import SecAggConfig
 from fedmirasol.secagg.client import ClientHooks
@@ -73,7 +73,7 @@ def _nothing_to_contribute(message: Message, context: Context) -> Message | None
 def secure_hooks(identities: Sequence[Identity] | None = None) -> ClientHooks:
     """The hooks of this client package (`identities`: a simulation's provisioned keys, by
     partition id; None: each node's own, from its node config)."""
-    return ClientHooks(train=with_faults(handle_train), evaluate=handle_evaluate,
+    return ClientHooks(train=with_train_mods(handle_train), evaluate=handle_evaluate,
                        run_seed=run_seed, settings=_settings,
                        identity=functools.partial(_identity, identities),
                        nothing_to_contribute=_nothing_to_contribute)

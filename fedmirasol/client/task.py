@@ -113,7 +113,7 @@ def train(config: Mapping[str, Any], partition_id: int, server_round: int,
     """
     client = config.client
     torch.set_num_threads(client.threads)
-    data = client_data.client_data(config, partition_id)
+    data = client_data.client_data(config, partition_id, server_round)  # poisoned: attackers
     privacy = config.privacy
     private = None
     if privacy.enabled:

@@ -15,6 +15,17 @@ def dashed(name: str) -> str:
     return name.replace("_", "-")
 
 
+def partition_ids(text: str, key: str) -> set[int]:
+    """Comma-separated partition ids ('1, 4,7' -> {1, 4, 7}); an item that is not an id is a
+    ConfigError naming `key`."""
+    ids: set[int] = set()
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if not item.lstrip("-").isdigit():
+            raise ConfigError(f"config key {key!r}: {item!r} is not a client (partition) id")
+        ids.add(int(item))
+    return ids
+
+
 class Section(BaseModel):
     """One table of the run config (``[client]``, ``[privacy]``, ...).
 

@@ -10,6 +10,7 @@ from fedmirasol.config.compression import CompressionConfig
 from fedmirasol.config.model import ModelConfig
 from fedmirasol.config.personalization import PersonalizationConfig
 from fedmirasol.config.privacy import PrivacyConfig, SitePrivacyConfig
+from fedmirasol.config.robustness import DATA_ATTACKS, AttackConfig, DefenseConfig
 from fedmirasol.config.secagg import SecAggConfig
 from fedmirasol.config.task import TaskConfig
 from fedmirasol.config.sections import (
@@ -44,6 +45,8 @@ class RunConfig(Section):
     secagg: SecAggConfig = SecAggConfig()
     he: HEConfig = HEConfig()
     compression: CompressionConfig = CompressionConfig()
+    attack: AttackConfig = AttackConfig()
+    defense: DefenseConfig = DefenseConfig()
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
@@ -73,6 +76,7 @@ class RunConfig(Section):
                               "data.clips-per-user > 0 (how many clips each simulated person "
                               "contributes)")
         self._check_federation_size()
+        self._check_attack()
         return self
 
     def _check_compression(self) -> None:
@@ -116,6 +120,52 @@ class RunConfig(Section):
             raise ConfigError("config key 'he.enabled' needs server.evaluate-every = 0: the "
                               "server holds only the encrypted model, so it cannot evaluate it "
                               "(the clients still evaluate every round)")
+
+    def _check_attack(self) -> None:
+        """The attackers exist and leave honest clients; what the attack and the defense need."""
+        attack, n = self.attack, self.data.num_clients
+        attackers = attack.attackers(n, self.seed)
+        outside = sorted(pid for pid in attackers if not 0 <= pid < n)
+        if outside:
+            raise ConfigError(f"config key 'attack.clients': {outside} outside data.num-clients "
+                              f"= {n}")
+        if attackers and len(attackers) >= n:
+            raise ConfigError(f"attack.clients / attack.fraction make all {n} clients attackers; "
+                              "leave at least one honest client")
+        if attack.kind in DATA_ATTACKS and (self.data.source == "leaf"
+                                            or self.task.name != "classification"):
+            raise ConfigError(f"attack.kind = {attack.kind!r} poisons audio-visual clips' class "
+                              f"labels: it needs task.name = 'classification' on clips, not "
+                              f"task.name = {self.task.name!r} with data.source = "
+                              f"{self.data.source!r} (the update attacks work on any task)")
+        classes = self.model.mirasol.num_classes
+        if attack.kind == "backdoor" and attack.target_class >= classes:
+            raise ConfigError(f"config key 'attack.target-class' = {attack.target_class} is not "
+                              f"a class of the model ({classes} classes)")
+        if attack.kind == "little-is-enough" and self.data.source == "site":
+            raise ConfigError("attack.kind = 'little-is-enough' rebuilds the colluding "
+                              "attackers' benign updates from the run config, which a "
+                              "data.source = 'site' federation cannot (each site's data is its "
+                              "own)")
+        if self.defense.median_norm_bound and self.secagg.enabled:
+            raise ConfigError("config key 'defense.median-norm-bound' needs the server to see "
+                              "every update, which secure aggregation hides; use "
+                              "defense.norm-bound (each client clips before masking)")
+        if self.defense.median_norm_bound and self.he.enabled:
+            raise ConfigError("config key 'defense.median-norm-bound' needs the server to see "
+                              "every update, which he.enabled encrypts; use defense.norm-bound "
+                              "(each client clips before encrypting)")
+        sealed = "he.enabled" if self.he.enabled else (
+            "compression.codec" if self.compression.codec != "none" else None)
+        if attack.enabled and sealed:
+            raise ConfigError(f"attack.kind = {attack.kind!r} rewrites the plain update a client "
+                              f"sends, but with {sealed} its reply carries an encrypted or "
+                              "encoded payload: run the attacks without it")
+        if self.defense.median_norm_bound and self.privacy.client_level:
+            raise ConfigError("config key 'defense.median-norm-bound' clips every update to a "
+                              "bound that depends on all clients' updates, which breaks "
+                              "privacy.client-level's sensitivity (one client would change how "
+                              "the others are clipped); use defense.norm-bound")
 
     def _check_federation_size(self) -> None:
         """A federation of `data.num-clients` clients must be able to fill every round the

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_serializer, field_validator, model_validator
 
-from fedmirasol.config.base import Section
+from fedmirasol.config.base import Section, partition_ids
 from fedmirasol.errors import ConfigError, did_you_mean
 
 SOURCES = ("synthetic", "manifest", "site", "leaf")
@@ -153,14 +153,7 @@ class FaultsConfig(Section):
 
     def clients(self, kind: Literal["crash", "nan", "slow"]) -> set[int]:
         """The partition ids listed in `faults.<kind>-clients` ('1, 4,7' -> {1, 4, 7})."""
-        ids: set[int] = set()
-        text = getattr(self, f"{kind}_clients")
-        for item in filter(None, (part.strip() for part in text.split(","))):
-            if not item.lstrip("-").isdigit():
-                raise ConfigError(f"config key 'faults.{kind}-clients': {item!r} is not a "
-                                  "client (partition) id")
-            ids.add(int(item))
-        return ids
+        return partition_ids(getattr(self, f"{kind}_clients"), f"faults.{kind}-clients")
 
 
 class ServerConfig(Section):

@@ -153,6 +153,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     if any(r.get("centralized_exact_match") is not None or r.get("federated_exact_match")
            is not None for r in rounds):
         paths.append(_plot_text(rounds, out / "text_metrics.png"))
+    if any("attackers" in r for r in rounds):
+        paths.append(_plot_attack(rounds, out / "attack.png"))
     return paths
 
 
@@ -211,6 +213,27 @@ def _plot_text(rounds: list[dict], path: Path) -> Path:
     for ax in (em, cap):
         round_axis(ax)
         legend_outside(ax, "below", ncol=2, fontsize="small")
+    return save_figure(fig, path)
+
+
+def _plot_attack(rounds: list[dict], path: Path) -> Path:
+    """Clean accuracy (server test set, honest clients' validation) and, for a targeted
+    attack, its success rate per round; a line where the attack starts."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for key, label in (("centralized_accuracy", "clean accuracy (server test set)"),
+                       ("federated_accuracy", "clean accuracy (honest clients' validation)"),
+                       ("attack_success_rate", "attack success rate (server test set)")):
+        xs, ys = _series(rounds, key)
+        if xs:
+            ax.plot(xs, ys, marker="o", label=label,
+                    **({"color": "C3", "linestyle": "--"} if key == "attack_success_rate"
+                       else {}))
+    start = next((r["round"] for r in rounds if r.get("attackers")), None)
+    if start is not None:
+        ax.axvline(start - 0.5, color="0.5", linestyle=":", label=f"attack from round {start}")
+    ax.set(ylabel="rate", ylim=(0, 1), title="Under attack: clean accuracy and attack success")
+    round_axis(ax)
+    legend_outside(ax, "below", ncol=1, fontsize="small")
     return save_figure(fig, path)
 
 

@@ -56,6 +56,7 @@ def build_report(run_dir: str | Path, shared: Mapping[str, np.ndarray] | None = 
                                   if "val_accuracy" in row},
         **_personalization_summary(config, rounds),
         **_text_summary(rounds),
+        **_attack_summary(config, rounds),
         **_privacy_summary(run_dir),
         **shared_counts(shared if shared is not None else _checkpointed_shared(run_dir)),
         "total_bytes_down": sum(r["bytes_down"] for r in rounds),
@@ -188,6 +189,24 @@ def _text_summary(rounds: list[dict]) -> dict[str, Any]:
     return summary
 
 
+def _attack_summary(config: RunConfig, rounds: list[dict]) -> dict[str, Any]:
+    """The attack and its attackers (never among the clients whose accuracies the report
+    shows: they are not asked to evaluate), with the attack success rate of a targeted
+    attack; empty for runs without one."""
+    attack = config.attack
+    if not attack.enabled:
+        return {}
+    rates = [r["attack_success_rate"] for r in rounds if r.get("attack_success_rate") is not None]
+    return {"attack": {
+        "kind": attack.kind, "from_round": attack.from_round,
+        "attackers": sorted(attack.attackers(config.data.num_clients, config.seed)),
+        "final_attack_success_rate": rounds[-1].get("attack_success_rate"),
+        "max_attack_success_rate": max(rates, default=None),
+        "last_quarter_attack_success_rate": mean(
+            r.get("attack_success_rate") for r in _last_quarter(rounds)),
+    }}
+
+
 def _privacy_summary(run_dir: str | Path) -> dict[str, Any]:
     """The privacy ledger's summary (worst client's epsilon at delta, client-level epsilon);
     empty for runs without DP."""
@@ -301,7 +320,9 @@ def _print_round(record: Mapping[str, Any]) -> None:
           f"{_count(record['sampled'])}  rejected {len(record['rejected'])}  "
           f"{record['duration_s']:.1f}s"
           + (f"  out of DP budget {record['budget_exhausted']}"
-             if record.get("budget_exhausted") else ""), flush=True)
+             if record.get("budget_exhausted") else "")
+          + (f"  attack success {fmt('attack_success_rate')}"
+             if record.get("attack_success_rate") is not None else ""), flush=True)
 
 
 # The default progress of `fedmirasol simulate` and `flwr run`.

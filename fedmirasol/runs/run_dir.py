@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import json
+import math
 import shutil
 import time
 from contextlib import contextmanager
@@ -91,6 +92,30 @@ def read_config(run_dir: str | Path) -> RunConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
     return from_table(json.loads(path.read_text()))
+
+
+def finite_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """`record` with every NaN or infinite number (a diverged model's loss, a client's NaN
+    train loss) replaced by None, so the round is still recorded in strict JSON; the keys
+    replaced are logged."""
+    replaced: list[str] = []
+
+    def clean(value: Any, path: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            replaced.append(path)
+            return None
+        if isinstance(value, Mapping):
+            return {key: clean(item, f"{path}.{key}" if path else str(key))
+                    for key, item in value.items()}
+        if isinstance(value, list):
+            return [clean(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return value
+
+    cleaned = clean(record, "")
+    if replaced:
+        log.warning("round %s: non-finite values recorded as null: %s", record.get("round"),
+                    ", ".join(replaced))
+    return cleaned
 
 
 def append_metrics(run_dir: Path, record: Mapping[str, Any]) -> None:

@@ -24,9 +24,11 @@ EvaluateFn = Callable[[Mapping[str, np.ndarray]], dict[str, float]]
 
 
 def make_evaluate_fn(config: RunConfig, device: str = "cpu") -> EvaluateFn:
-    """`fn(global_shared) -> {"test-loss", "test-accuracy", "num-examples"}` and, for the
+    """`fn(global_shared) -> {"test-loss", "test-accuracy", "num-examples"}`; for the
     videoqa task, the generated text's scores (``test-exact-match``, ``test-em-<type>``,
-    ``test-cider``, ``test-bleu4``, with their counts).
+    ``test-cider``, ``test-bleu4``, with their counts); under a targeted attack (backdoor,
+    label flipping) `"attack-success-rate"`: the accuracy on the test set poisoned the attack's
+    way (`task.data.attack_test_dataset`).
 
     The model and the test set are built on the first call: a run that never evaluates
     centrally (`server.evaluate-every = 0`) never renders the test set."""
@@ -40,6 +42,9 @@ def make_evaluate_fn(config: RunConfig, device: str = "cpu") -> EvaluateFn:
                          test_loader=client_data.loader(client_data.test_dataset(config),
                                                         config.client.eval_batch_size,
                                                         shuffle=False))
+            poisoned = client_data.attack_test_dataset(config)
+            built["attack_loader"] = None if poisoned is None else client_data.loader(
+                poisoned, config.client.eval_batch_size, shuffle=False)
         model, initial_local, target = built["model"], built["initial_local"], built["target"]
         test_loader = built["test_loader"]
         load_state(model, global_shared)
@@ -47,9 +52,13 @@ def make_evaluate_fn(config: RunConfig, device: str = "cpu") -> EvaluateFn:
         model.to(target)
         result = evaluate(model, test_loader, device=target,
                           generation=config.task.generation())
+        figures = {"test-loss": result["loss"], "test-accuracy": result["accuracy"],
+                   "num-examples": result["num_examples"], **text_reply_metrics(result, "test-")}
+        if built["attack_loader"] is not None:
+            figures["attack-success-rate"] = evaluate(model, built["attack_loader"],
+                                                      device=target)["accuracy"]
         model.to("cpu")
-        return {"test-loss": result["loss"], "test-accuracy": result["accuracy"],
-                "num-examples": result["num_examples"], **text_reply_metrics(result, "test-")}
+        return figures
 
     return evaluate_global
 

@@ -4,8 +4,9 @@ The chain of a run (`reply_filters`, built once): the clients out of their DP bu
 out (recorded as exhausted, not rejected); the shape and finiteness checks; the bound on a
 reply's weight (`strategy.max-num-examples`); the privacy ledger (every reply's DP figures are
 recorded, and an update whose figures the ledger cannot record is rejected); the client-level
-clip bound. Each filter moves the replies it does not
-keep from `Screening.kept` to `exhausted` or `rejected` (with the reason).
+clip bound; the norm bound of `defense.*`. Each filter moves the replies it does not keep from
+`Screening.kept` to `exhausted` or `rejected` (with the reason); the norm bound keeps every
+reply and scales the long ones down.
 
 Under secure aggregation the server sees masked replies: a filter's `check_masked` says why a
 masked reply must stay out of the sum (the protocol asks it of each reply before unmasking),
@@ -19,12 +20,15 @@ one line in `reply_filters`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
+import numpy as np
 from flwr.app import Message
 
 from fedmirasol.config.run import RunConfig
+from fedmirasol.core.parameters import from_record, to_record
 from fedmirasol.core.reply_checks import Rejection, validate_train_replies, weight_problem
+from fedmirasol.privacy.client_level import clip_update
 from fedmirasol.privacy.server_side import ServerPrivacy
 
 
@@ -39,6 +43,7 @@ class Screening:
     kept: list[Message]  # still in
     exhausted: list[Message] = field(default_factory=list)  # out of DP budget: trained nothing
     rejected: list[Rejection] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)  # what filters did, for the round record
 
 
 class ReplyFilter:
@@ -149,12 +154,41 @@ class ClipBound(ReplyFilter):
         s.rejected += rejected
 
 
+class NormBound(ReplyFilter):
+    """Norm bounding (`defense.norm-bound`, or the round's median update norm under
+    `defense.median-norm-bound`): every update longer than the bound is scaled down to it, and
+    the clients clipped are recorded (`norm_clipped`). A masked update's norm cannot be
+    inspected: under secure aggregation each honest client clips before masking and a
+    malicious one is bounded by nothing the server can check."""
+
+    def __init__(self, bound: float, median: bool) -> None:
+        self.bound, self.median = bound, median
+
+    def screen(self, s: Screening) -> None:
+        updates = [from_record(reply.content.array_records["arrays"]) for reply in s.kept]
+        norms = [float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64)))
+                                   for v in update.values()))) for update in updates]
+        if not norms:
+            return
+        bound = float(np.median(norms)) if self.median else self.bound
+        clipped = []
+        for reply, update, norm in zip(s.kept, updates, norms):
+            if norm > bound:
+                reply.content["arrays"] = to_record(clip_update(update, bound)[0])
+                clipped.append(s.partitions.get(reply.metadata.src_node_id))
+        s.notes.update(norm_bound=bound, norm_clipped=sorted(clipped))
+
+
 def reply_filters(config: RunConfig, privacy: ServerPrivacy,
                   expected: Mapping[str, tuple[int, ...]]) -> list[ReplyFilter]:
-    """The run's chain, in order. (The privacy filters do nothing in runs without DP.)"""
+    """The run's chain, in order. (The privacy filters do nothing in runs without DP; the norm
+    bound is there under `defense.*`.)"""
+    defense = config.defense
+    bounded = defense.norm_bound > 0 or defense.median_norm_bound
     return [TakeOutExhausted(privacy), Validation(expected),
             WeightBound(config.strategy.max_num_examples), PrivacyLedger(privacy),
-            ClipBound(privacy)]
+            ClipBound(privacy),
+            *([NormBound(defense.norm_bound, defense.median_norm_bound)] if bounded else [])]
 
 
 def screen(chain: list[ReplyFilter], s: Screening) -> Screening:

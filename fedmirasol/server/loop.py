@@ -113,6 +113,8 @@ class FederatedRun:
         self.aggregator = choose_aggregator(config, self.global_shared)
         self.privacy = ServerPrivacy(config, run_dir, trainable_shared(model, self.global_shared))
         self.filters = reply_filters(config, self.privacy, self.expected)
+        # simulated Byzantine clients: marked in the records, never asked to evaluate
+        self.attackers = config.attack.attackers(config.data.num_clients, config.seed)
         self.start_round = 1
         self.discovery_problems: list[str] = []
         self.stopped_early: str | None = None
@@ -175,7 +177,7 @@ class FederatedRun:
         for server_round in range(self.start_round, cfg.num_rounds + 1):
             if self._too_few_within_budget(server_round):
                 break
-            record = self.run_round(server_round)
+            record = rundir.finite_record(self.run_round(server_round))
             rundir.append_metrics(self.run_dir, record)
             if server_round % cfg.output.checkpoint_every == 0 \
                     or server_round == cfg.num_rounds:
@@ -213,24 +215,31 @@ class FederatedRun:
         for reply in accepted:
             row = client_metrics(reply)
             train_rows[int(row["partition-id"])] = row
+        honest_rows = [row for pid, row in train_rows.items() if pid not in self.attackers]
+        sampled = _sampled_partitions(messages, self.partitions)
         record.update(
-            sampled=_sampled_partitions(messages, self.partitions),
+            sampled=sampled,
             participants=sorted(train_rows),
             rejected=[r.to_json() for r in rejected],
             **{EXHAUSTED_FIELD: sorted(int(client_metrics(r)["partition-id"])
                                        for r in exhausted)},
             aggregate_kept_previous=kept_reason,
             train_loss=(outcome.train_loss if outcome.train_loss is not None
-                        else weighted_mean(train_rows.values(), "train-loss")),
+                        else weighted_mean(honest_rows, "train-loss")),
             skipped_files=int(sum(row.get("skipped_files", 0) for row in train_rows.values())),
             **outcome.figures,
         )
+        if self.config.attack.enabled:
+            record["attackers"] = [pid for pid in sampled if self.config.attack.attacks(
+                pid, server_round, self.config.data.num_clients, self.config.seed)]
 
         # Federated evaluation on the clients' validation splits.
         with _seeded_random(seed_for(seed, server_round, 2)):
             eval_messages = list(self.strategy.configure_evaluate(
                 server_round, to_record(self.global_shared), self._config_record(),
                 self.ordered))
+        eval_messages = [m for m in eval_messages  # figures of honest clients only
+                         if self.partitions[m.metadata.dst_node_id] not in self.attackers]
         evaluation = self.aggregator.evaluate(self, server_round, eval_messages)
         eval_rows = evaluation.rows
         down, up = self._by_partition(self.traffic.down), self._by_partition(self.traffic.up)
@@ -239,7 +248,8 @@ class FederatedRun:
             # bytes as serialized on the wire, train and evaluate messages, every node
             bytes_down=sum(self.traffic.down.values()),
             bytes_up=sum(self.traffic.up.values()),
-            clients={str(pid): {**_client_row(train_rows.get(pid), eval_rows.get(pid)),
+            clients={str(pid): {**_client_row(train_rows.get(pid), eval_rows.get(pid),
+                                            pid in self.attackers),
                                 "bytes_down": down.get(pid, 0), "bytes_up": up.get(pid, 0)}
                      for pid in sorted(set(train_rows) | set(eval_rows) | set(down) | set(up))},
         )
@@ -250,8 +260,7 @@ class FederatedRun:
         every = self.config.server.evaluate_every
         if every and (server_round % every == 0 or server_round == self.config.num_rounds):
             central = self.evaluate_global(self.global_shared)
-            record.update(centralized_accuracy=central["test-accuracy"],
-                          centralized_loss=central["test-loss"], **central_text(central))
+            record.update(_rename_central({**central, "round": server_round}))
         else:
             record.update(centralized_accuracy=None, centralized_loss=None)
         record["duration_s"] = time.perf_counter() - started
@@ -341,13 +350,16 @@ class FederatedRun:
 
 
 def _rename_central(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    return {"round": metrics["round"], "centralized_accuracy": metrics["test-accuracy"],
-            "centralized_loss": metrics["test-loss"], **central_text(metrics)}
+    renamed = {"round": metrics["round"], "centralized_accuracy": metrics["test-accuracy"],
+               "centralized_loss": metrics["test-loss"], **central_text(metrics)}
+    if "attack-success-rate" in metrics:  # under a targeted attack
+        renamed["attack_success_rate"] = metrics["attack-success-rate"]
+    return renamed
 
 
-def _client_row(train: Mapping[str, float] | None, val: Mapping[str, float] | None
-                ) -> dict[str, float]:
-    row: dict[str, float] = {}
+def _client_row(train: Mapping[str, float] | None, val: Mapping[str, float] | None,
+                attacker: bool = False) -> dict[str, float]:
+    row: dict[str, float] = {"attacker": True} if attacker else {}
     if train:  # a securely aggregated client shows neither (they are in the secure sums)
         row.update({name: train[key] for name, key in (("train_loss", "train-loss"),
                                                        ("train_examples", "num-examples"))

@@ -17,10 +17,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from fedmirasol.data import poisoning
 from fedmirasol.data.batch import Sample, UnavailableSample, collate
 from fedmirasol.data.questions import QUESTION_TYPES
 from fedmirasol.data.synthetic import DomainShift, SyntheticAVDataset, SyntheticConfig
+from fedmirasol.config.robustness import DATA_ATTACKS
 from fedmirasol.config.run import RunConfig
+from fedmirasol.core.seeds import seed_for
 from fedmirasol.data.partitioning import ClientSpec, client_specs, label_histogram
 from fedmirasol.task import leaf
 
@@ -69,11 +72,13 @@ def partition_summary(config: Mapping[str, Any]) -> list[dict[str, Any]]:
         return leaf.partition_summary(config)
     labels = pool_labels(config)
     num_classes = partition_classes(config)
+    attackers = config.attack.attackers(config.data.num_clients, config.seed)
     return [{
         "partition-id": spec.partition_id, "train": len(spec.train_indices),
         "val": len(spec.val_indices),
         "labels": label_histogram(labels, spec.train_indices + spec.val_indices, num_classes),
         "domain": spec.domain, "drop-audio": spec.drop_audio, "drop-video": spec.drop_video,
+        **({"attacker": True} if spec.partition_id in attackers else {}),
     } for spec in specs(config)]
 
 
@@ -235,9 +240,54 @@ def data_key(config: RunConfig) -> RunConfig:
                                      task=config.task)
 
 
-def client_data(config: Mapping[str, Any], partition_id: int) -> ClientData:
-    """Client `partition_id`'s train/validation data (rendered once per process)."""
+def client_data(config: Mapping[str, Any], partition_id: int, server_round: int = 0
+                ) -> ClientData:
+    """Client `partition_id`'s train/validation data (rendered once per process); in a round
+    where the client is a data-poisoning attacker (`attack.kind` label-flip or backdoor), its
+    training data poisoned."""
+    attack = config.attack
+    if server_round and attack.kind in DATA_ATTACKS and attack.attacks(
+            partition_id, server_round, config.data.num_clients, config.seed):
+        return _poisoned_cached(poison_key(config), partition_id)
     return _client_data_cached(data_key(config), partition_id)
+
+
+def poison_key(config: RunConfig) -> RunConfig:
+    """`data_key` plus the attack section (a cache key of the poisoned data)."""
+    return RunConfig.model_construct(seed=config.seed, data=config.data, model=config.model,
+                                     task=config.task, attack=config.attack)
+
+
+@functools.lru_cache(maxsize=4)
+def _poisoned_cached(config: RunConfig, partition_id: int) -> ClientData:
+    clean = _client_data_cached(data_key(config), partition_id)
+    attack, mirasol = config.attack, config.model.mirasol
+    if attack.kind == "label-flip":
+        train = poisoning.label_flipped(clean.train, mirasol.num_classes)
+    else:
+        train = poisoning.backdoored(clean.train, target=attack.target_class,
+                                     trigger=attack.trigger, fraction=attack.poison_fraction,
+                                     sample_rate=mirasol.sample_rate,
+                                     seed=seed_for(config.seed, partition_id, 0xBAD))
+    return ClientData(spec=clean.spec, train=train, val=clean.val, skipped=clean.skipped)
+
+
+def attack_test_dataset(config: Mapping[str, Any]) -> Dataset | None:
+    """The server's test set poisoned the way the run's attack poisons (the accuracy on it is
+    the attack success rate); None for attacks without a target."""
+    return _attack_test_cached(poison_key(config))
+
+
+@functools.lru_cache(maxsize=2)
+def _attack_test_cached(config: RunConfig) -> Dataset | None:
+    attack, mirasol = config.attack, config.model.mirasol
+    if attack.kind == "backdoor":
+        return poisoning.backdoor_test_set(test_dataset(config), target=attack.target_class,
+                                           trigger=attack.trigger,
+                                           sample_rate=mirasol.sample_rate)
+    if attack.kind == "label-flip":
+        return poisoning.label_flip_test_set(test_dataset(config), mirasol.num_classes)
+    return None
 
 
 @functools.lru_cache(maxsize=2)

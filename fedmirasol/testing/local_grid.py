@@ -27,19 +27,20 @@ class LocalGrid(Grid):
                                        state=RecordDict(), run_config={})
                          for node, config in node_configs.items()}
         self.observe = observe or (lambda message: None)
-        self.dropped: dict[int, tuple[str, str | None]] = {}
+        self.dropped: dict[int, list[tuple[str, str | None]]] = {}
         self._gone: set[tuple[int, str]] = set()  # (node, group id) pairs with no answers
 
     def drop(self, nodes: Iterable[int], from_message_type: str,
              group_id: str | None = None) -> None:
         """From the first `from_message_type` message on, `nodes` never answer: in that
-        message's group (round) only, or for good when `group_id` is None."""
-        self.dropped.update({node: (from_message_type, group_id) for node in nodes})
+        message's group (round) only, or for good when `group_id` is None. A node may be
+        dropped in several rounds (one call per round)."""
+        for node in nodes:
+            self.dropped.setdefault(node, []).append((from_message_type, group_id))
 
     def _vanished(self, message: Message) -> bool:
         node, meta = message.metadata.dst_node_id, message.metadata
-        if node in self.dropped:
-            message_type, group = self.dropped[node]
+        for message_type, group in self.dropped.get(node, ()):
             if meta.message_type == message_type and group in (None, meta.group_id):
                 self._gone.add((node, meta.group_id if group else "*"))
         return (node, "*") in self._gone or (node, meta.group_id) in self._gone

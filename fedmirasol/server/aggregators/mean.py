@@ -66,7 +66,7 @@ class StrategyMean(Aggregator):
         rejected = unreadable + s.rejected + missing(messages, replies, run.partitions,
                                                      run.timeout)
         new, kept_reason = self.step(run, server_round, s.kept, len(messages), population)
-        return TrainOutcome(s.kept, s.exhausted, rejected, new, kept_reason)
+        return TrainOutcome(s.kept, s.exhausted, rejected, new, kept_reason, figures=s.notes)
 
     def readable(self, run: Run, replies: list[Message]
                  ) -> tuple[list[Message], list[Rejection]]:
