@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,7 @@ def open_ray(config: RunConfig) -> RaySession:
                  _system_config={"worker_niceness": 0}, **common)
         return _session(started=True)
     try:
+        _check_reachable(address)
         ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
                  **common)
     except (ConnectionError, RuntimeError, ValueError) as error:
@@ -79,6 +81,18 @@ def open_ray(config: RunConfig) -> RaySession:
     log.info("attached to the Ray cluster at %s (%g CPUs, %g GPUs)", address, session.cpus,
              session.gpus)
     return session
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """A HOST:PORT with nothing listening fails here at once (`ray.init` would wait for it
+    for minutes); "auto" and ray:// addresses are left to Ray."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as error:
+        raise ConnectionError(f"nothing answers at {address}: {error}") from error
 
 
 def _session(started: bool, address: str = "") -> RaySession:
