@@ -148,18 +148,19 @@ def _stop(head: subprocess.Popen) -> None:
 @pytest.mark.slow
 def test_a_thousand_client_simulation_on_an_existing_ray_cluster(tmp_path: Path) -> None:
     """Flower's Ray engine attached to a `ray start --head` this test started: 1,000 virtual
-    clients, 10 trained a round; the cluster outlives the run (and is stopped by its PID)."""
+    clients, 10 trained in a round; the cluster outlives the run (and is stopped by its
+    PID)."""
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     head, address = _ray_head(tmp_path, temp_dir)
     try:
-        config = _thousand_clients(tmp_path / "runs", "num-rounds=2",
+        config = _thousand_clients(tmp_path / "runs", "num-rounds=1",
                                    "strategy.fraction-evaluate=0.0",
                                    f"simulation.ray-address='{address}'")
         started = time.monotonic()
         run = simulate(config, progress=None)
         took = time.monotonic() - started
         metrics = rundir.read_metrics(run)
-        assert [len(r["participants"]) for r in metrics[1:]] == [10, 10]
+        assert [len(r["participants"]) for r in metrics[1:]] == [10]
         assert not any(r["rejected"] for r in metrics[1:])
         assert set(_mirrored(run)) == set().union(*(r["participants"] for r in metrics[1:]))
         assert head.poll() is None, (tmp_path / "ray.log").read_text()[-2000:]

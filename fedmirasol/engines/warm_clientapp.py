@@ -30,7 +30,7 @@ log = logging.getLogger("fedmirasol.engines")
 PRELOAD = ("torch", "flwr.clientapp", "flwr.supernode.runtime.run_clientapp",
            "fedmirasol.engines.apps", "fedmirasol.client.handlers", "opacus",
            "fedmirasol.privacy.dp_training", "fedmirasol.secagg.client")
-POLL_SECONDS = 0.1  # between AcquireTask calls (flower-superexec's default: 1 s)
+POLL_SECONDS = 0.25  # between AcquireTask calls (flower-superexec's default: 1 s)
 
 
 class ForkingExecutor:
