@@ -39,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
                           "Runtime API uses TLS) or --insecure (plain HTTP on this machine)")
     handler = logging.StreamHandler()  # Flower's own logger prints Flower's lines
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-    logging.getLogger("fedmirasol").addHandler(handler)
-    logging.getLogger("fedmirasol").setLevel(logging.INFO)
+    logger = logging.getLogger("fedmirasol")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # Flower's root handlers would print each line twice more
     print(f"serving the ClientApps of the SuperNode at {args.runtime_api_address}",
           flush=True)
     serve(args.runtime_api_address, insecure=args.insecure,
