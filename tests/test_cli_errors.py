@@ -164,3 +164,9 @@ def test_train_help_states_the_training_defaults() -> None:
     assert helps["train_clips"] == f"default {defaults.train_clips}"
     assert helps["val_clips"] == f"default {defaults.val_clips}"
     assert helps["seed"] == f"default {defaults.seed}"
+
+
+def test_clientapp_server_needs_a_transport_to_the_runtime_api(capsys) -> None:
+    assert main(["clientapp-server", "--runtime-api-address", "127.0.0.1:9094"]) == 2
+    err = capsys.readouterr().err
+    assert "--root-certificates" in err and "--insecure" in err

@@ -6,6 +6,7 @@ Run on their own with ``pytest -m deployment`` (a few minutes on 2 cores).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,26 @@ def test_secure_aggregation_survives_a_node_lost_in_round_2(tmp_path):
     rounds_of = {pid: sorted(r["round"] for r in rows if r["partition-id"] == pid)
                  for pid in (0, 1)}
     assert rounds_of == {0: [1, 2], 1: [1, 2]}, rows
+
+
+def test_warm_clientapp_servers_run_every_message_of_a_dp_run(tmp_path):
+    """SuperNodes in `--isolation process` with a `fedmirasol clientapp-server` each: the run
+    finishes, and every message a node received ran in a process forked from its server
+    (no flwr-clientapp started per message)."""
+    config_file = _run_toml(tmp_path)
+    with Loopback(tmp_path, nodes=3, isolation="process") as link:
+        _start_federation(link, tmp_path)
+        run_id = link.run({"config-file": str(config_file)})
+        link.wait_for(lambda: link.run_status(run_id).startswith("finished"), 2 * STEP,
+                      "the run to finish")
+        assert link.run_status(run_id) == "finished:completed", link.log("superlink")[-3000:]
+        for i in range(3):
+            received = link.log(f"node{i}").count("Receiving: ")
+            forked = len(set(re.findall(r"ClientApp task (\d+) in process \d+",
+                                        link.log(f"node{i}-clientapps"))))
+            assert received >= 4 and forked == received, (i, received, forked)
+            assert "exited with" not in link.log(f"node{i}-clientapps")
+    metrics = rundir.read_metrics(_run_dir(tmp_path))
+    assert [r["round"] for r in metrics] == [0, 1, 2]
+    assert all(set(r["participants"]) == {0, 1, 2} for r in metrics[1:])
+    assert _steps(tmp_path, 0, 2) > 0  # DP-SGD ran in the forked ClientApps

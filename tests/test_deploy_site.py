@@ -83,15 +83,23 @@ def test_node_state_dir_takes_precedence_and_a_restarted_node_restores_it(tmp_pa
         return Context(run_id=1, node_id=5, state=RecordDict(), run_config={},
                        node_config=node)
 
+    from fedmirasol.client import state as client_state
+
     first = context()
     client_handlers.handle_train(train_message(config, 1, **extra), first)
-    assert (tmp_path / "site" / "run-a" / "client-00000-round-00001.safetensors").is_file()
+    mirror = tmp_path / "site" / "run-a" / "client-00000-round-00001.safetensors"
+    assert mirror.is_file()
     assert not (tmp_path / "server-side").exists()
+    assert not first.state.array_records  # its home is the disk: nothing kept in memory
+    saved = client_state.read_mirror(mirror)["local-params"]
+    assert saved
     restarted = context()  # a new SuperNode process: nothing in memory
-    client_handlers.handle_evaluate(train_message(config, 1, **extra), restarted)
+    round_2 = train_message(config, 2, **extra)
+    client_handlers.restore_state(restarted, round_2.content.config_records["config"], 0, 2)
     kept = restarted.state.array_records["local-params"]
     assert {k: v.numpy().tolist() for k, v in kept.items()} == \
-        {k: v.numpy().tolist() for k, v in first.state.array_records["local-params"].items()}
+        {k: v.tolist() for k, v in saved.items()}
+    client_handlers.handle_evaluate(train_message(config, 1, **extra), context())
 
 
 def test_a_site_trains_on_its_own_whole_manifest(tmp_path):

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "fedmirasol.cli.privacy_report_cmd",
     "fedmirasol.cli.certs_cmd",
     "fedmirasol.cli.he_cmd",
+    "fedmirasol.cli.clientapp_cmd",
 )
 
 # FileNotFoundError / FileExistsError: a path the user gave is missing, or would be overwritten.

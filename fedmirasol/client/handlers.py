@@ -29,10 +29,11 @@ global model and the way the update is sealed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from flwr.app import ConfigRecord, Context, Message
 
@@ -97,9 +98,26 @@ def _state_dir(context: Context, record: ConfigRecord) -> str:
 
 
 def restore_state(context: Context, record: ConfigRecord, pid: int, server_round: int) -> None:
+    """Read this client's state as of the end of round `server_round` - 1 from its state
+    directory into `context.state` (nothing when it has none, or the state is in memory)."""
     directory = _state_dir(context, record)
     if directory:
         client_state.restore_from_disk(context.state, directory, pid, server_round - 1)
+
+
+@contextlib.contextmanager
+def state_loaded(context: Context, record: ConfigRecord, pid: int,
+                 server_round: int) -> Iterator[str]:
+    """This client's state in `context.state` for one message (`restore_state`), dropped from
+    memory afterwards when it has a state directory (yielded; '' when none), which stays its
+    home between messages: the engine then keeps no client's arrays between rounds."""
+    directory = _state_dir(context, record)
+    restore_state(context, record, pid, server_round)
+    try:
+        yield directory
+    finally:
+        if directory:
+            client_state.evict(context.state)
 
 
 def run_name(record: ConfigRecord) -> str:
@@ -148,20 +166,20 @@ def handle_train(message: Message, context: Context, opener: Opener = plain_glob
     pid = partition_id(context, config)
     check_request(config.privacy, config.site_privacy)  # before the site's data is read
     server_round = int(record["server-round"])
-    restore_state(context, record, pid, server_round)
-    opened = opener(message, context, config)
-    result = client_task.train(config, pid, server_round, opened.global_shared, context.state,
-                               proximal_mu=float(record.get("proximal-mu", 0.0)),
-                               privacy_log=privacy_log(context, record, pid, config),
-                               run=run_name(record))
-    reply = release_train(message, config, pid, result.num_examples, result.update,
-                          result.metrics,
-                          seal=opened.seal or update_seal(config, context.state, pid,
-                                                          server_round))
-    directory = _state_dir(context, record)
-    if directory:  # after the release: a compressed update's residual is in the state now
-        client_state.mirror_to_disk(context.state, directory, pid, server_round,
-                                    keep_from=server_round - config.output.checkpoint_every)
+    with state_loaded(context, record, pid, server_round) as directory:
+        opened = opener(message, context, config)
+        result = client_task.train(config, pid, server_round, opened.global_shared,
+                                   context.state,
+                                   proximal_mu=float(record.get("proximal-mu", 0.0)),
+                                   privacy_log=privacy_log(context, record, pid, config),
+                                   run=run_name(record))
+        reply = release_train(message, config, pid, result.num_examples, result.update,
+                              result.metrics,
+                              seal=opened.seal or update_seal(config, context.state, pid,
+                                                              server_round))
+        if directory:  # after the release: a compressed update's residual is in the state now
+            client_state.mirror_to_disk(context.state, directory, pid, server_round,
+                                        keep_from=server_round - config.output.checkpoint_every)
     return reply
 
 
@@ -171,13 +189,13 @@ def handle_evaluate(message: Message, context: Context, opener: Opener = plain_g
     pid = partition_id(context, config)
     check_request(config.privacy, config.site_privacy)
     server_round = int(record["server-round"])
-    # A node restarted since it trained this round evaluates with that round's state.
-    restore_state(context, record, pid, server_round + 1)
-    global_shared = opener(message, context, config).global_shared
-    metrics = client_task.evaluate_local(
-        config, pid, global_shared, context.state,
-        privacy_log=privacy_log(context, record, pid, config), run=run_name(record),
-        server_round=server_round)
+    # The state as of this round's training (that of a node restarted since it trained too).
+    with state_loaded(context, record, pid, server_round + 1):
+        global_shared = opener(message, context, config).global_shared
+        metrics = client_task.evaluate_local(
+            config, pid, global_shared, context.state,
+            privacy_log=privacy_log(context, record, pid, config), run=run_name(record),
+            server_round=server_round)
     return release_evaluate(message, config, pid, metrics)
 
 

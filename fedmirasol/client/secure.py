@@ -18,8 +18,7 @@ from flwr.app import Context, Message
 
 from fedmirasol.client import task as client_task
 from fedmirasol.client.handlers import (
-    handle_evaluate, handle_train, partition_id, privacy_log, restore_state, run_config,
-    run_name, run_seed,
+    handle_evaluate, handle_train, partition_id, privacy_log, run_config, run_name, run_seed,
 )
 from fedmirasol.client.mods import with_train_mods
 from fedmirasol.client.release import release_exhausted
@@ -63,7 +62,7 @@ def _nothing_to_contribute(message: Message, context: Context) -> Message | None
     config, record = run_config(message, context)
     pid = partition_id(context, config)
     server_round = int(record.get("server-round", 1))
-    restore_state(context, record, pid, server_round)
+    # Only the site's release log decides this (the local parameters are not read).
     spent = client_task.exhausted_bookkeeping(config, pid, context.state,
                                               privacy_log(context, record, pid, config),
                                               run_name(record), server_round)

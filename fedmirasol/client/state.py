@@ -2,8 +2,11 @@
 
 The local (never shared) parameters live in ``context.state["local-params"]`` as an
 ArrayRecord; later stages add their own records (a personal model).
-In simulation the whole state can be mirrored to a directory so a resumed run picks up where
-the interrupted one left off; a deployed client would point this at its own disk.
+Where a client has a state directory (a simulation's ``client-state/``, a site's
+``state-dir``), that directory is the state's home: it is read when a message for this client
+arrives and written after training, and nothing of it stays in memory between messages
+(`evict`). A simulation of 10,000 virtual clients then holds only the sampled clients' state,
+and a resumed run picks up where the interrupted one left off.
 """
 
 from __future__ import annotations
@@ -96,6 +99,15 @@ def read_mirror(path: Path) -> dict[str, NumpyState]:
     for key, name, tensor in layout:
         payload.setdefault(key, {})[name] = tensors[tensor]
     return payload
+
+
+def evict(state: RecordDict) -> None:
+    """Drop the array records kept on disk from the in-memory state; the records never
+    mirrored (the downlink replica) and the small config records of a multi-stage protocol
+    stay."""
+    for key in list(state.array_records):
+        if key not in NOT_MIRRORED:
+            del state[key]
 
 
 def restore_from_disk(state: RecordDict, directory: str | Path, partition_id: int,

@@ -161,8 +161,13 @@ class ServerConfig(Section):
 
 
 class SimulationConfig(Section):
-    # virtual clients trained at once (0: one per CPU core)
+    # virtual clients trained at once (0: one per CPU core; on a Ray cluster, one per
+    # client.threads of its CPUs)
     max_parallel_clients: int = Field(0, ge=0)
+    # An existing Ray cluster to run the virtual clients on, as `ray.init(address=...)` takes
+    # it: "auto" (the cluster `ray start --head` started on this machine) or "HOST:PORT" (its
+    # head node); "" starts a private Ray for the run and stops it at the end.
+    ray_address: str = ""
 
 
 class OutputConfig(Section):

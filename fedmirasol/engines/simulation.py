@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from fedmirasol.config import RunConfig, with_values
 from fedmirasol.errors import ConfigError
 from fedmirasol.engines.apps import build_client_app, build_server_app
+from fedmirasol.engines.ray_backend import (
+    backend_config,
+    close_ray,
+    open_ray,
+    parallel_clients,
+)
 from fedmirasol.secagg.identity import Identity, provision
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.runs.report import print_progress
@@ -24,39 +29,6 @@ log = logging.getLogger("fedmirasol.engines")
 class StopRun(Exception):
     """Raise from a progress callback to stop a run after the round it reports (the run
     directory keeps its checkpoints and can be resumed)."""
-
-
-def backend_config(config: RunConfig) -> dict[str, Any]:
-    """Ray resources: `client.threads` CPUs per virtual client; as many clients in parallel as
-    the cores allow, or `simulation.max-parallel-clients`."""
-    threads = config.client.threads
-    parallel = config.simulation.max_parallel_clients
-    cpus = parallel * threads if parallel else max(os.cpu_count() or 1, threads)
-    return {
-        "client_resources": {"num_cpus": threads, "num_gpus": 0.0},
-        "init_args": {"num_cpus": cpus},
-    }
-
-
-def start_ray(init_args: Mapping[str, Any]) -> bool:
-    """Start Ray for the simulation engine (which then uses it as it is); True if started.
-
-    Flower would start it with a runtime environment that only sets PYTHONPATH, and Ray then
-    sets that environment up through its runtime-env agent before the first virtual client
-    starts (about a second here). The same PYTHONPATH in this process's environment reaches
-    the workers without it. Ray also starts its workers, the virtual clients that do the
-    training, at niceness 15: on a machine shared with other jobs they then get a fraction of
-    the CPU the server (and any other process) gets; here they run at the caller's priority.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return False
-    entries = [*sys.path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in entries if p))
-    ray.init(**{"include_dashboard": False, "logging_level": logging.WARNING,
-                "log_to_driver": True, "_system_config": {"worker_niceness": 0}, **init_args})
-    return True
 
 
 class _DropRunSimulationDeprecation(logging.Filter):
@@ -159,28 +131,24 @@ def _simulate(config: RunConfig, run_dir: Path, checkpoint: rundir.Checkpoint | 
     if quiet_flower:
         logging.getLogger("flwr").setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
-    backend = backend_config(config)
-    slots = int(backend["init_args"]["num_cpus"] // backend["client_resources"]["num_cpus"])
-    server_app = build_server_app(config, run_dir, checkpoint, progress, simulation_slots=slots)
-    started_ray = start_ray(backend["init_args"])
+    session = open_ray(config)
     try:
+        server_app = build_server_app(config, run_dir, checkpoint, progress,
+                                      simulation_slots=parallel_clients(config, session))
         _run_simulation(
             server_app=server_app,
             client_app=build_client_app(identities=_identities(config),
                                         node_defaults=site_privacy_node_config(config),
                                         he_secret=he_secret),
-            num_supernodes=config.data.num_clients, backend_config=backend,
+            num_supernodes=config.data.num_clients,
+            backend_config=backend_config(config, session),
         )
     except RuntimeError as error:
         if isinstance(error.__cause__, StopRun) or isinstance(error, StopRun):
             raise StopRun(str(error.__cause__ or error)) from error
         raise
-    finally:
-        if started_ray:  # Flower shuts Ray down at the end; not when it failed before
-            import ray
-
-            if ray.is_initialized():
-                ray.shutdown()
+    finally:  # Flower shuts Ray down at the end; not when it failed before
+        close_ray(session)
     if not (run_dir / rundir.REPORT_FILE).is_file():
         raise RuntimeError(f"the simulation ended without finishing {run_dir}; see the log "
                            "above; `fedmirasol simulate --resume` continues it")

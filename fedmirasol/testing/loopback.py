@@ -82,6 +82,9 @@ class Loopback:
     nodes: int = 3
     port: int = field(default_factory=free_port)
     database: bool = True  # a persistent SuperLink database (root/superlink.db)
+    # "subprocess": Flower's default, a flwr-clientapp process per message; "process": each
+    # SuperNode's ClientApps run from its own warm `fedmirasol clientapp-server`
+    isolation: str = "subprocess"
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -115,11 +118,11 @@ class Loopback:
         """SIGKILL process `name` and everything it started. Flower detaches some children
         (SuperExec, ServerApp) into sessions of their own, so the process tree is walked
         first and every process group in it is killed."""
-        proc = self.procs.pop(name, None)
-        if proc is None:
-            return
-        _kill_tree(proc.pid)
-        proc.wait(timeout=30)
+        for key in (f"{name}-clientapps", name):
+            proc = self.procs.pop(key, None)
+            if proc is not None:
+                _kill_tree(proc.pid)
+                proc.wait(timeout=30)
 
     def close(self) -> None:
         for name in list(self.procs):
@@ -183,7 +186,13 @@ class Loopback:
                   "--auth-supernode-private-key", str(private)])
         if max_retries is not None:
             args += ["--max-retries", str(max_retries)]
-        return self._start(name or f"node{i}", args)
+        name = name or f"node{i}"
+        if self.isolation == "process":
+            args += ["--isolation", "process", "--host", "127.0.0.1"]
+            self._start(f"{name}-clientapps", [
+                _tool("fedmirasol"), "clientapp-server", "--insecure",
+                "--runtime-api-address", f"127.0.0.1:{self.node_ports[i]}"])
+        return self._start(name, args)
 
     def restart_supernode(self, i: int, node_config: Mapping[str, Any],
                           timeout: float = 300.0) -> subprocess.Popen:
