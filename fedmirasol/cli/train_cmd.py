@@ -73,6 +73,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train on the public variant of the task (the other shapes and pitches): a "
         "pre-trained model for federated fine-tuning (simulation key pretrained.checkpoint)",
     )
+    pretrain = parser.add_argument_group(
+        "pre-training objectives (instead of the labels; the run config's [pretrain] keys)")
+    pretrain.add_argument("--objective", choices=("videomae", "contrastive"),
+                          help="videomae: masked autoencoding with tube masking; contrastive: "
+                          "video-text InfoNCE, zero-shot classification and retrieval")
+    pretrain.add_argument("--mask-ratio", type=float, help="videomae: hidden share of the patch "
+                          "grid (default 0.9)")
+    pretrain.add_argument("--audio-mask-ratio", type=float,
+                          help="videomae: also mask log-mel patches at this ratio (Mirasol)")
+    pretrain.add_argument("--negatives", choices=("in-batch", "public"),
+                          help="contrastive: in-batch (default) or fixed public negatives")
     parser.add_argument("--out", type=Path, help="output directory (default: runs/train-<config>-<time>)")
     parser.set_defaults(func=run)
 
@@ -111,12 +122,17 @@ def run(args: argparse.Namespace) -> int:
     settings = TrainSettings(device=args.device, drop_modality=args.drop_modality,
                              public=args.public, **chosen)
     videoqa = _videoqa_settings(args, model_config)
+    pretrain = _pretrain_section(args)
+    if videoqa and pretrain.enabled:
+        raise ConfigError("--objective trains a pre-training objective instead of the task: it "
+                          "does not combine with --task videoqa")
     suffix = f"-no-{args.drop_modality}" if args.drop_modality else ""
     suffix += "-public" if args.public else ""
     suffix += "-videoqa" if videoqa else ""
+    suffix += f"-{args.objective}" if args.objective else ""
     out = args.out or Path("runs") / f"train-{args.config}{suffix}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"training {model_config.name} ({describe(model_config)}) -> {out}")
-    summary = train_centralized(model_config, settings, out, videoqa=videoqa)
+    summary = train_centralized(model_config, settings, out, videoqa=videoqa, pretrain=pretrain)
     print(json.dumps(summary, indent=2))
     print(f"run directory: {out}")
     return 0
@@ -142,3 +158,25 @@ def _videoqa_settings(args: argparse.Namespace, model_config) -> object | None: 
         raise ConfigError(f"--questions: {error}") from error
     return VideoQASettings(questions=questions, late_tone=args.late_tone,
                            num_beams=args.num_beams)
+
+
+# The [pretrain] keys the objective flags set.
+PRETRAIN_FLAGS = {"mask_ratio": "mask-ratio", "audio_mask_ratio": "audio-mask-ratio",
+                  "negatives": "negatives"}
+
+
+def _pretrain_section(args: argparse.Namespace):  # noqa: ANN202 - PretrainConfig (torch-free)
+    """The objective flags as the run config's [pretrain] section (its checks name the key)."""
+    from fedmirasol.config.base import config_error
+    from fedmirasol.config.pretrain import PretrainConfig
+    from pydantic import ValidationError
+
+    values = {key: getattr(args, field) for field, key in PRETRAIN_FLAGS.items()
+              if getattr(args, field) is not None}
+    if values and not args.objective:
+        flags = ", ".join(f"--{key}" for key in values)
+        raise ConfigError(f"{flags} need --objective")
+    try:
+        return PretrainConfig.model_validate({"objective": args.objective or "none", **values})
+    except ValidationError as error:
+        raise config_error(error, "pretrain.") from error

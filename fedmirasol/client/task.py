@@ -70,7 +70,8 @@ def _cached_model(config: RunConfig, local: str) -> tuple[nn.Module, NumpyState,
 def model_and_split(config: Mapping[str, Any]) -> tuple[nn.Module, NumpyState, ParameterSplit]:
     """A per-process model (reused across calls), its initial local state, and the split."""
     key = RunConfig.model_construct(seed=config.seed, model=config.model,
-                                    pretrained=config.pretrained, data=config.data)
+                                    pretrained=config.pretrained, pretrain=config.pretrain,
+                                    data=config.data)
     return _cached_model(key, config.local_selectors())
 
 

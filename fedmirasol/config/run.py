@@ -9,6 +9,7 @@ from fedmirasol.config.he import HEConfig
 from fedmirasol.config.compression import CompressionConfig
 from fedmirasol.config.model import ModelConfig
 from fedmirasol.config.personalization import PersonalizationConfig
+from fedmirasol.config.pretrain import PretrainConfig
 from fedmirasol.config.privacy import PrivacyConfig, SitePrivacyConfig
 from fedmirasol.config.robustness import DATA_ATTACKS, AttackConfig, DefenseConfig
 from fedmirasol.config.secagg import SecAggConfig
@@ -29,6 +30,7 @@ class RunConfig(Section):
     num_rounds: int = Field(20, ge=1)
     model: ModelConfig = ModelConfig()
     task: TaskConfig = TaskConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     data: DataConfig = DataConfig()
     client: ClientConfig = ClientConfig()
     strategy: StrategyConfig = StrategyConfig()
@@ -75,6 +77,7 @@ class RunConfig(Section):
             raise ConfigError("config key 'privacy.unit' = 'user' on synthetic data needs "
                               "data.clips-per-user > 0 (how many clips each simulated person "
                               "contributes)")
+        self._check_pretrain()
         self._check_federation_size()
         self._check_attack()
         return self
@@ -166,6 +169,27 @@ class RunConfig(Section):
                               "bound that depends on all clients' updates, which breaks "
                               "privacy.client-level's sensitivity (one client would change how "
                               "the others are clipped); use defense.norm-bound")
+
+    def _check_pretrain(self) -> None:
+        """A pre-training objective must fit the model and the privacy mode."""
+        pretrain = self.pretrain
+        if pretrain.enabled and self.task.name != "classification":
+            raise ConfigError(f"pretrain.objective = {pretrain.objective!r} trains on its own "
+                              f"objective instead of the task: it needs task.name = "
+                              f"'classification', got {self.task.name!r}")
+        if (pretrain.objective == "contrastive" and pretrain.negatives == "in-batch"
+                and self.privacy.enabled):
+            raise ConfigError(
+                "pretrain.objective = 'contrastive' with in-batch negatives couples the samples "
+                "of a batch (each clip's loss reads every other clip's caption), so DP-SGD's "
+                "per-sample clipping would not bound one clip's influence: set "
+                "pretrain.negatives = 'public' (each clip against fixed public negatives) or "
+                "use client-level DP alone (privacy.enabled = false, privacy.client-level = "
+                "true)")
+        if pretrain.audio_mask_ratio > 0 and self.model.mirasol.architecture != "mirasol":
+            raise ConfigError(
+                "config key 'pretrain.audio-mask-ratio' needs Mirasol's audio encoder "
+                "(non-overlapping log-mel patches); the late-fusion model's AST patches overlap")
 
     def _check_federation_size(self) -> None:
         """A federation of `data.num-clients` clients must be able to fill every round the

@@ -57,6 +57,9 @@ class DataConfig(Section):
     # synthetic: how many of a client's training clips come from one simulated person
     # (privacy.unit = "user" groups them); 0: no persons. Manifests: the user/video column.
     clips_per_user: int = Field(0, ge=0)
+    # Share of each client's training clips that keep their label and caption (at least one);
+    # the others are unlabelled (label -1, no caption). Validation and test clips keep theirs.
+    label_fraction: float = Field(1.0, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":

@@ -150,6 +150,14 @@ class SyntheticConfig:
         _, pitches = self.attribute_counts
         return label // 2 // pitches, label // 2 % pitches, bool(label % 2)
 
+    def caption(self, label: int, colour: str) -> str:
+        """The caption of a clip of class `label` whose object is `colour`."""
+        return f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {self.describe(label)}"
+
+    def class_prompts(self, label: int) -> list[str]:
+        """Zero-shot prompts of class `label`: its caption with each object colour."""
+        return [self.caption(label, colour) for colour in COLOURS]
+
     def describe(self, label: int) -> str:
         shape, pitch, in_sync = self.decompose(label)
         names = pitch_names(self.attribute_counts[1])
@@ -256,8 +264,7 @@ class SyntheticAVDataset(Dataset):
         audio = self._render_audio(rng, scene.tone_pitches_hz, scene.tone_frames)
 
         colour = rng.choice(list(COLOURS))
-        article = "an" if colour[0] in "aeiou" else "a"
-        caption = f"{article} {colour} {cfg.describe(scene.label)}"
+        caption = cfg.caption(scene.label, str(colour))
         frames = self._apply_colour(frames, COLOURS[colour], scene.event_frames)
         frames = np.clip(frames * np.asarray(domain.colour) + domain.brightness, 0.0, 1.0)
         frames = frames + rng.normal(0.0, domain.camera_noise, size=frames.shape)

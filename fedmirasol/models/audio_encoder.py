@@ -99,6 +99,7 @@ class AudioEncoder(nn.Module):
         self.norm = nn.LayerNorm(config.width)
         grid_t, grid_f = self.padded_frames // patch_t, config.n_mels // patch_f
         centres = patch_centres((grid_t, grid_f), (patch_t, patch_f), (patch_t, patch_f))
+        self.register_buffer("centres", centres, persistent=False)  # tokens x 2 (time, mel)
         self.register_buffer("position", sincos_2d(centres, config.width), persistent=False)
         self.transformer = Transformer(
             config.width, config.audio_depth, config.heads, config.mlp_ratio, config.dropout
@@ -121,12 +122,17 @@ class AudioEncoder(nn.Module):
         return spec
 
     def forward(self, audio: torch.Tensor, num_chunks: int) -> torch.Tensor:
+        return self.transformer(self.embed(self.patches(audio, num_chunks)))
+
+    def patches(self, audio: torch.Tensor, num_chunks: int) -> torch.Tensor:
+        """``B x M`` waveform -> ``B x T x tokens x (pt pf)`` log-mel patches of each chunk."""
         if audio.ndim != 2:
             raise ValueError(f"audio must be B x samples, got shape {tuple(audio.shape)}")
         spec = self.spectrogram(audio, num_chunks)
         patch_t, patch_f = self.patch
-        patches = rearrange(
-            spec, "b t (gt pt) (gf pf) -> b t (gt gf) (pt pf)", pt=patch_t, pf=patch_f
-        )
-        tokens = self.norm(self.projection(patches.to(self.projection.weight.dtype))) + self.position
-        return self.transformer(tokens)
+        return rearrange(spec, "b t (gt pt) (gf pf) -> b t (gt gf) (pt pf)", pt=patch_t, pf=patch_f)
+
+    def embed(self, patches: torch.Tensor) -> torch.Tensor:
+        """Patches -> ``B x T x tokens x width`` tokens with their positions, before the
+        transformer (AudioMAE-style masking runs it on the visible ones only)."""
+        return self.norm(self.projection(patches.to(self.projection.weight.dtype))) + self.position

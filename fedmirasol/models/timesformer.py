@@ -82,6 +82,12 @@ class TimeSformer(nn.Module):
         return sincos_3d(centres, like.shape[-1]).reshape(frames, grid * grid, -1).to(like)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
+        cls, _ = self.run_blocks(self.tokenize(video))
+        return self.norm(cls)
+
+    def tokenize(self, video: torch.Tensor) -> torch.Tensor:
+        """``B x N x 3 x H x W`` frames -> ``B x N x patches x width`` patch tokens with their
+        positions, before the blocks (VideoMAE runs them on the visible ones only)."""
         if video.ndim != 5 or video.shape[2] != 3:
             raise ValueError(f"video must be B x N x 3 x H x W, got shape {tuple(video.shape)}")
         if tuple(video.shape[3:]) != (self.image_size, self.image_size):
@@ -95,8 +101,12 @@ class TimeSformer(nn.Module):
             video, "b t c (gh ph) (gw pw) -> b t (gh gw) (c ph pw)", ph=self.patch, pw=self.patch
         )
         tokens = self.norm_input(self.projection(patches.to(self.projection.weight.dtype)))
-        tokens = tokens + self.position(video.shape[1], tokens)
-        cls = self.cls(video.shape[0])[:, 0].to(tokens.dtype)
+        return tokens + self.position(video.shape[1], tokens)
+
+    def run_blocks(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``B x T x N x d`` patch tokens -> (``B x d`` CLS, ``B x T x N x d`` tokens) after the
+        blocks, before the final norm; any N (a masked clip keeps the same patches per frame)."""
+        cls = self.cls(tokens.shape[0])[:, 0].to(tokens.dtype)
         for block in self.blocks:
             cls, tokens = block(cls, tokens)
-        return self.norm(cls)
+        return cls, tokens

@@ -89,6 +89,7 @@ class TubeTokenizer(nn.Module):
         # Normalizing the tube embeddings puts their content on the scale of the positions.
         self.norm = nn.LayerNorm(config.width)
         centres = torch.cat([tube.centres(self.dims) for tube in self.tubes])
+        self.register_buffer("centres", centres, persistent=False)  # tokens x 3 (t, y, x)
         self.register_buffer("position", sincos_3d(centres, config.width), persistent=False)
 
     @property
@@ -131,6 +132,11 @@ class VideoEncoder(nn.Module):
         return self.tokenizer.num_tokens
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.transformer(self.tokenize(video))
+
+    def tokenize(self, video: torch.Tensor) -> torch.Tensor:
+        """``B x N x 3 x H x W`` frames -> ``B x T x tokens x width`` tube tokens with their
+        positions, before the transformer (VideoMAE runs it on the visible ones only)."""
         if video.ndim != 5 or video.shape[2] != 3:
             raise ValueError(f"video must be B x N x 3 x H x W, got shape {tuple(video.shape)}")
         frames, height, width = video.shape[1], video.shape[3], video.shape[4]
@@ -146,4 +152,4 @@ class VideoEncoder(nn.Module):
         if self.input_norm is not None:
             video = self.input_norm(video)
         chunks = rearrange(video, "b (t f) c h w -> b t f c h w", f=self.frames_per_chunk)
-        return self.transformer(self.tokenizer(chunks))
+        return self.tokenizer(chunks)

@@ -27,17 +27,21 @@ from torch import nn
 from fedmirasol.config.run import RunConfig
 from fedmirasol.config.sections import PretrainedConfig
 from fedmirasol.core.parameters import canonical_name, select_names
+from fedmirasol.models.objectives import ATTRIBUTE, untrained_names
 from fedmirasol.pretrained.digest import file_sha256
 
 
 def frozen_names(settings: PretrainedConfig, model: nn.Module) -> set[str]:
-    """The state_dict names that are never trained nor sent."""
-    frozen = select_names(model, settings.freeze, "pretrained.freeze")
+    """The state_dict names that are never trained nor sent: those the settings freeze and
+    those a pre-training objective does not train."""
+    frozen = select_names(model, settings.freeze, "pretrained.freeze") | untrained_names(model)
     if settings.trainable:
         keep = select_names(model, settings.trainable, "pretrained.trainable")
         frozen |= {name for name in model.state_dict() if name not in keep}
     return frozen
 
+
+OBJECTIVE_PREFIX = f"{ATTRIBUTE}."
 
 # The README's public pre-training recipe (dp.toml and secagg.toml name it as a `public:` one).
 PUBLIC_TRAIN_FLAGS = "--threads 1 --epochs 6 --val-clips 400"
@@ -126,7 +130,12 @@ def _load_checkpoint(model: nn.Module, settings: PretrainedConfig) -> None:
     state = {canonical_name(name): value for name, value in state.items()}
     own = model.state_dict()
     reset = select_names(model, settings.reset, "pretrained.reset")
-    missing = sorted(set(own) - set(state) - reset)  # reset parts need not be in the file
+    # A pre-training objective's own parts (decoders, projections): a fine-tuning run drops the
+    # file's, and a run's own objective starts fresh where the file has none.
+    objective = {name for name in own if name.startswith(OBJECTIVE_PREFIX)}
+    state = {name: value for name, value in state.items()
+             if not name.startswith(OBJECTIVE_PREFIX) or name in own}
+    missing = sorted(set(own) - set(state) - reset - objective)  # reset parts need not be there
     unexpected = sorted(set(state) - set(own))
     mismatched = [name for name in own if name in state
                   and tuple(state[name].shape) != tuple(own[name].shape)]
@@ -138,7 +147,7 @@ def _load_checkpoint(model: nn.Module, settings: PretrainedConfig) -> None:
             f"pretrained checkpoint {path} does not fit the run's model: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}, other shapes {mismatched[:3]}"
             + (f"; model fields that differ: {differs}" if differs else ""))
-    fresh = {name: own[name].clone() for name in reset}
+    fresh = {name: own[name].clone() for name in reset | (objective - set(state))}
     model.load_state_dict({**state, **fresh})
 
 

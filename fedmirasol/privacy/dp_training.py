@@ -40,9 +40,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from fedmirasol.data.batch import collate, to_device
+from fedmirasol.models.objectives import objective_of
 from fedmirasol.privacy.calibration import SamplingPlan
 from fedmirasol.privacy.expanded_weights import ExpandedWeightsObjective
-from fedmirasol.privacy.objective import per_sample_loss
+from fedmirasol.privacy.objective import sample_losses
 from fedmirasol.privacy.secure_noise import SecureNoise
 
 ExtraLoss = Callable[[nn.Module], torch.Tensor]
@@ -209,6 +210,8 @@ def train_private(
     device = torch.device(device)
     noise = noise or SecureNoise()
     units = len(set(groups)) if groups is not None else len(dataset)
+    if (objective := objective_of(model)) is not None:
+        objective.before_training(model)  # before any per-sample wrapper (public negatives)
     losses_of, close = per_sample_losses(model, grad_sample_mode)
     try:
         settings = dict(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
@@ -237,7 +240,9 @@ def per_sample_losses(model: nn.Module, mode: str) -> tuple[PerSampleLosses, Cal
         return objective, objective.close
     wrapped = GradSampleModule(model, batch_first=True, loss_reduction="sum",
                                force_functorch=mode == "functorch")
-    return (lambda batch: per_sample_loss(model, batch, wrapped(batch))), wrapped._close
+    # The wrapper's forward is the model's; its hooks sit on the model's modules, which also
+    # catch the ones the loss calls directly (the text decoder, an objective's).
+    return (lambda batch: sample_losses(model, batch)), wrapped._close
 
 
 def _run_steps(model: nn.Module, losses_of: PerSampleLosses, optimizer: DPOptimizer,

@@ -39,7 +39,7 @@ from torch.nn.utils._expanded_weights.layer_norm_expanded_weights import LayerNo
 from torch.nn.utils._expanded_weights.linear_expanded_weights import LinearPerSampleGrad
 from torch.nn.utils._per_sample_grad import call_for_per_sample_grads
 
-from fedmirasol.privacy.objective import per_sample_loss
+from fedmirasol.privacy.objective import sample_losses
 
 # Attributes the per-sample machinery (expanded weights, DPOptimizer) leaves on parameters.
 _PER_SAMPLE_ATTRIBUTES = ("grad_sample", "summed_grad")
@@ -83,14 +83,14 @@ def _releasing_saved_inputs() -> Iterator[None]:
 
 
 class _Objective(nn.Module):
-    """Mirasol's per-sample loss as one module, so one functional call covers all of it."""
+    """The model's per-sample loss as one module, so one functional call covers all of it."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return per_sample_loss(self.model, batch, self.model(batch))
+        return sample_losses(self.model, batch)
 
 
 class ExpandedWeightsObjective:

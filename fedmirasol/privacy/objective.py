@@ -1,9 +1,11 @@
-"""Mirasol's objective as one loss per sample, as DP-SGD needs it.
+"""The training objective as one loss per sample, as DP-SGD needs it.
 
 `mirasol_loss` averages each term over the samples that support it (the labelled ones, the
 captioned ones), so one sample's gradient there depends on how many others are labelled.
 DP-SGD bounds each sample's own contribution, so here every sample's loss depends on that
 sample alone: the weighted sum of the terms it supports (zero for a term it cannot support).
+A model with a pre-training objective (`fedmirasol.models.objectives`) gives that objective's
+per-sample loss instead.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fedmirasol.models.mirasol import Mirasol, MirasolOutput
+from fedmirasol.models.objectives import objective_of
 
 
 def per_sample_loss(model: Mirasol, batch: dict[str, torch.Tensor],
@@ -28,3 +31,12 @@ def per_sample_loss(model: Mirasol, batch: dict[str, torch.Tensor],
     if config.latent_weight > 0 and output.latent_loss is not None:
         total = total + config.latent_weight * output.latent_loss.float()
     return total
+
+
+def sample_losses(model: Mirasol, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``B`` per-sample losses of the model's objective: its attached pre-training objective's,
+    or Mirasol's weighted terms."""
+    objective = objective_of(model)
+    if objective is not None:
+        return objective.per_sample_loss(model, batch)
+    return per_sample_loss(model, batch, model(batch))

@@ -18,6 +18,7 @@ from fedmirasol.core.metrics import mean
 from fedmirasol.privacy import ledger
 from fedmirasol.privacy.report import run_summary, worst_client_line
 from fedmirasol.training.text_eval import count_key
+from fedmirasol.training.pretrain_eval import OBJECTIVE_METRICS
 
 
 def build_report(run_dir: str | Path, shared: Mapping[str, np.ndarray] | None = None
@@ -57,6 +58,7 @@ def build_report(run_dir: str | Path, shared: Mapping[str, np.ndarray] | None = 
         **_personalization_summary(config, rounds),
         **_text_summary(rounds),
         **_attack_summary(config, rounds),
+        **_objective_summary(config, rounds),
         **_privacy_summary(run_dir),
         **shared_counts(shared if shared is not None else _checkpointed_shared(run_dir)),
         "total_bytes_down": sum(r["bytes_down"] for r in rounds),
@@ -207,6 +209,19 @@ def _attack_summary(config: RunConfig, rounds: list[dict]) -> dict[str, Any]:
     }}
 
 
+def _objective_summary(config: RunConfig, rounds: list[dict]) -> dict[str, Any]:
+    """A pre-training run's objective and its last test-set figures (zero-shot accuracy,
+    retrieval, kNN probe, reconstruction errors); empty for classification runs."""
+    if not config.pretrain.enabled:
+        return {}
+    evaluated = [r for r in rounds if r.get("centralized_loss") is not None]
+    final = evaluated[-1] if evaluated else {}
+    return {"objective": config.pretrain.objective,
+            "final_centralized_objective": {key: final[f"centralized_{key}"]
+                                            for key in OBJECTIVE_METRICS
+                                            if f"centralized_{key}" in final}}
+
+
 def _privacy_summary(run_dir: str | Path) -> dict[str, Any]:
     """The privacy ledger's summary (worst client's epsilon at delta, client-level epsilon);
     empty for runs without DP."""
@@ -315,6 +330,7 @@ def _print_round(record: Mapping[str, Any]) -> None:
     print(f"round {record['round']:>3}  train loss {fmt('train_loss', '.4f')}  "
           + (f"centralized EM {fmt('centralized_exact_match')}  CIDEr {fmt('centralized_cider')}  "
              if "centralized_exact_match" in record else "")
+          + _objective_columns(record)
           + f"centralized acc {fmt('centralized_accuracy')}  federated acc "
           f"{fmt('federated_accuracy')}  clients {_count(record['participants'])}/"
           f"{_count(record['sampled'])}  rejected {len(record['rejected'])}  "
@@ -323,6 +339,17 @@ def _print_round(record: Mapping[str, Any]) -> None:
              if record.get("budget_exhausted") else "")
           + (f"  attack success {fmt('attack_success_rate')}"
              if record.get("attack_success_rate") is not None else ""), flush=True)
+
+
+def _objective_columns(record: Mapping[str, Any]) -> str:
+    """A pre-training objective's test-set figures for a round's line (none otherwise): the
+    objective's loss and the retrieval Recall@1."""
+    if not any(f"centralized_{key}" in record for key in OBJECTIVE_METRICS):
+        return ""
+    shown = {"centralized_loss": "test loss", "centralized_v2t_r1": "R@1 v2t",
+             "centralized_t2v_r1": "t2v"}
+    return "".join(f"{label} {_fmt(record.get(key), '.3f')}  " for key, label in shown.items()
+                   if key in record)
 
 
 # The default progress of `fedmirasol simulate` and `flwr run`.

@@ -19,6 +19,7 @@ from fedmirasol.task.model import parameter_split
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate
 from fedmirasol.training.text_eval import text_reply_metrics
+from fedmirasol.training.pretrain_eval import OBJECTIVE_METRICS
 
 EvaluateFn = Callable[[Mapping[str, np.ndarray]], dict[str, float]]
 
@@ -26,7 +27,9 @@ EvaluateFn = Callable[[Mapping[str, np.ndarray]], dict[str, float]]
 def make_evaluate_fn(config: RunConfig, device: str = "cpu") -> EvaluateFn:
     """`fn(global_shared) -> {"test-loss", "test-accuracy", "num-examples"}`; for the
     videoqa task, the generated text's scores (``test-exact-match``, ``test-em-<type>``,
-    ``test-cider``, ``test-bleu4``, with their counts); under a targeted attack (backdoor,
+    ``test-cider``, ``test-bleu4``, with their counts), with a pre-training objective its
+    figures (``test-knn_accuracy``, ``test-v2t_r1``, ...: the keys of `OBJECTIVE_METRICS` after
+    ``test-``); under a targeted attack (backdoor,
     label flipping) `"attack-success-rate"`: the accuracy on the test set poisoned the attack's
     way (`task.data.attack_test_dataset`).
 
@@ -53,7 +56,8 @@ def make_evaluate_fn(config: RunConfig, device: str = "cpu") -> EvaluateFn:
         result = evaluate(model, test_loader, device=target,
                           generation=config.task.generation())
         figures = {"test-loss": result["loss"], "test-accuracy": result["accuracy"],
-                   "num-examples": result["num_examples"], **text_reply_metrics(result, "test-")}
+                   "num-examples": result["num_examples"], **text_reply_metrics(result, "test-"),
+                   **{f"test-{key}": result[key] for key in OBJECTIVE_METRICS if key in result}}
         if built["attack_loader"] is not None:
             figures["attack-success-rate"] = evaluate(model, built["attack_loader"],
                                                       device=target)["accuracy"]
@@ -69,3 +73,9 @@ def full_state(config: RunConfig, global_shared: Mapping[str, np.ndarray]
     model = init_model(config)
     load_state(model, global_shared)
     return model.state_dict()
+
+
+def central_objective(central: Mapping[str, Any]) -> dict[str, float]:
+    """A pre-training objective's test-set figures as round-record keys (``centralized_v2t_r1``)."""
+    return {f"centralized_{key}": central[f"test-{key}"] for key in OBJECTIVE_METRICS
+            if f"test-{key}" in central}

@@ -47,7 +47,7 @@ from fedmirasol.runs.trackers import RunTrackers, open_trackers
 from fedmirasol.config import RunConfig, to_json
 from fedmirasol.task.model import parameter_split, trainable_shared
 from fedmirasol.server.aggregators import choose_aggregator
-from fedmirasol.server.evaluation import full_state, make_evaluate_fn
+from fedmirasol.server.evaluation import central_objective, full_state, make_evaluate_fn
 from fedmirasol.server.federated_evaluation import PERSONAL_EVAL_KEYS
 from fedmirasol.server.filters import reply_filters
 from fedmirasol.server.text_metrics import central_text, client_text
@@ -351,7 +351,8 @@ class FederatedRun:
 
 def _rename_central(metrics: Mapping[str, Any]) -> dict[str, Any]:
     renamed = {"round": metrics["round"], "centralized_accuracy": metrics["test-accuracy"],
-               "centralized_loss": metrics["test-loss"], **central_text(metrics)}
+               "centralized_loss": metrics["test-loss"], **central_text(metrics),
+               **central_objective(metrics)}
     if "attack-success-rate" in metrics:  # under a targeted attack
         renamed["attack_success_rate"] = metrics["attack-success-rate"]
     return renamed

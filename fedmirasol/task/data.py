@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fedmirasol.data import poisoning
@@ -26,8 +27,11 @@ from fedmirasol.config.run import RunConfig
 from fedmirasol.core.seeds import seed_for
 from fedmirasol.data.partitioning import ClientSpec, client_specs, label_histogram
 from fedmirasol.task import leaf
+from fedmirasol.models.tokenizer import ByteTokenizer
+from fedmirasol.training.pretraining import synthetic_prompts
 
 TEST_SEED_OFFSET = 1_000_003  # the test set never shares clips with the client pool
+LABEL_SEED = 0x1ABE1  # which training clips keep their labels under data.label-fraction
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,14 @@ def partition_classes(config: Mapping[str, Any]) -> int:
 
 def synthetic_config(config: Mapping[str, Any]) -> SyntheticConfig:
     return SyntheticConfig.for_model(config.model.mirasol)
+
+
+def class_prompts(config: Mapping[str, Any]) -> list[list[str]] | None:
+    """Zero-shot prompts per class for a contrastive objective: the synthetic task's captions
+    of each class; None for media files (retrieval only)."""
+    if config.data.source != "synthetic" or config.pretrain.objective != "contrastive":
+        return None
+    return synthetic_prompts(config.model.mirasol)
 
 
 def pool_size(config: Mapping[str, Any]) -> int:
@@ -211,6 +223,9 @@ def _client_data_cached(config: RunConfig, partition_id: int) -> ClientData:
     spec = all_specs[partition_id]
     pool = _pool_dataset(config, spec)
     train = Materialized(Subset(pool, list(spec.train_indices)))
+    if config.data.label_fraction < 1.0:
+        keep_labels(train, config.data.label_fraction,
+                    np.random.default_rng([config.seed, partition_id, LABEL_SEED]))
     val = Materialized(Subset(pool, list(spec.val_indices)))
     skipped = pool.skip_metrics() if hasattr(pool, "skip_metrics") else {}
     indices = [spec.train_indices[i] for i in train.kept]
@@ -226,6 +241,16 @@ def _pool_users(config: Mapping[str, Any], pool: Dataset, indices: Sequence[int]
         return _users([pool.records[i].owner for i in indices], indices)
     per_user = config.data.clips_per_user
     return tuple(f"person-{n // per_user}" for n in range(len(indices))) if per_user else None
+
+
+def keep_labels(dataset: Materialized, fraction: float, rng: np.random.Generator) -> None:
+    """Keep the label and caption of `fraction` of the clips (at least one, drawn by `rng`);
+    the others become unlabelled clips: label -1 and no caption."""
+    kept = set(rng.permutation(len(dataset))[:max(1, round(fraction * len(dataset)))].tolist())
+    for index, sample in enumerate(dataset.samples):
+        if index not in kept:
+            dataset.samples[index] = {**sample, "label": torch.tensor(-1),
+                                      "text": torch.full_like(sample["text"], ByteTokenizer.pad_id)}
 
 
 @functools.lru_cache(maxsize=4)

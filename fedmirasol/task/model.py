@@ -13,6 +13,8 @@ from fedmirasol.models.config import MirasolConfig
 from fedmirasol.task import leaf
 from fedmirasol.core.parameters import ParameterSplit, canonical_name
 from fedmirasol.pretrained.checkpoint import frozen_names, load_pretrained
+from fedmirasol.task.data import class_prompts
+from fedmirasol.training.pretraining import attach_pretraining
 
 
 def model_config(config: RunConfig) -> MirasolConfig:
@@ -22,10 +24,12 @@ def model_config(config: RunConfig) -> MirasolConfig:
 
 def init_model(config: RunConfig) -> nn.Module:
     """The run's initial model, identical on every process for a given seed (and pre-trained
-    checkpoint, `pretrained.*`, whose frozen parameters come back with requires_grad off)."""
+    checkpoint, `pretrained.*`, whose frozen parameters come back with requires_grad off),
+    carrying the run's pre-training objective (`pretrain.objective`) if it has one."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(model_config(config))
+        attach_pretraining(model, config.pretrain, class_prompts(config))
     load_pretrained(model, config.pretrained)
     return model
 

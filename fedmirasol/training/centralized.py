@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from fedmirasol.config.pretrain import PretrainConfig
 from fedmirasol.data.batch import collate
 from fedmirasol.data.questions import DEFAULT_TYPES
 from fedmirasol.data.synthetic import SyntheticAVDataset, SyntheticConfig
@@ -20,8 +21,11 @@ from fedmirasol.training.checkpoint import save_checkpoint
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate, train_epochs
 from fedmirasol.training.text_eval import count_key
+from fedmirasol.training.pretraining import attach_pretraining, synthetic_prompts
 
 MODALITIES = ("video", "audio")
+# The pre-training objectives' figures shown in each epoch's progress line.
+SHOWN_METRICS = ("mae_video", "mae_audio", "v2t_r1", "t2v_r1")
 
 
 @dataclass(frozen=True)
@@ -91,11 +95,15 @@ def train_centralized(
     out_dir: Path,
     progress: Callable[[str], None] = print,
     videoqa: VideoQASettings | None = None,
+    pretrain: PretrainConfig | None = None,
 ) -> dict[str, float]:
     """Train, evaluate after every epoch, write metrics.jsonl and checkpoints; return the summary.
 
     With `videoqa` the clips come with questions; "accuracy" is then the QA exact match and
-    the summary adds the final scores of the generated text (`final_val_text`)."""
+    the summary adds the final scores of the generated text (`final_val_text`). With a
+    `pretrain` objective the model trains on it instead of the labels, "accuracy" is the
+    objective's (`fedmirasol.training.pretrain_eval`), and the checkpoints keep the objective's
+    parts (a fine-tuning run drops them)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
     device = resolve_device(settings.device)
@@ -106,10 +114,14 @@ def train_centralized(
         generator=torch.Generator().manual_seed(settings.seed),
     )
     val_loader = DataLoader(val_set, batch_size=2 * settings.batch_size, collate_fn=collate)
-    model = build_model(model_config).to(device)
+    model = build_model(model_config)
+    pretrain = pretrain or PretrainConfig()
+    attach_pretraining(model, pretrain, synthetic_prompts(model_config))
+    model.to(device)
     optimizer, scheduler = one_cycle_optimizer(model, settings, len(train_loader))
     (out_dir / "config.json").write_text(
         json.dumps({"model": model_config.to_dict(), "train": asdict(settings),
+                    "pretrain": pretrain.table(),
                     **({"videoqa": asdict(videoqa)} if videoqa else {})}, indent=2)
     )
     started = time.perf_counter()
@@ -131,6 +143,8 @@ def train_centralized(
                 f"val loss {val_metrics['loss']:.3f}  val accuracy {val_metrics['accuracy']:.3f}  "
                 + "".join(f"{key} {val_metrics[key]:.3f}  " for key in sorted(val_metrics)
                           if key.startswith("em_") or key in ("cider", "bleu4"))
+                + "".join(f"{key} {val_metrics[key]:.3f}  " for key in SHOWN_METRICS
+                          if key in val_metrics)
                 + f"({record['seconds']:.0f} s)"
             )
             if val_metrics["accuracy"] > best["accuracy"]:
@@ -149,5 +163,8 @@ def train_centralized(
         summary["task"] = "videoqa"
         summary["final_val_text"] = {key: value for key, value in val_metrics.items()
                                      if count_key(key)}
+    if pretrain.enabled:
+        summary["objective"] = pretrain.objective
+        summary["final_val_metrics"] = val_metrics
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from fedmirasol.data.batch import Batch, to_device
-from fedmirasol.models.loss import mirasol_loss
+from fedmirasol.models.objectives import objective_of, training_loss
 from fedmirasol.training.device import autocast
 from fedmirasol.training.text_eval import TextScores
+from fedmirasol.training.pretrain_eval import evaluate_objective
 
 ExtraLoss = Callable[[nn.Module], torch.Tensor]
 StepCallback = Callable[[int, float], None]
@@ -35,6 +36,8 @@ def train_epochs(
     """
     device = torch.device(device)
     model.train()
+    if (objective := objective_of(model)) is not None:
+        objective.before_training(model)
     sums: dict[str, float] = defaultdict(float)
     steps = examples = 0
     for _ in range(epochs):
@@ -42,7 +45,7 @@ def train_epochs(
             batch = to_device(batch, device)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
-                loss, parts = mirasol_loss(model, batch)
+                loss, parts = training_loss(model, batch)
             if extra_loss is not None:
                 extra = extra_loss(model)
                 loss = loss + extra
@@ -78,7 +81,10 @@ def evaluate(
     (`fedmirasol.training.text_eval`; `generation`: the decoding options of
     `TextDecoder.generate`). On data without labels ``loss`` is the text cross-entropy and
     ``accuracy`` the QA exact match. `loss_bound` clips each sample's classification loss (the
-    bounded sums DP evaluation noises)."""
+    bounded sums DP evaluation noises). A model with a pre-training objective reports that
+    objective's loss and accuracy instead (`fedmirasol.training.pretrain_eval`)."""
+    if objective_of(model) is not None:
+        return evaluate_objective(model, loader, device=device)
     device = torch.device(device)
     model.eval()
     loss_sum = 0.0
