@@ -289,6 +289,9 @@ def test_contrastive_in_batch_negatives_are_refused_under_dp_sgd() -> None:
     load_config(None, ["pretrain.objective='contrastive'", "privacy.enabled=true",
                        "pretrain.negatives='public'"])
     load_config(None, ["pretrain.objective='contrastive'", "privacy.client-level=true"])
+    with pytest.raises(ConfigError, match="needs task.name = 'classification'"):
+        load_config(None, ["pretrain.objective='videomae'", "task.name='videoqa'",
+                           "model.text-weight=1.0"])
 
 
 # ---- config, checkpoints, labels
