@@ -273,9 +273,10 @@ def evaluate_local(config: Mapping[str, Any], partition_id: int,
     bound = config.privacy.metric_loss_bound if private is not None else None
     result = evaluate(model, val, device=device, generation=config.task.generation(),
                       loss_bound=bound)
-    metrics: dict[str, float] = {"val-loss": result["loss"], "val-accuracy": result["accuracy"],
-                                 "num-examples": int(result["num_examples"]),
+    metrics: dict[str, float] = {"val-loss": result["loss"], "num-examples": int(result["num_examples"]),
                                  **text_reply_metrics(result, "val-")}
+    if "accuracy" in result:  # (a pre-training objective's DP evaluation may have none)
+        metrics["val-accuracy"] = result["accuracy"]
     train = client_data.loader(data.train, client.batch_size, shuffle=True,
                                seed=seed_for(config.seed, partition_id, 3))
 
@@ -303,13 +304,14 @@ def evaluate_local(config: Mapping[str, Any], partition_id: int,
 def evaluation_sums(metrics: Mapping[str, float], loss_bound: float
                     ) -> tuple[dict[str, float], dict[str, float]]:
     """(bounded per-sample sums of an evaluation, their bounds) for one DP release: the
-    count, the global model's correct answers and clipped loss, and the correct answers of
-    the personalized and adapted models."""
+    count, the global model's correct answers (where it has an accuracy) and clipped loss, and
+    the correct answers of the personalized and adapted models."""
     count = metrics["num-examples"]
-    sums = {"dp-eval-count": float(count),
-            "dp-eval-correct": round(metrics["val-accuracy"] * count),
-            "dp-eval-loss-sum": metrics["val-loss"] * count}
-    bounds = {"dp-eval-count": 1.0, "dp-eval-correct": 1.0, "dp-eval-loss-sum": loss_bound}
+    sums = {"dp-eval-count": float(count), "dp-eval-loss-sum": metrics["val-loss"] * count}
+    bounds = {"dp-eval-count": 1.0, "dp-eval-loss-sum": loss_bound}
+    if "val-accuracy" in metrics:
+        sums["dp-eval-correct"] = round(metrics["val-accuracy"] * count)
+        bounds["dp-eval-correct"] = 1.0
     for kind in ("personal", "adapted"):
         if f"{kind}-accuracy" in metrics:
             sums[f"dp-eval-{kind}-correct"] = round(metrics[f"{kind}-accuracy"]

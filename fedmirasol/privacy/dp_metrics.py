@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fedmirasol.data.batch import collate, to_device
-from fedmirasol.privacy.objective import per_sample_loss
+from fedmirasol.privacy.objective import sample_losses
 from fedmirasol.privacy.secure_noise import SecureNoise
 
 NOISED_SUFFIX = "-noised"
@@ -43,13 +43,14 @@ def poisson_subset(dataset: Dataset, sample_rate: float, noise: SecureNoise) -> 
 @torch.no_grad()
 def loss_sums(model: nn.Module, dataset: Dataset, bound: float, batch_size: int,
               device: torch.device | str = "cpu") -> dict[str, float]:
-    """Sum of the per-sample losses (each clipped to [0, bound]) and the count, over `dataset`."""
+    """Sum of the per-sample losses (each clipped to [0, bound]) and the count, over `dataset`:
+    the loss the model trains (an attached pre-training objective's, or Mirasol's)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for batch in DataLoader(dataset, batch_size=max(1, batch_size), collate_fn=collate):
         batch = to_device(batch, device)
-        losses = per_sample_loss(model, batch, model(batch))
+        losses = sample_losses(model, batch)
         total += float(losses.clamp(0.0, bound).sum())
         count += int(losses.shape[0])
     model.train(was_training)

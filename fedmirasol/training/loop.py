@@ -82,9 +82,10 @@ def evaluate(
     `TextDecoder.generate`). On data without labels ``loss`` is the text cross-entropy and
     ``accuracy`` the QA exact match. `loss_bound` clips each sample's classification loss (the
     bounded sums DP evaluation noises). A model with a pre-training objective reports that
-    objective's loss and accuracy instead (`fedmirasol.training.pretrain_eval`)."""
+    objective's loss and accuracy instead (`fedmirasol.training.pretrain_eval`; under a
+    `loss_bound` only its per-clip figures, possibly without an accuracy)."""
     if objective_of(model) is not None:
-        return evaluate_objective(model, loader, device=device)
+        return evaluate_objective(model, loader, device=device, loss_bound=loss_bound)
     device = torch.device(device)
     model.eval()
     loss_sum = 0.0

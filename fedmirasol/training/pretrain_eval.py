@@ -10,6 +10,13 @@ Every objective reports ``loss`` (its own loss on the data) and ``accuracy``:
   retrieval over the whole set: captions are deduplicated into the text gallery, a clip's
   relevant text is its caption and a caption's relevant clips are those it describes
   (``v2t_r1/r5/r10``, ``v2t_median_rank``, ``t2v_*``, ``gallery_texts``).
+
+With a `loss_bound` (the bounded per-sample sums a DP evaluation noises) only figures in which
+each clip's term depends on that clip alone: ``loss`` is the mean of each clip's loss clipped to
+[0, loss_bound] (videomae: its error under the fixed masks; contrastive: InfoNCE against the
+public negatives), ``accuracy`` the share of clips that zero-shot classification gets right
+(the prompts are public) and is left out for videomae: the kNN probe and retrieval compare the
+clips with each other, so one clip would move other clips' figures.
 """
 
 from __future__ import annotations
@@ -35,15 +42,48 @@ OBJECTIVE_METRICS = ("knn_accuracy", "mae_video", "mae_audio", "zero_shot_accura
 
 @torch.no_grad()
 def evaluate_objective(model: nn.Module, loader: Iterable[Batch], *,
-                       device: torch.device | str = "cpu") -> dict[str, float]:
+                       device: torch.device | str = "cpu",
+                       loss_bound: float | None = None) -> dict[str, float]:
     """The attached objective's evaluation (see the module docstring)."""
     objective = objective_of(model)
     if objective is None:
         raise ValueError("the model carries no pre-training objective")
     model.eval()
     device = torch.device(device)
+    if loss_bound is not None:
+        return _per_clip(model, objective, loader, device, loss_bound)
     evaluate = EVALUATORS[objective.name]
     return evaluate(model, objective, loader, device)
+
+
+def _per_clip(model: nn.Module, objective: Objective, loader: Iterable[Batch],
+              device: torch.device, bound: float) -> dict[str, float]:
+    """Figures summed over clips, each clip's term bounded and its own (a DP release's)."""
+    generator = torch.Generator().manual_seed(EVAL_MASK_SEED)
+    classes = None
+    if isinstance(objective, Contrastive):
+        objective.before_training(model)  # the public negatives (in-batch has no per-clip loss)
+        classes = _class_embeddings(objective, device)
+    loss_sum, correct, count = 0.0, 0, 0
+    for batch in loader:
+        batch = to_device(batch, device)
+        with autocast(device):
+            if isinstance(objective, VideoMAE):
+                losses = sum(errors for errors, _ in
+                             objective.terms(model, batch, generator).values())
+            else:
+                losses = objective.per_sample_loss(model, batch)
+            if classes is not None:
+                predicted = zero_shot_predict(objective.embed_video(model, batch).cpu(), classes)
+                correct += int((predicted == batch["label"].cpu()).sum())
+        loss_sum += float(losses.float().clamp(0.0, bound).sum())
+        count += len(losses)
+    if not count:
+        raise ValueError("the evaluation loader yielded no batches")
+    metrics = {"loss": loss_sum / count, "num_examples": float(count)}
+    if classes is not None:
+        metrics["accuracy"] = correct / count  # unlabelled clips count as wrong
+    return metrics
 
 
 def _labelled(labels: list[torch.Tensor], *values: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -125,17 +165,25 @@ def _retrieval(video: torch.Tensor, text: torch.Tensor, captions: list[str]) -> 
     return {**retrieval_metrics(video @ first.T, relevant), "gallery_texts": float(len(gallery))}
 
 
-def _zero_shot(objective: Contrastive, video: torch.Tensor, labels: torch.Tensor,
-               device: torch.device) -> float | None:
+def _class_embeddings(objective: Contrastive, device: torch.device) -> torch.Tensor | None:
+    """``classes x E``: each class's prompt ensemble (None without prompts)."""
     prompts = objective.class_prompts
-    if not prompts or not bool((labels >= 0).any()):
+    if not prompts:
         return None
     tokenizer = objective.text_encoder.tokenizer
     max_len = objective.text_encoder.max_len
     embedded = [objective.embed_text(torch.stack([tokenizer.encode(p, max_len) for p in class_prompts]
                                                  ).to(device)).cpu()
                 for class_prompts in prompts]
-    predicted = zero_shot_predict(video, zero_shot_classes(embedded))
+    return zero_shot_classes(embedded)
+
+
+def _zero_shot(objective: Contrastive, video: torch.Tensor, labels: torch.Tensor,
+               device: torch.device) -> float | None:
+    classes = _class_embeddings(objective, device)
+    if classes is None or not bool((labels >= 0).any()):
+        return None
+    predicted = zero_shot_predict(video, classes)
     keep = labels >= 0
     return float((predicted[keep] == labels[keep]).float().mean())
 
