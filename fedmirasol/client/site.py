@@ -26,6 +26,8 @@
 - ``he-secret-context``: the site file of `fedmirasol he-keys` (the federation's secret CKKS
   key); ``he.min-contributors``: the fewest clients' updates in a sum this site decrypts
   (`fedmirasol.he`).
+- ``audit.canary-dir``: the folder where an auditor put this site's canary clips
+  (`fedmirasol privacy-audit`); taken from the node config only, never from the server.
 - ``pretrained.checkpoint``: where this site keeps its copy of the run's pre-trained checkpoint
   (it must be the server's file: its SHA-256 is checked against ``pretrained.sha256``).
 - ``model.<field>``: model settings suited to the site that keep every parameter's shape (for
@@ -49,7 +51,8 @@ NODE_KEYS = ("partition-id", "num-partitions", "state-dir", "secagg-key", "secag
 SITE_KEYS = ("data.manifest", "client.device", "client.threads", "client.batch-size",
              "client.eval-batch-size", "client.local-epochs",
              "privacy.max-physical-batch-size", "pretrained.checkpoint",
-             "secagg.min-contributors", "secagg.reconstruction-fraction", "he.min-contributors")
+             "secagg.min-contributors", "secagg.reconstruction-fraction", "he.min-contributors",
+             "audit.canary-dir")
 # The site's privacy policy: node key privacy.<field> -> run config key site-privacy.<field>
 POLICY_KEYS = {f"privacy.{dashed(name)}": f"site-privacy.{dashed(name)}"
                for name in SitePrivacyConfig.model_fields}
@@ -85,6 +88,9 @@ def apply_site(config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Run
     overrides = site_overrides(node_config)
     if config.site_privacy != SitePrivacyConfig():
         config = config.model_copy(update={"site_privacy": SitePrivacyConfig()})
+    if config.audit.canary_dir:  # the site's own data: never the server's to name
+        config = config.model_copy(update={"audit": config.audit.model_copy(
+            update={"canary_dir": ""})})
     if not overrides:
         return config
     return _apply_cached(config, tuple(sorted(overrides.items())))

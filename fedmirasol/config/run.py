@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from fedmirasol.config.audit import AuditConfig
 from fedmirasol.config.base import Section
 from fedmirasol.config.he import HEConfig
 from fedmirasol.config.compression import CompressionConfig
@@ -49,6 +50,7 @@ class RunConfig(Section):
     compression: CompressionConfig = CompressionConfig()
     attack: AttackConfig = AttackConfig()
     defense: DefenseConfig = DefenseConfig()
+    audit: AuditConfig = AuditConfig()  # used by `fedmirasol privacy-audit` only
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":

@@ -25,6 +25,7 @@ from fedmirasol.runs.resume import OpenedRun, open_run
 from fedmirasol.config import RunConfig, from_flower_run_config
 from fedmirasol.pretrained.checkpoint import with_digest
 from fedmirasol.server.aggregators.he_step import ServerStepOnClients
+from fedmirasol.server.aggregators import Auditor
 from fedmirasol.server.loop import FederatedRun, Progress
 from fedmirasol.secagg import client as secagg_client
 from fedmirasol.secagg.identity import Identity
@@ -53,13 +54,13 @@ def build_client_app(identities: Sequence[Identity] | None = None,
 
 def build_server_app(config: RunConfig | None = None, run_dir: Path | None = None,
                      checkpoint: rundir.Checkpoint | None = None,
-                     progress: Progress | None = None, simulation_slots: int = 0
-                     ) -> ServerApp:
+                     progress: Progress | None = None, simulation_slots: int = 0,
+                     auditor: Auditor | None = None) -> ServerApp:
     """A ServerApp for `config` writing `run_dir` (resuming after `checkpoint` if given).
 
     `simulation_slots` > 0: the app runs in Flower's simulation engine in this process
     (`fedmirasol simulate`), which numbers its nodes' partitions itself and runs that many
-    virtual clients at once.
+    virtual clients at once. `auditor`: an audit run's (`fedmirasol privacy-audit`).
 
     Without `config` (under `flwr run`), the config comes from the Flower run config, a
     new run directory is created under `output.runs-dir` (or the run in
@@ -78,7 +79,7 @@ def build_server_app(config: RunConfig | None = None, run_dir: Path | None = Non
         with opened.guard():  # a directory made here is removed here if the run fails early
             run = FederatedRun(grid, opened.config, opened.run_dir,
                                progress if config is not None else print_progress,
-                               simulation_slots=simulation_slots)
+                               simulation_slots=simulation_slots, auditor=auditor)
             if opened.checkpoint is not None:
                 run.resume(opened.checkpoint)
             run.run()

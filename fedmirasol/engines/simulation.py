@@ -21,6 +21,7 @@ from fedmirasol.secagg.identity import Identity, provision
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.runs.report import print_progress
 from fedmirasol.runs.resume import open_run
+from fedmirasol.server.aggregators import Auditor
 from fedmirasol.server.loop import Progress
 
 log = logging.getLogger("fedmirasol.engines")
@@ -62,14 +63,18 @@ def _run_simulation(**kwargs: Any) -> None:
 
 
 def simulate(config: RunConfig | None = None, *, resume: str | Path | None = None,
-             progress: Progress | None = print_progress, quiet_flower: bool = True) -> Path:
+             progress: Progress | None = print_progress, quiet_flower: bool = True,
+             auditor: Auditor | None = None, node_config: Mapping[str, Any] | None = None
+             ) -> Path:
     """Run `config` (or resume the run directory `resume`) to the end; return the run dir.
 
     A new run directory that fails before its first round is removed again (it would hold
-    nothing to report or resume)."""
+    nothing to report or resume). `auditor` and `node_config` (node-config keys every virtual
+    client gets, e.g. an audit's canary directory) serve `fedmirasol privacy-audit`."""
     opened = open_run(config, resume)
     with opened.guard():
-        _simulate(opened.config, opened.run_dir, opened.checkpoint, progress, quiet_flower)
+        _simulate(opened.config, opened.run_dir, opened.checkpoint, progress, quiet_flower,
+                  auditor, node_config or {})
     sys.stdout.flush()
     return opened.run_dir
 
@@ -126,7 +131,8 @@ def _decrypt_final_model(config: RunConfig, run_dir: Path, secret: str) -> None:
 
 
 def _simulate(config: RunConfig, run_dir: Path, checkpoint: rundir.Checkpoint | None,
-              progress: Progress | None, quiet_flower: bool) -> None:
+              progress: Progress | None, quiet_flower: bool, auditor: Auditor | None,
+              node_config: Mapping[str, Any]) -> None:
     config, he_secret = _he_keys(config, run_dir)
     if quiet_flower:
         logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -134,11 +140,13 @@ def _simulate(config: RunConfig, run_dir: Path, checkpoint: rundir.Checkpoint | 
     session = open_ray(config)
     try:
         server_app = build_server_app(config, run_dir, checkpoint, progress,
-                                      simulation_slots=parallel_clients(config, session))
+                                      simulation_slots=parallel_clients(config, session),
+                                      auditor=auditor)
         _run_simulation(
             server_app=server_app,
             client_app=build_client_app(identities=_identities(config),
-                                        node_defaults=site_privacy_node_config(config),
+                                        node_defaults={**site_privacy_node_config(config),
+                                                       **node_config},
                                         he_secret=he_secret),
             num_supernodes=config.data.num_clients,
             backend_config=backend_config(config, session),

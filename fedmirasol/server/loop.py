@@ -46,7 +46,7 @@ from fedmirasol.runs.report import write_report
 from fedmirasol.runs.trackers import RunTrackers, open_trackers
 from fedmirasol.config import RunConfig, to_json
 from fedmirasol.task.model import parameter_split, trainable_shared
-from fedmirasol.server.aggregators import choose_aggregator
+from fedmirasol.server.aggregators import Auditor, choose_aggregator
 from fedmirasol.server.evaluation import central_objective, full_state, make_evaluate_fn
 from fedmirasol.server.federated_evaluation import PERSONAL_EVAL_KEYS
 from fedmirasol.server.filters import reply_filters
@@ -91,11 +91,13 @@ class FederatedRun:
     `simulation_slots` > 0: the Grid is Flower's simulation engine's (in this process), which
     registers node i for partition i and runs that many virtual clients at once. The
     partitions then come from the registration order instead of one query per node, and
-    every reply's own partition id checks them.
+    every reply's own partition id checks them. `auditor`: an audit run's
+    (`fedmirasol.server.aggregators.audited`).
     """
 
     def __init__(self, grid: Grid, config: RunConfig, run_dir: Path,
-                 progress: Progress | None = None, simulation_slots: int = 0) -> None:
+                 progress: Progress | None = None, simulation_slots: int = 0,
+                 auditor: Auditor | None = None) -> None:
         self.config = config
         self.simulation_slots = simulation_slots
         self.partitions_registered = False
@@ -110,7 +112,7 @@ class FederatedRun:
         self.global_shared = model_state(model, self.split.shared)
         self.expected = {k: tuple(v.shape) for k, v in self.global_shared.items()}
         self.evaluate_global = make_evaluate_fn(config)
-        self.aggregator = choose_aggregator(config, self.global_shared)
+        self.aggregator = choose_aggregator(config, self.global_shared, auditor)
         self.privacy = ServerPrivacy(config, run_dir, trainable_shared(model, self.global_shared))
         self.filters = reply_filters(config, self.privacy, self.expected)
         # simulated Byzantine clients: marked in the records, never asked to evaluate

@@ -8,6 +8,7 @@ media ingestion package (PyAV) when it is installed.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 from collections import Counter
@@ -269,11 +270,14 @@ def client_data(config: Mapping[str, Any], partition_id: int, server_round: int 
                 ) -> ClientData:
     """Client `partition_id`'s train/validation data (rendered once per process); in a round
     where the client is a data-poisoning attacker (`attack.kind` label-flip or backdoor), its
-    training data poisoned."""
+    training data poisoned; in an audit (`fedmirasol privacy-audit`), with the canary clips the
+    auditor gave this site (`audit.canary-dir`) in its training split."""
     attack = config.attack
     if server_round and attack.kind in DATA_ATTACKS and attack.attacks(
             partition_id, server_round, config.data.num_clients, config.seed):
         return _poisoned_cached(poison_key(config), partition_id)
+    if config.audit.canary_dir:
+        return _with_canaries(data_key(config), config.audit.canary_dir, partition_id)
     return _client_data_cached(data_key(config), partition_id)
 
 
@@ -313,6 +317,22 @@ def _attack_test_cached(config: RunConfig) -> Dataset | None:
     if attack.kind == "label-flip":
         return poisoning.label_flip_test_set(test_dataset(config), mirasol.num_classes)
     return None
+
+
+@functools.lru_cache(maxsize=4)
+def _with_canaries(key: RunConfig, directory: str, partition_id: int) -> ClientData:
+    """The client's data whose training split also holds this site's canaries, each its own
+    user."""
+    from torch.utils.data import ConcatDataset
+
+    from fedmirasol.privacy.audit.canaries import read_client_canaries
+
+    data = _client_data_cached(key, partition_id)
+    canaries, ids = read_client_canaries(directory, partition_id)
+    if not canaries:
+        return data
+    users = None if data.users is None else data.users + tuple(f"canary-{i}" for i in ids)
+    return dataclasses.replace(data, train=ConcatDataset([data.train, canaries]), users=users)
 
 
 @functools.lru_cache(maxsize=2)

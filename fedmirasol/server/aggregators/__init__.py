@@ -12,6 +12,7 @@ import numpy as np
 
 from fedmirasol.config.run import RunConfig
 from fedmirasol.secagg.server import build_aggregator as build_secagg_protocol
+from fedmirasol.server.aggregators.audited import AuditedMean, Auditor
 from fedmirasol.server.aggregators.base import Aggregator, TrainOutcome
 from fedmirasol.server.aggregators.client_level_dp import ClientLevelDPMean
 from fedmirasol.server.aggregators.he import HEMean
@@ -25,21 +26,30 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     SecureMean.name: SecureMean,
     HEMean.name: HEMean,
     CompressedMean.name: CompressedMean,
+    AuditedMean.name: AuditedMean,
 }
 
 
-def choose_aggregator(config: RunConfig, global_shared: Mapping[str, np.ndarray]) -> Aggregator:
+def choose_aggregator(config: RunConfig, global_shared: Mapping[str, np.ndarray],
+                      auditor: Auditor | None = None) -> Aggregator:
     """The run's aggregator: the strategy's mean, or client-level DP's noised mean under
     `privacy.client-level`; either of them over a secure sum under `secagg.enabled`; the sum
-    of encrypted updates under `he.enabled` (the server holds the `he.public-context`); the mean of decoded updates under
-    `compression.*`."""
+    of encrypted updates under `he.enabled` (the server holds the `he.public-context`); the
+    mean of decoded updates under `compression.*`; or observed by an audit's `auditor`
+    (`fedmirasol privacy-audit`, never with secure, encrypted or compressed updates)."""
     if config.he.enabled:
+        if auditor is not None:
+            raise ValueError("an audit needs the updates in the clear: he.enabled = false")
         from fedmirasol.he.keyfiles import load_server  # SEAL: only under HE
 
         context = load_server(config.he.public_context)
         return AGGREGATORS[HEMean.name](context, config)  # type: ignore[call-arg]
     mean = AGGREGATORS[ClientLevelDPMean.name if config.privacy.client_level
                        else StrategyMean.name]()
+    if auditor is not None:
+        if config.secagg.enabled:
+            raise ValueError("an audit needs the updates in the clear: secagg.enabled = false")
+        return AGGREGATORS[AuditedMean.name](mean, auditor)  # type: ignore[call-arg]
     if config.secagg.enabled:
         protocol = build_secagg_protocol(config, global_shared)
         return AGGREGATORS[SecureMean.name](protocol, mean)  # type: ignore[call-arg]
@@ -49,4 +59,4 @@ def choose_aggregator(config: RunConfig, global_shared: Mapping[str, np.ndarray]
     return mean
 
 
-__all__ = ["AGGREGATORS", "Aggregator", "TrainOutcome", "choose_aggregator"]
+__all__ = ["AGGREGATORS", "Aggregator", "Auditor", "TrainOutcome", "choose_aggregator"]
