@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "fedmirasol.cli.report_cmd",
     "fedmirasol.cli.compare_cmd",
     "fedmirasol.cli.privacy_report_cmd",
+    "fedmirasol.cli.privacy_audit_cmd",
     "fedmirasol.cli.certs_cmd",
     "fedmirasol.cli.he_cmd",
     "fedmirasol.cli.clientapp_cmd",

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from fedmirasol.privacy.audit.gaussians import estimate
-from fedmirasol.privacy.audit.one_run import audit, best_possible
+from fedmirasol.privacy.audit.one_run import audit, best_possible, guess_rules
 from fedmirasol.privacy.report import epsilon_text
 
 AUDIT_FILE = "audit.json"
@@ -39,8 +39,10 @@ def outcome(scores: Sequence[float], included: Sequence[bool], *, delta: float,
     values = np.asarray(scores, dtype=np.float64)
     result = audit(values, bits, delta=delta, confidence=confidence, k=guesses)
     table: dict[str, Any] = result.to_json()
-    table["best-possible-lower-bound"] = best_possible(
-        len(values), result.guess.guesses, delta, confidence, result.rules_tried)
+    # the most this audit could show: every guess right under its largest rule
+    table["best-possible-lower-bound"] = max(
+        best_possible(len(values), top + bottom, delta, confidence, result.rules_tried)
+        for top, bottom in guess_rules(len(values), guesses))
     try:
         table.update(estimate(values[bits], values[~bits], delta).to_json())
     except ValueError as error:  # fewer than two canaries on a side, or no spread
@@ -70,6 +72,12 @@ def read(run_dir: str | Path) -> dict[str, Any] | None:
     if table.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} file")
     return table
+
+
+def headline(table: Mapping[str, Any]) -> dict[str, Any]:
+    """audit.json without the per-canary rows (the privacy report's JSON)."""
+    return {key: value for key, value in table.items()
+            if key not in ("canaries", "participation", "format")}
 
 
 def _bound_text(value: float) -> str:

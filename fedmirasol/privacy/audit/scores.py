@@ -2,9 +2,10 @@
 it looks included.
 
 - `UpdateScores` (``audit.observe = "updates"``): what the server sees under sample-level DP,
-  each client's update each round. A canary's score adds up, over the rounds its client
-  replied, how far that update moved along the canary's own descent direction (its
-  normalized negative gradient at the round's global model) within the score parameters.
+  each client's update each round. Within the score parameters, the update is written as
+  a least-squares combination of the descent directions (normalized negative gradients at
+  the round's global model) of all the canaries that client might hold, included or not; a
+  canary's score adds up its coefficient over the rounds its client replied.
   A DP update hides whether any one clip was in the batch, so this is a fair test of it.
 - `final_model_scores` (``audit.observe = "final-model"``): what anyone who gets the model
   sees: the log-probability of the canary's label under the final model, less that under the
@@ -62,12 +63,20 @@ class UpdateScores:
             missing = [name for name in self.params if name not in update]
             if missing:
                 raise ValueError(f"partition {partition}'s update lacks {missing[:3]}")
-            for index in np.flatnonzero(self.owners == partition):
-                direction = self.descent_direction(int(index))
-                step = sum(float((torch.from_numpy(np.asarray(update[name], np.float64))
-                                  * d).sum()) for name, d in direction.items())
-                self.scores[index] += step
-                self.rounds[index] += 1
+            mine = np.flatnonzero(self.owners == partition)
+            if mine.size == 0:
+                continue
+            directions = np.stack([self._flat(self.descent_direction(int(i))) for i in mine])
+            moved = self._flat({name: torch.from_numpy(np.asarray(update[name], np.float64))
+                                for name in self.params})
+            # the update as a combination of the client's canary directions (least squares):
+            # each coefficient is its canary's share, free of the other canaries' overlap
+            share, *_ = np.linalg.lstsq(directions.T, moved, rcond=None)
+            self.scores[mine] += share
+            self.rounds[mine] += 1
+
+    def _flat(self, tensors: Mapping[str, torch.Tensor]) -> np.ndarray:
+        return np.concatenate([tensors[name].double().numpy().ravel() for name in self.params])
 
     def canary_updates(self, server_round: int, sample_rate: float) -> list[NumpyState]:
         """Canary clips join no aggregate of their own (they are in the clients' data)."""
