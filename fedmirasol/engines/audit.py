@@ -52,9 +52,11 @@ Engine = Callable[..., Path]
 def check_auditable(config: RunConfig) -> None:
     """What an audit of `config` needs, as ConfigErrors naming the keys."""
     audit, data = config.audit, config.data
-    if config.secagg.enabled:
-        raise ConfigError("an audit scores what the server aggregates: set secagg.enabled = "
-                          "false for the audit run")
+    for key, enabled in (("secagg.enabled", config.secagg.enabled),
+                         ("he.enabled", config.he.enabled)):
+        if enabled:
+            raise ConfigError(f"an audit scores what the server aggregates in the clear: set "
+                              f"{key} = false for the audit run")
     if audit.level == "client" and not config.privacy.client_level:
         raise ConfigError("config key 'audit.level' = 'client' audits client-level DP: set "
                           "privacy.client-level = true (a tiny privacy.client-noise-multiplier, "
