@@ -132,5 +132,6 @@ def test_estimate_of_identical_samples_is_zero_and_grows_with_separation() -> No
     # tails: at delta = 1e-5 the estimate of two halves of one sample is not 0
     assert estimate(null[:250], null[250:], 1e-5).epsilon < 1.0
     assert estimate(null[:250] + 3.0, null[250:], 1e-5).epsilon > 5.0
+    assert estimate(null[:250] + 1e6, null[250:], 1e-5).epsilon == float("inf")
     with pytest.raises(ValueError, match="at least two"):
         estimate([1.0], [0.0, 1.0], 1e-5)

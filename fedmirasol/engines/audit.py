@@ -41,7 +41,7 @@ from fedmirasol.runs.audit_plots import plot_audit
 from fedmirasol.runs.report import print_progress
 from fedmirasol.server.aggregators import Auditor
 from fedmirasol.server.loop import Progress
-from fedmirasol.task.model import init_model, parameter_split
+from fedmirasol.task.model import init_model, parameter_split, trainable_shared
 
 log = logging.getLogger("fedmirasol.audit")
 # (config, progress=, auditor=, node_config=) -> run directory: Flower's simulation engine
@@ -93,10 +93,7 @@ def trainable_shapes(config: RunConfig) -> tuple[dict[str, tuple[int, ...]],
                                                  dict[str, np.ndarray]]:
     """Shapes and initial values of the shared parameters the run trains."""
     model = init_model(config)
-    shared = set(parameter_split(model, config).shared)
-    names = [canonical_name(n) for n, p in model.named_parameters()
-             if p.requires_grad and canonical_name(n) in shared]
-    initial = model_state(model, names)
+    initial = model_state(model, trainable_shared(model, parameter_split(model, config).shared))
     return {n: tuple(v.shape) for n, v in initial.items()}, initial
 
 

@@ -20,6 +20,8 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.stats import norm
 
+EPSILON_CAP = 512.0  # beyond it the estimate is infinite (e^eps overflows near 709)
+
 
 @dataclass(frozen=True)
 class Gaussian:
@@ -87,7 +89,7 @@ def epsilon_of(p: Gaussian, q: Gaussian, delta: float) -> float:
     high = 1.0
     while excess(high) > 0:
         high *= 2
-        if high > 1e4:
+        if high > EPSILON_CAP:  # e^eps would overflow: the Gaussians are told apart
             return math.inf
     return float(brentq(excess, 0.0, high, xtol=1e-9))
 
