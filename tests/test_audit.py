@@ -173,4 +173,5 @@ def test_client_level_audit_sees_weak_noise_and_respects_real_noise(tmp_path: Pa
     assert weak["epsilon-lower-bound"] >= 1.0
     assert real["epsilon-lower-bound"] <= real["accountant-epsilon"]
     assert real["epsilon-lower-bound"] <= real["canary-accountant-epsilon"]
-    assert weak["epsilon-estimate"] > real["epsilon-estimate"]
+    # the estimate: infinite (null in audit.json) when the cosines are told apart at once
+    assert weak["epsilon-estimate"] is None or weak["epsilon-estimate"] > real["epsilon-estimate"]
