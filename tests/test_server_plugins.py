@@ -19,6 +19,7 @@ from fedmirasol.runs import run_dir as rundir
 from fedmirasol.runs.report import add_to_report, build_report
 from fedmirasol.runs.resume import open_run
 from fedmirasol.server.aggregators import AGGREGATORS, choose_aggregator
+from fedmirasol.server.aggregators.audited import AuditedMean
 from fedmirasol.server.aggregators.client_level_dp import ClientLevelDPMean
 from fedmirasol.server.aggregators.he import HEMean
 from fedmirasol.server.aggregators.compressed import CompressedMean
@@ -36,7 +37,7 @@ SHARED = {"w": np.zeros((2, 3), np.float32)}
 def test_registry_names_each_aggregator_by_its_name() -> None:
     assert AGGREGATORS == {"strategy": StrategyMean, "client-level-dp": ClientLevelDPMean,
                            "secagg": SecureMean, "he": HEMean,
-                           "compressed": CompressedMean}
+                           "compressed": CompressedMean, "audited": AuditedMean}
 
 
 @pytest.mark.parametrize("values, outer, inner", [
@@ -54,6 +55,23 @@ def test_one_aggregator_is_chosen_per_run(values, outer, inner) -> None:
     assert type(aggregator) is outer
     if inner is not None:
         assert type(aggregator.mean) is inner  # how the (secure or decoded) sum moves it
+
+
+class _Watcher:
+    def observe(self, server_round, global_shared, updates) -> None: ...
+
+    def canary_updates(self, server_round, sample_rate) -> list:
+        return []
+
+
+@pytest.mark.parametrize("values, inner", [({}, StrategyMean),
+                                           ({"privacy.client-level": True}, ClientLevelDPMean)])
+def test_an_audit_observes_the_runs_own_mean(values, inner) -> None:
+    config = with_values(load_config(None, ["data.num-clients=3"]), values)
+    aggregator = choose_aggregator(config, SHARED, _Watcher())
+    assert type(aggregator) is AuditedMean and type(aggregator.inner) is inner
+    with pytest.raises(ValueError, match="in the clear"):
+        choose_aggregator(with_values(config, {"secagg.enabled": True}), SHARED, _Watcher())
 
 
 def _reply(metrics: dict, arrays: bool = False) -> Message:

@@ -14,7 +14,8 @@ import numpy as np  # noqa: E402
 from fedmirasol.runs.plots import PLOT_DIR, legend_outside, save_figure  # noqa: E402
 
 PLOT_FILE = "audit-scores.png"
-SCORE_TEXT = {"updates": "movement of its client's updates along the canary's descent direction",
+SCORE_TEXT = {"updates": "its share of its client's updates (least squares over the canaries' "
+                         "descent directions)",
               "final-model": "log p(label) under the final model less under the initial one",
               "cosine": "cosine of the canary's update with the final model's change"}
 
