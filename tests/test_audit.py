@@ -147,7 +147,8 @@ def test_an_audit_refuses_what_it_cannot_audit(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="audit.score-parameters"):
         privacy_audit(load_config(None, AUDIT + ["audit.score-parameters='nothing.*'"]),
                       engine=run_in_process, progress=None)
-    assert cli_main(["privacy-audit", "--set", "secagg.enabled=true"]) == 2
+    for setting in ("secagg.enabled=true", "he.enabled=true", "compression.codec='top-k'"):
+        assert cli_main(["privacy-audit", "--set", setting]) == 2
 
 
 # Mechanisms broken on purpose, in this process only (fedmirasol.testing.broken_dp): the

@@ -52,11 +52,13 @@ Engine = Callable[..., Path]
 def check_auditable(config: RunConfig) -> None:
     """What an audit of `config` needs, as ConfigErrors naming the keys."""
     audit, data = config.audit, config.data
-    for key, enabled in (("secagg.enabled", config.secagg.enabled),
-                         ("he.enabled", config.he.enabled)):
+    for setting, enabled in (("secagg.enabled = false", config.secagg.enabled),
+                             ("he.enabled = false", config.he.enabled),
+                             ("compression.codec and compression.downlink = 'none'",
+                              config.compression.enabled)):
         if enabled:
-            raise ConfigError(f"an audit scores what the server aggregates in the clear: set "
-                              f"{key} = false for the audit run")
+            raise ConfigError(f"an audit scores the updates the server aggregates, in the "
+                              f"clear and uncompressed: set {setting} for the audit run")
     if audit.level == "client" and not config.privacy.client_level:
         raise ConfigError("config key 'audit.level' = 'client' audits client-level DP: set "
                           "privacy.client-level = true (a tiny privacy.client-noise-multiplier, "

@@ -47,8 +47,9 @@ def choose_aggregator(config: RunConfig, global_shared: Mapping[str, np.ndarray]
     mean = AGGREGATORS[ClientLevelDPMean.name if config.privacy.client_level
                        else StrategyMean.name]()
     if auditor is not None:
-        if config.secagg.enabled:
-            raise ValueError("an audit needs the updates in the clear: secagg.enabled = false")
+        if config.secagg.enabled or config.compression.enabled:
+            raise ValueError("an audit needs the updates in the clear and uncompressed: "
+                             "no secagg.enabled, no compression")
         return AGGREGATORS[AuditedMean.name](mean, auditor)  # type: ignore[call-arg]
     if config.secagg.enabled:
         protocol = build_secagg_protocol(config, global_shared)
