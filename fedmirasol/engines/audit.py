@@ -59,6 +59,9 @@ def check_auditable(config: RunConfig) -> None:
         if enabled:
             raise ConfigError(f"an audit scores the updates the server aggregates, in the "
                               f"clear and uncompressed: set {setting} for the audit run")
+    if config.attack.kind != "none":
+        raise ConfigError(f"config key 'attack.kind' = {config.attack.kind!r}: an audit measures "
+                          "the DP mechanism; run it without an attack")
     if audit.level == "client" and not config.privacy.client_level:
         raise ConfigError("config key 'audit.level' = 'client' audits client-level DP: set "
                           "privacy.client-level = true (a tiny privacy.client-noise-multiplier, "
