@@ -125,7 +125,8 @@ def one_round(size: int, mode: str, steps: int, batch: int, he: dict[str, object
         site_file, keys = write_key_pair(work / "keys", params)
     config = _config(mode, keys, he)
     shape = (size // FEATURES, FEATURES)
-    # a trained-looking model: zeros would deflate on the wire and flatter plain's down-bytes
+    # a trained-looking model: an all-zero one is identical array chunks, which Flower sends
+    # once per message, flattering plain's down-bytes
     global_shared = {"w": (0.01 * np.random.default_rng(0).standard_normal(shape)
                            ).astype(np.float32)}
     opener = HEOpener(ServerStepOnClients(), str(site_file)) if mode == "he" else plain_global
