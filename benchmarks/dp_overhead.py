@@ -74,9 +74,10 @@ def _setup(config_name: str, batch_size: int, threads: int):
 def _step_function(mode: str, model, batch, batch_size: int):
     """A closure doing one full training step of `model` in `mode`, as training does it."""
     import torch
-    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+    from opacus.optimizers import DPOptimizerFastGradientClipping
     from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 
+    from fedmirasol.privacy.dp_optimizer import LeanDPOptimizer
     from fedmirasol.privacy.dp_training import per_sample_losses
     from ghost_clipping import MirasolGhostClipping  # benchmarks/ghost_clipping.py
     from fedmirasol.privacy.objective import per_sample_loss
@@ -108,7 +109,7 @@ def _step_function(mode: str, model, batch, batch_size: int):
 
         optimizer = SecureDPOptimizer(sgd, noise=SecureNoise(), **dp_args)
     else:
-        optimizer = DPOptimizer(sgd, **dp_args)
+        optimizer = LeanDPOptimizer(sgd, **dp_args)  # what training uses (Opacus' release)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

@@ -106,17 +106,17 @@ def plain_step(model: torch.nn.Module, batch, device: torch.device,
 
 def dp_step(model: torch.nn.Module, batch, device: torch.device,
             bf16: bool = False) -> Callable[[], None]:
-    """One DP-SGD step as training takes it: ew per-sample losses, Opacus' DPOptimizer, in
+    """One DP-SGD step as training takes it: ew per-sample losses, Opacus' DPOptimizer
+    (`LeanDPOptimizer`, the same release in fewer passes), in
     float32 (DP training does not autocast: expanded weights' backward fails under bf16
     autocast, "expected m1 and m2 to have the same dtype")."""
-    from opacus.optimizers import DPOptimizer
-
+    from fedmirasol.privacy.dp_optimizer import LeanDPOptimizer
     from fedmirasol.privacy.dp_training import per_sample_losses
 
     losses_of, _ = per_sample_losses(model, "ew")
-    optimizer = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.01), noise_multiplier=1.0,
-                            max_grad_norm=1.0, expected_batch_size=len(batch["label"]),
-                            loss_reduction="mean")
+    optimizer = LeanDPOptimizer(torch.optim.SGD(model.parameters(), lr=0.01),
+                                noise_multiplier=1.0, max_grad_norm=1.0,
+                                expected_batch_size=len(batch["label"]), loss_reduction="mean")
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

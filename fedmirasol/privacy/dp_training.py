@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from fedmirasol.data.batch import collate, to_device
 from fedmirasol.models.objectives import objective_of
 from fedmirasol.privacy.calibration import SamplingPlan
+from fedmirasol.privacy.dp_optimizer import LeanDPOptimizer
 from fedmirasol.privacy.expanded_weights import ExpandedWeightsObjective
 from fedmirasol.privacy.objective import sample_losses
 from fedmirasol.privacy.secure_noise import SecureNoise
@@ -129,9 +130,10 @@ def poisson_loader(dataset: Dataset, sample_rate: float,
     return DataLoader(_Indexed(dataset), batch_sampler=sampler, collate_fn=_collate_indexed)
 
 
-class SecureDPOptimizer(DPOptimizer):
-    """Opacus' DPOptimizer whose noise comes from `SecureNoise` in float64 and is added to the
-    float64 sum of the clipped gradients (rounded to the parameter's dtype afterwards)."""
+class SecureDPOptimizer(LeanDPOptimizer):
+    """`LeanDPOptimizer` (Opacus' DPOptimizer) whose noise comes from `SecureNoise` in float64
+    and is added to the float64 sum of the clipped gradients (rounded to the parameter's
+    dtype afterwards)."""
 
     def __init__(self, *args: Any, noise: SecureNoise, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -143,7 +145,7 @@ class SecureDPOptimizer(DPOptimizer):
             summed = p.summed_grad
             _check_processed_flag(summed)
             noise = self.secure_noise.normal(summed.shape, std, device=summed.device)
-            p.grad = (summed.double() + noise).to(summed.dtype).view_as(p)
+            p.grad = noise.add_(summed).to(summed.dtype).view_as(p)
             _mark_as_processed(summed)
 
 
@@ -218,7 +220,7 @@ def train_private(
                         # the noisy sum is divided by the expected number of rows
                         expected_batch_size=max(1, int(units * plan.sample_rate)),
                         loss_reduction="mean")
-        dp_optimizer = (DPOptimizer(optimizer, generator=noise_generator, **settings)
+        dp_optimizer = (LeanDPOptimizer(optimizer, generator=noise_generator, **settings)
                         if noise_generator is not None
                         else SecureDPOptimizer(optimizer, noise=noise, **settings))
         dp_optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
