@@ -4,7 +4,8 @@ Under DP-SGD the clients release only noised sums, so the round's figures are ra
 noised sums over the clients that replied: the train loss (noised sum of clipped losses over
 the noised count), the federated accuracy and loss (noised correct answers and clipped losses
 over the noised count) and the personalized/adapted accuracies. Clients whose site declared its
-validation split public add their clear figures to the same sums. ``privacy_figures`` says
+validation split public add their clear figures to the same sums; means over clients exist
+only when every evaluating client's split is public. ``privacy_figures`` says
 which fields are noised and which clients' figures came in the clear.
 
 Under client-level DP (without ``privacy.keep-client-rows``) the record keeps aggregates only:
@@ -60,11 +61,27 @@ def dp_round_figures(train_rows: Rows, eval_rows: Rows) -> dict[str, Any]:
     figures["federated_loss"] = losses / count if count > 0 else None
     noised = [field for field in figures if figures[field] is not None]
     public = sorted(pid for pid, row in eval_rows.items() if "eval-split-public" in row)
-    figures.update(federated_accuracy_client_mean=None, privacy_figures={
+    figures.update(_client_means(eval_rows, all_public=len(public) == len(eval_rows)))
+    figures.update(privacy_figures={
         "noised": noised if any(_has_noised(r) for r in (*train_rows.values(),
                                                           *eval_rows.values())) else [],
         "clear-from-public-split": public})
     return figures
+
+
+def _client_means(eval_rows: Rows, *, all_public: bool) -> dict[str, float | None]:
+    """Means over clients of the clear accuracies, only when every evaluating client's site
+    declared its split public (a noised client has no figure of its own to average; a mean
+    over the public ones only would describe other clients than the pooled figures do)."""
+    means: dict[str, float | None] = {}
+    for field, clear in (("federated_accuracy_client_mean", "val-accuracy"),
+                         ("personal_accuracy_client_mean", "personal-accuracy"),
+                         ("adapted_accuracy_client_mean", "adapted-accuracy")):
+        values = [row[clear] for row in eval_rows.values() if clear in row]
+        if field == "federated_accuracy_client_mean" or values:
+            means[field] = (sum(values) / len(values)
+                            if all_public and values and len(values) == len(eval_rows) else None)
+    return means
 
 
 def _has_noised(row: Mapping[str, float]) -> bool:
