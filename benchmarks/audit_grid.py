@@ -13,6 +13,11 @@ Settings (`--settings`, default all):
 - ``noise/1000``, ``no-clip``, ``twice``: DP-SGD at epsilon 0.5 broken on purpose
   (`fedmirasol.testing.broken_dp`; clip norm 0.01 so that clipping matters), which the audit
   should catch;
+- ``full-batch``, ``twice-full-batch``: DP-SGD with every clip in every step (sample rate 1,
+  noise multiplier 2, 4 local epochs, one round, 256 canaries; accountant epsilon 5.38), as is
+  and with each clip counted twice: the regime where the doubled clip is plainest to this audit
+  (no subsampling to hide a step, every step in the update it scores). See
+  `audit_ideal.py` for why even so it is not caught;
 - ``client-weak``, ``client-z2``: a client-level audit (canary clients) with noise multiplier
   0.01 and 2.
 
@@ -39,6 +44,9 @@ from fedmirasol.testing.in_process import run_in_process
 ROOT = Path(__file__).resolve().parents[1]
 BROKEN = ["privacy.enabled=true", "privacy.target-epsilon=0.5", "privacy.max-grad-norm=0.01",
           "client.lr=0.01"]
+FULL_BATCH = ["privacy.enabled=true", "privacy.target-epsilon=0", "privacy.noise-multiplier=2",
+              "privacy.sample-rate=1.0", "privacy.max-grad-norm=0.01", "client.lr=0.01",
+              "client.local-epochs=4", "num-rounds=1", "audit.canaries=256"]
 CLIENT = ["audit.level='client'", "privacy.enabled=false", "privacy.client-level=true",
           "privacy.client-clip-norm=0.1"]
 SETTINGS: dict[str, tuple[list[str], str | None]] = {
@@ -49,6 +57,8 @@ SETTINGS: dict[str, tuple[list[str], str | None]] = {
     "noise/1000": (BROKEN, "noise / 1000"),
     "no-clip": (BROKEN, "clipping off"),
     "twice": (BROKEN, "each clip twice"),
+    "full-batch": (FULL_BATCH, None),
+    "twice-full-batch": (FULL_BATCH, "each clip twice"),
     "client-weak": (CLIENT + ["privacy.client-noise-multiplier=0.01"], None),
     "client-z2": (CLIENT + ["privacy.client-noise-multiplier=2"], None),
 }

@@ -16,11 +16,15 @@ from fedmirasol.client.site import apply_site
 from fedmirasol.config import load_config
 from fedmirasol.engines.audit import privacy_audit
 from fedmirasol.errors import ConfigError
+from fedmirasol.privacy.accountant_state import new_accountant
 from fedmirasol.privacy.audit.canaries import CanaryPlan, client_file, read_client_canaries
+from fedmirasol.privacy.calibration import SamplingPlan
+from fedmirasol.privacy.dp_training import train_private
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.task import data as task_data
 from fedmirasol.testing import broken_dp
 from fedmirasol.testing.in_process import run_in_process
+from privacy_fixtures import clips, sgd, snapshot, tiny_model
 
 torch.set_num_threads(1)
 
@@ -163,6 +167,30 @@ def test_a_broken_mechanism_is_caught(broken, tmp_path: Path) -> None:
     assert table["accountant-epsilon"] <= 0.5
     assert table["epsilon-lower-bound"] > table["accountant-epsilon"]
     assert table["exceeds-accountant"] is True
+
+
+def test_each_clip_twice_doubles_every_clips_share_of_a_step() -> None:
+    """The break reaches every clip (canaries included): without noise, a full-batch step
+    moves the model exactly twice as far as the correct one (sensitivity 2 clip norms where
+    the accountant is told 1)."""
+    data = clips(4)
+
+    def step() -> torch.Tensor:
+        model = tiny_model()
+        before = snapshot(model)
+        train_private(model, data, sgd(model, lr=1.0), accountant=new_accountant("rdp"),
+                      plan=SamplingPlan.for_round(4, 4, 1), epochs=1, noise_multiplier=0.0,
+                      max_grad_norm=0.01, generator=torch.Generator().manual_seed(0))
+        after = snapshot(model)
+        return torch.cat([(after[n] - before[n]).flatten() for n in before])
+
+    correct = step()
+    with broken_dp.each_clip_twice():
+        doubled = step()
+    assert 0.005 < float(correct.norm()) <= 0.01 * (1 + 1e-4)
+    # float32 parameters: the moves agree to their rounding (~1e-7 per coordinate)
+    assert float(doubled.norm() / correct.norm()) == pytest.approx(2.0, rel=1e-2)
+    assert float(torch.nn.functional.cosine_similarity(doubled, correct, dim=0)) > 0.999
 
 
 @pytest.mark.slow
