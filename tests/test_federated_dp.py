@@ -187,10 +187,15 @@ def test_privacy_report_json_is_reproduced_by_dp_accounting(run, capsys) -> None
 
 def test_metrics_hold_no_unnoised_client_figure(run) -> None:
     run_dir, _ = run
-    for record in rundir.read_metrics(run_dir)[1:]:
+    records = rundir.read_metrics(run_dir)[1:]
+    for record in records:
         for row in record["clients"].values():
             # no loss, no validation figure; the bytes on the wire are what the server observes
             # of any message it sends or receives (public)
             assert set(row) <= {"train_examples", "bytes_down", "bytes_up"}, row
-        assert record["privacy_figures"]["noised"] == ["train_loss"]
-        assert record["train_loss"] is not None and record["federated_accuracy"] is None
+        # the train loss is the ratio of the noised sums: none when the noised count summed
+        # over the clients is not positive (a few clips a client, noise std about 1.4 a count)
+        noised = ["train_loss"] if record["train_loss"] is not None else []
+        assert record["privacy_figures"]["noised"] == noised
+        assert record["federated_accuracy"] is None
+    assert any(record["train_loss"] is not None for record in records)
