@@ -25,6 +25,7 @@ from fedmirasol.engines.apps import build_client_app
 from fedmirasol.engines.simulation import simulate
 from fedmirasol.errors import ConfigError
 from fedmirasol.runs import run_dir as rundir
+from fedmirasol.server import nodes
 from fedmirasol.server.loop import FederatedRun
 from fedmirasol.testing.local_grid import LocalGrid
 
@@ -82,6 +83,23 @@ def test_state_of_unsampled_clients_is_never_read_nor_kept(tmp_path: Path,
         return app(message, context)
 
     grid.app = client_app
+    listings = Counter()  # round -> listings of the 1,000 nodes while the round ran
+    list_nodes, run_round = grid.get_node_ids, FederatedRun.run_round
+    in_round = {"round": 0}
+
+    def counted_listing():  # noqa: ANN202
+        listings[in_round["round"]] += 1
+        return list_nodes()
+
+    def counted_round(run: FederatedRun, server_round: int):  # noqa: ANN202
+        in_round["round"] = server_round
+        try:
+            return run_round(run, server_round)
+        finally:
+            in_round["round"] = 0
+
+    grid.get_node_ids = counted_listing
+    monkeypatch.setattr(FederatedRun, "run_round", counted_round)
     run_dir = rundir.create(config.output.runs_dir, config.name)
     rundir.write_config(run_dir, config)
     FederatedRun(grid, config, run_dir).run()
@@ -106,6 +124,29 @@ def test_state_of_unsampled_clients_is_never_read_nor_kept(tmp_path: Path,
     assert expected and Counter(reads) == expected, (reads, expected)
     # The engine keeps nobody's arrays between messages.
     assert not any(context.state.array_records for context in grid.contexts.values())
+    # Listing the nodes is O(federation size) in Flower's engines: once to draw the training
+    # clients (count and sample), once for the evaluating ones, each round.
+    assert listings[1] == listings[2] == 2, listings
+
+
+def test_a_listing_is_reused_only_while_young(monkeypatch) -> None:
+    """A strategy's count and draw share one listing; one waiting for nodes (Flower lists
+    again every second) sees those that connected meanwhile."""
+    connected = [1, 2]
+    calls = []
+
+    class Nodes:
+        def get_node_ids(self) -> list[int]:
+            calls.append(1)
+            return list(connected)
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(nodes.time, "monotonic", lambda: clock["now"])
+    listed = nodes.ListedOnce(Nodes())
+    assert listed.get_node_ids() == listed.get_node_ids() == [1, 2] and len(calls) == 1
+    connected.append(3)
+    clock["now"] += nodes.LISTING_REUSE_S
+    assert listed.get_node_ids() == [1, 2, 3] and len(calls) == 2
 
 
 def _ray_head(tmp_path: Path, temp_dir: str) -> tuple[subprocess.Popen, str]:

@@ -35,6 +35,7 @@ from fedmirasol.core.seeds import seed_for
 from fedmirasol.task.model import init_model, model_config
 from fedmirasol.core.metrics import Traffic, client_metrics, weighted_mean
 from fedmirasol.server.nodes import (
+    ListedOnce,
     PartitionOrderedGrid,
     ask_partitions,
     claimed_partition_problems,
@@ -201,8 +202,8 @@ class FederatedRun:
         # client-level DP the draw comes from a secret seed instead: its accounting counts on
         # sampling, which amplifies privacy only if nobody can tell who was drawn, and the
         # run's seed travels to every client.
-        train_grid = self._train_grid()
-        population = len(list(train_grid.get_node_ids()))  # clients the draw is made from
+        train_grid = ListedOnce(self._train_grid())  # one listing for the count and the draw
+        population = len(train_grid.get_node_ids())  # clients the draw is made from
         with _seeded_random(secrets.randbits(64) if self.privacy.client_level is not None
                             else seed_for(seed, server_round, 1)):
             messages = list(self.strategy.configure_train(
@@ -239,7 +240,7 @@ class FederatedRun:
         with _seeded_random(seed_for(seed, server_round, 2)):
             eval_messages = list(self.strategy.configure_evaluate(
                 server_round, to_record(self.global_shared), self._config_record(),
-                self.ordered))
+                ListedOnce(self.ordered)))
         eval_messages = [m for m in eval_messages  # figures of honest clients only
                          if self.partitions[m.metadata.dst_node_id] not in self.attackers]
         evaluation = self.aggregator.evaluate(self, server_round, eval_messages)

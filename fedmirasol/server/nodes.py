@@ -40,6 +40,32 @@ class PartitionOrderedGrid:
         return getattr(self._grid, name)
 
 
+# Flower's strategies list the nodes twice to draw a round's clients (count, then sample) and,
+# while too few are connected, list them again every second: a listing younger than this is
+# reused, one that old is taken afresh (so a strategy waiting for nodes still sees them come).
+LISTING_REUSE_S = 0.5
+
+
+class ListedOnce:
+    """Delegates to a Grid; `get_node_ids` reuses its listing while it is younger than
+    LISTING_REUSE_S. Listing the nodes costs O(federation size) in Flower's engines (every
+    node's record is checked): one listing serves a phase's count and draw."""
+
+    def __init__(self, grid: Any) -> None:
+        self._grid = grid
+        self._listed: list[int] | None = None
+        self._listed_at = 0.0
+
+    def get_node_ids(self) -> list[int]:
+        now = time.monotonic()
+        if self._listed is None or now - self._listed_at >= LISTING_REUSE_S:
+            self._listed, self._listed_at = list(self._grid.get_node_ids()), now
+        return list(self._listed)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
 # Flower's simulation engine registers all its nodes at once, right after the ServerApp starts:
 # once some are there and their count has not changed for this long, that is the federation.
 SIMULATION_SETTLE_S = 2.0
