@@ -19,7 +19,7 @@ from fedmirasol.models.objectives import attach_objective
 from fedmirasol.models.objectives.contrastive import zero_shot_predict
 from fedmirasol.privacy.dp_metrics import loss_sums
 from fedmirasol.training.pretrain_eval import EVAL_MASK_SEED, evaluate_objective
-from fedmirasol.training.pretraining import attach_pretraining, public_negatives, synthetic_prompts
+from fedmirasol.training.pretraining import attach_pretraining, synthetic_prompts
 from fedmirasol.config import load_config
 from fedmirasol.data.synthetic import SyntheticAVDataset, SyntheticConfig
 from test_federated_messages import client_context, tiny_config, train_message

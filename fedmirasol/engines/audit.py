@@ -39,7 +39,6 @@ from fedmirasol.privacy.report import client_summaries
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.runs.audit_plots import plot_audit
 from fedmirasol.runs.report import print_progress
-from fedmirasol.server.aggregators import Auditor
 from fedmirasol.server.loop import Progress
 from fedmirasol.task.model import init_model, parameter_split, trainable_shared
 

@@ -6,7 +6,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from fedmirasol.config import RunConfig, with_values
 from fedmirasol.errors import ConfigError
