@@ -292,6 +292,8 @@ def test_config_refuses_unusable_attacks_naming_the_keys() -> None:
                                 "defense.median-norm-bound": True},
         "encoded payload": {"attack.kind": "sign-flip", "attack.clients": "1",
                             "compression.codec": "quantize"},
+        "with compression.downlink": {"attack.kind": "little-is-enough", "attack.clients": "1",
+                                      "compression.downlink": "quantize"},
         "task.name = 'classification'": {"attack.kind": "label-flip", "attack.clients": "1",
                                          "task.name": "videoqa", "model.text-weight": 1.0},
     }

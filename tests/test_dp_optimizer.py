@@ -51,6 +51,29 @@ def test_release_equals_opacus(batches: list[int], noise: float) -> None:
         torch.testing.assert_close(mine, reference, rtol=1e-6, atol=1e-7)
 
 
+def _released_from_two_backwards(optimizer_class: type[DPOptimizer]) -> list[torch.Tensor]:
+    """Per-sample gradients kept as a list (two backward passes before one step, Opacus'
+    accumulation): the rows are concatenated and the sum divided by 2 x the batch size."""
+    model = _model()
+    optimizer = optimizer_class(torch.optim.SGD(model.parameters(), lr=0.1),
+                                noise_multiplier=0.8, max_grad_norm=0.7, expected_batch_size=4,
+                                loss_reduction="mean", generator=torch.Generator().manual_seed(3))
+    _set_grad_samples(model, 4, seed=0)
+    first = [p.grad_sample for p in model.parameters()]
+    _set_grad_samples(model, 3, seed=1)
+    for p, earlier in zip(model.parameters(), first):
+        p.grad_sample = [earlier, p.grad_sample]
+    assert optimizer.accumulated_iterations == 2
+    optimizer.pre_step()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def test_accumulated_backwards_release_what_opacus_releases() -> None:
+    for mine, reference in zip(_released_from_two_backwards(LeanDPOptimizer),
+                               _released_from_two_backwards(DPOptimizer)):
+        torch.testing.assert_close(mine, reference, rtol=1e-6, atol=1e-7)
+
+
 def test_release_equals_opacus_in_float64() -> None:
     ours = _released(LeanDPOptimizer, batches=[4], noise=1.0, dtype=torch.float64)
     opacus = _released(DPOptimizer, batches=[4], noise=1.0, dtype=torch.float64)

@@ -134,9 +134,11 @@ def test_a_sum_of_too_few_clients_is_refused(keys) -> None:
 def test_values_beyond_the_capacity_are_refused(keys) -> None:
     site = load_site(keys[0])
     layout = Layout((segment("proposal", "weight", {"w": np.zeros(3)}),))
-    with pytest.raises(CapacityExceeded, match="lower he.scale-bits"):
+    with pytest.raises(CapacityExceeded, match="lower he.scale-bits") as refused:
         codec.encrypt(site, layout, {"proposal": {"w": np.array([1.0, 2.0, 3.0])}},
                       weight=PARAMS.capacity / 10, batch=1, contributors=10)
+    # the message reaches the server: the limit only, not the client's value
+    assert f"{PARAMS.capacity * 3 / 10:.4g}" not in str(refused.value)
     with pytest.raises(ValueError, match="NaN or Inf"):
         codec.encrypt(site, layout, {"proposal": {"w": np.array([1.0, np.nan, 3.0])}}, 1, 1, 2)
 

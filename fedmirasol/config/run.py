@@ -161,11 +161,13 @@ class RunConfig(Section):
                               "every update, which he.enabled encrypts; use defense.norm-bound "
                               "(each client clips before encrypting)")
         sealed = "he.enabled" if self.he.enabled else (
-            "compression.codec" if self.compression.codec != "none" else None)
+            "compression.codec" if self.compression.codec != "none" else
+            "compression.downlink" if self.compression.downlink != "none" else None)
         if attack.enabled and sealed:
             raise ConfigError(f"attack.kind = {attack.kind!r} rewrites the plain update a client "
-                              f"sends, but with {sealed} its reply carries an encrypted or "
-                              "encoded payload: run the attacks without it")
+                              f"sends from the global model, but with {sealed} the messages "
+                              "carry an encrypted or encoded payload: run the attacks without "
+                              "it")
         if self.defense.median_norm_bound and self.privacy.client_level:
             raise ConfigError("config key 'defense.median-norm-bound' clips every update to a "
                               "bound that depends on all clients' updates, which breaks "

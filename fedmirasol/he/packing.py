@@ -114,10 +114,11 @@ def chunks(layout: Layout, values: Mapping[str, Mapping[str, np.ndarray]], weigh
     for piece in _pieces(layout, values, weight, length):
         if piece.size and not np.isfinite(piece).all():
             raise ValueError("the values to encrypt hold NaN or Inf")
-        if piece.size and (worst := float(np.abs(piece).max())) > limit:
+        if piece.size and float(np.abs(piece).max()) > limit:
+            # the message goes back to the server: it names the limit, never the value
             raise CapacityExceeded(
-                f"a value of magnitude {worst:.4g} (weight included) is above {limit:.4g}, "
-                "what the CKKS scale leaves each client so that the sum cannot wrap around: "
+                f"a value of this client's weighted update is above {limit:.4g}, what the "
+                "CKKS scale leaves each client so that the sum cannot wrap around: "
                 "lower he.scale-bits (each bit less doubles the room and the error bound), or "
                 "sample fewer clients per round")
         offset = 0

@@ -202,13 +202,15 @@ class FederatedRun:
         # client-level DP the draw comes from a secret seed instead: its accounting counts on
         # sampling, which amplifies privacy only if nobody can tell who was drawn, and the
         # run's seed travels to every client.
-        train_grid = ListedOnce(self._train_grid())  # one listing for the count and the draw
+        arrays, train_config = to_record(self.global_shared), self._config_record()
+        # One listing for the count and the draw, taken just before the draw (so that the
+        # population behind client-level DP's sampling rate is the one drawn from).
+        train_grid = ListedOnce(self._train_grid())
         population = len(train_grid.get_node_ids())  # clients the draw is made from
         with _seeded_random(secrets.randbits(64) if self.privacy.client_level is not None
                             else seed_for(seed, server_round, 1)):
             messages = list(self.strategy.configure_train(
-                server_round, to_record(self.global_shared), self._config_record(),
-                train_grid))
+                server_round, arrays, train_config, train_grid))
         population = max(population, len(messages))  # never below the draw
         outcome = self.aggregator.train(self, server_round, messages, population)
         self.global_shared = outcome.global_shared

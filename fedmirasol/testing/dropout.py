@@ -97,8 +97,14 @@ def exact_mean(config: RunConfig, server_round: int, global_shared: NumpyState,
 
 
 def check_secure_means(run_dir: Path, plan: dict[int, Dropout]) -> list[RoundCheck]:
-    """Every round of the finished run in `run_dir` against `plan`."""
+    """Every round of the finished run in `run_dir` against `plan`. The exact means are
+    recomputed in the clear from the run config alone, so a run whose updates also depend on
+    what the clients keep (local parameters) or on the release's clipping is refused."""
     config = rundir.read_config(run_dir)
+    if config.local_selectors() or config.defense.norm_bound:
+        raise ValueError("check_secure_means recomputes each update from the run config "
+                         "alone: run it without local or personal parameters (split.local, "
+                         "FedBN, FedPer/FedRep) and without defense.norm-bound")
     step = config.secagg_bound() / 2 ** (config.secagg.bits - 1)
     before = initial_shared(config)
     checks = []

@@ -22,7 +22,7 @@ from torch import nn
 
 from fedmirasol.core.parameters import NumpyState, canonical_name, load_state
 from fedmirasol.data.batch import Sample, collate
-from fedmirasol.privacy.objective import per_sample_loss
+from fedmirasol.privacy.objective import sample_losses
 
 
 class UpdateScores:
@@ -46,7 +46,7 @@ class UpdateScores:
         norm (zero when the gradient is)."""
         batch = collate([self.samples[index]])
         self.model.eval()
-        loss = per_sample_loss(self.model, batch, self.model(batch)).sum()
+        loss = sample_losses(self.model, batch).sum()  # the objective training runs
         grads = torch.autograd.grad(loss, list(self.params.values()), allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g
                  for g, p in zip(grads, self.params.values())]
