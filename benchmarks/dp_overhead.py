@@ -5,15 +5,17 @@ batch of synthetic clips with full optimizer steps on the CPU:
 
 - ``plain``: the per-sample objective averaged, backward, SGD step;
 - Opacus DP-SGD (per-sample gradients, per-sample clipping, Gaussian noise, step), with the
-  per-sample gradients from ``ew`` (PyTorch's expanded weights over the whole objective:
-  fedmirasol.privacy.expanded_weights, what training uses by default), ``hooks`` (Opacus'
-  GradSampleModule) or ``functorch``; or ``ghost``: ghost clipping (per-sample norms without
+  per-sample gradients from ``bk`` (book-keeping: PyTorch's expanded weights over the whole
+  objective, Linear weights kept as inputs and output gradients with ghost norms where that is
+  cheaper: fedmirasol.privacy.book_keeping, what training uses by default), ``ew`` (the same
+  with every per-sample gradient formed: fedmirasol.privacy.expanded_weights), ``hooks``
+  (Opacus' GradSampleModule) or ``functorch``; or ``ghost``: ghost clipping (per-sample norms without
   per-sample gradients, two backward passes), through fedmirasol.privacy.ghost_clipping,
   which makes Opacus 1.6's ghost clipping run on Mirasol (see there for why it fails as is);
-- ``ew-secure``: ``ew`` with the noise training draws: a CSPRNG (AES counter mode), four
+- ``bk-secure`` / ``ew-secure``: ``bk`` / ``ew`` with the noise training draws: a CSPRNG (AES counter mode), four
   float64 Gaussians summed per coordinate and added to the float64 sum of the clipped
   gradients (fedmirasol.privacy.dp_training.SecureDPOptimizer); the difference to ``ew`` is
-  the cost of secure noise. (``ew``, ``hooks``, ... draw torch's float32 noise, Opacus' default.)
+  the cost of secure noise. (``bk``, ``ew``, ... draw torch's float32 noise, Opacus' default.)
 
 Time: one subprocess holds a copy of the model per mode and interleaves their steps, one step
 of every mode per round (the order rotating), so the load of a shared machine falls on all
@@ -42,7 +44,7 @@ import subprocess
 import sys
 import time
 
-MODES = ("plain", "ew", "ew-secure", "hooks", "functorch", "ghost")
+MODES = ("plain", "bk", "bk-secure", "ew", "ew-secure", "hooks", "functorch", "ghost")
 
 
 def rss_mib() -> float:
@@ -103,7 +105,7 @@ def _step_function(mode: str, model, batch, batch_size: int):
             ghost_optimizer.step()
         return step
     losses_of, _ = per_sample_losses(model, mode.removesuffix("-secure"))  # as training does
-    if mode == "ew-secure":
+    if mode.endswith("-secure"):
         from fedmirasol.privacy.dp_training import SecureDPOptimizer
         from fedmirasol.privacy.secure_noise import SecureNoise
 

@@ -84,8 +84,10 @@ def test_modes_release_the_same_noised_gradient():
     noise = torch.cat([(expanded[name] - clean[name]).flatten() for name in clean])
     # sigma C / COUNT per coordinate: the noise is there, with its scale
     assert float(noise.std()) == pytest.approx(1.0 * CLIP / COUNT, rel=0.05)
+    book_kept = one_step("transformer", "bk", sigma=1.0)
     for name in hooks:
         torch.testing.assert_close(expanded[name], hooks[name], rtol=1e-3, atol=1e-5, msg=name)
+        torch.testing.assert_close(book_kept[name], hooks[name], rtol=1e-3, atol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("combiner", ["transformer", "ttm"])

@@ -13,11 +13,13 @@ from fedmirasol.config.base import Section
 from fedmirasol.errors import ConfigError
 
 ACCOUNTANTS = ("rdp", "prv")
-# ew (PyTorch expanded weights, the fastest exact mode on Mirasol) | hooks | functorch: the
-# same per-sample gradients, clipping, noise and accounting (benchmarks/dp_overhead.py). Ghost
-# clipping runs on Mirasol (benchmarks/ghost_clipping.py) but needs two backward passes, so it
-# is benchmarked, not offered for training.
-GRAD_SAMPLE_MODES = ("ew", "hooks", "functorch")
+# bk (book-keeping: expanded weights whose Linear weights keep inputs and output gradients,
+# ghost norms where cheaper; as fast as ew, less memory) | ew (PyTorch expanded weights) |
+# hooks | functorch: the same per-sample norms, clipped sums, noise and accounting
+# (benchmarks/dp_overhead.py). Opacus' ghost clipping runs on Mirasol
+# (benchmarks/ghost_clipping.py) but needs two backward passes, so it is benchmarked, not
+# offered for training.
+GRAD_SAMPLE_MODES = ("bk", "ew", "hooks", "functorch")
 # The unit of privacy: one clip (one manifest row), or one user (all clips that share the
 # manifest's `user` column, else its `video` column; synthetic data: data.clips-per-user).
 UNITS = ("clip", "user")
@@ -42,7 +44,7 @@ class PrivacyConfig(Section):
     # Poisson sampling rate q of each local step; 0: client.batch-size / the client's training
     # clips (client.batch-size is then the expected batch size).
     sample_rate: float = Field(0.0, ge=0.0, le=1.0)
-    grad_sample_mode: Literal[GRAD_SAMPLE_MODES] = "ew"  # type: ignore[valid-type]
+    grad_sample_mode: Literal[GRAD_SAMPLE_MODES] = "bk"  # type: ignore[valid-type]
     max_physical_batch_size: int = Field(0, ge=0)  # > 0: BatchMemoryManager splits batches
     client_level: bool = False  # FedAvg/FedProx/FedBN only
     client_clip_norm: float = Field(1.0, gt=0.0)  # L2 bound of a client's update

@@ -20,7 +20,7 @@ shift by about RATE * lr (0.02 at lr 2e-3).
 
 The affine is computed as a depthwise 1x1 convolution (``F.conv1d`` with one group per channel,
 the parameters its kernel and bias), so every per-sample gradient machinery the project uses
-handles it: PyTorch's expanded weights (`privacy.grad-sample-mode = "ew"`) support conv1d, and
+handles it: PyTorch's expanded weights (`privacy.grad-sample-mode = "ew"` and "bk") support conv1d, and
 Opacus' hooks mode, which has no grad sampler registered for this exact type, computes its
 per-sample gradients with functorch through this module's own `forward`.
 

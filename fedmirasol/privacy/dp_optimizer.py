@@ -14,31 +14,66 @@ the cost on models with many parameter tensors (Mirasol's small config has 192):
   ``einsum`` that goes through a batched matmul.
 - The noise is drawn into a fresh tensor (without the zero tensor Opacus' `_generate_noise`
   allocates first) and the clipped sum added to it in place.
+
+A parameter's ``grad_sample`` may also be `LinearRows` (the "bk" mode's Linear weights, kept
+as inputs and output gradients): its norms and clipped sum come from it without forming the
+rows.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _generate_noise, _mark_as_processed
+from torch import nn
+
+from fedmirasol.privacy.book_keeping import LinearRows
+
+
+def _norms(grad_sample: torch.Tensor | LinearRows) -> torch.Tensor:
+    """The per-sample L2 norms of one parameter's per-sample gradients."""
+    if isinstance(grad_sample, LinearRows):
+        return grad_sample.squared_norms().sqrt()
+    return grad_sample.reshape(len(grad_sample), -1).norm(2, dim=-1)
+
+
+def _weighted_sum(grad_sample: torch.Tensor | LinearRows, weights: torch.Tensor,
+                  p: nn.Parameter) -> torch.Tensor:
+    """``sum_i weights[i] * row_i`` in `p`'s shape and dtype."""
+    if isinstance(grad_sample, LinearRows):
+        return grad_sample.weighted_sum(weights.to(grad_sample.device)).to(p.dtype)
+    rows = grad_sample.to(p.dtype)
+    weights = weights.to(device=rows.device, dtype=p.dtype)
+    return (weights @ rows.reshape(len(rows), p.numel())).view(rows.shape[1:])
 
 
 class LeanDPOptimizer(DPOptimizer):
     """`DPOptimizer` whose clip, noise and scale steps take fewer passes (same results)."""
+
+    def _get_flat_grad_sample(self, p: torch.Tensor) -> Any:
+        if isinstance(getattr(p, "grad_sample", None), LinearRows):
+            return p.grad_sample
+        return super()._get_flat_grad_sample(p)
+
+    @property
+    def accumulated_iterations(self) -> int:
+        if any(isinstance(getattr(p, "grad_sample", None), LinearRows) for p in self.params):
+            return 1  # book-keeping takes one backward pass per step
+        return super().accumulated_iterations
 
     def clip_and_accumulate(self) -> None:
         samples = self.grad_samples
         if len(samples[0]) == 0:  # an empty Poisson batch: nothing to clip
             factors = torch.zeros((0,), device=samples[0].device)
         else:
-            norms = [g.reshape(len(g), -1).norm(2, dim=-1) for g in samples]
+            norms = [_norms(g) for g in samples]
             per_sample = torch.stack([n.to(norms[0].device) for n in norms], dim=1).norm(2, dim=1)
             factors = (self.max_grad_norm / (per_sample + 1e-6)).clamp(max=1.0)
         for p, grad_sample in zip(self.params, samples):
             _check_processed_flag(p.grad_sample)
-            rows = grad_sample.to(p.dtype)
-            weights = factors.to(device=rows.device, dtype=p.dtype)
-            clipped_sum = (weights @ rows.reshape(len(rows), p.numel())).view(rows.shape[1:])
+            clipped_sum = _weighted_sum(grad_sample, factors, p)
             if p.summed_grad is not None:
                 p.summed_grad += clipped_sum
             else:
@@ -63,5 +98,4 @@ class LeanDPOptimizer(DPOptimizer):
     def scale_grad(self) -> None:
         if self.loss_reduction == "mean":
             divisor = self.expected_batch_size * self.accumulated_iterations
-            for p in self.params:
-                p.grad /= divisor
+            torch._foreach_div_([p.grad for p in self.params], divisor)

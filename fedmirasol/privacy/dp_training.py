@@ -1,10 +1,12 @@
 """One round of local DP-SGD with Opacus, on a model that comes out as clean as it went in.
 
-Per-sample gradients come from PyTorch's expanded weights (`grad_sample_mode="ew"`, the
-fastest on Mirasol: `fedmirasol.privacy.expanded_weights`) or from Opacus' `GradSampleModule`
-(`hooks`, `functorch`); all three give the same per-sample gradients and feed the same
-`DPOptimizer`, so the mode changes neither the released gradient nor the accounting. Each
-round wraps the bare model afresh (``ew``: a functional call per batch, no wrapper) and
+Per-sample gradients come from PyTorch's expanded weights (`grad_sample_mode="ew"`:
+`fedmirasol.privacy.expanded_weights`; ``bk``, the default, the same with Linear weights kept
+as inputs and output gradients: `fedmirasol.privacy.book_keeping`) or from Opacus'
+`GradSampleModule` (`hooks`, `functorch`); all give the same per-sample gradients (norms and
+clipped sums) and feed the same `DPOptimizer`, so the mode changes neither the released
+gradient nor the accounting. Each round wraps the bare model afresh (``bk``/``ew``: a
+functional call per batch, no wrapper) and
 removes its hooks and per-sample attributes afterwards, so the same model object (the client
 task reuses one per process) can be wrapped again next round without "Trying to add hooks
 twice", and its state_dict never carries a ``_module.`` prefix. `BatchMemoryManager` splits
@@ -41,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedmirasol.data.batch import collate, to_device
 from fedmirasol.models.objectives import objective_of
+from fedmirasol.privacy.book_keeping import per_sample_rows
 from fedmirasol.privacy.calibration import SamplingPlan
 from fedmirasol.privacy.dp_optimizer import LeanDPOptimizer
 from fedmirasol.privacy.expanded_weights import ExpandedWeightsObjective
@@ -50,8 +53,8 @@ from fedmirasol.privacy.secure_noise import SecureNoise
 ExtraLoss = Callable[[nn.Module], torch.Tensor]
 PerSampleLosses = Callable[[Any], torch.Tensor]
 
-# Ways to get per-sample gradients, fastest first (benchmarks/dp_overhead.py).
-MODES = ("ew", "hooks", "functorch")
+# Ways to get per-sample gradients, the default first (benchmarks/dp_overhead.py).
+MODES = ("bk", "ew", "hooks", "functorch")
 
 
 class _Indexed(Dataset):
@@ -182,7 +185,7 @@ def train_private(
     epochs: int,
     noise_multiplier: float,
     max_grad_norm: float,
-    grad_sample_mode: str = "ew",
+    grad_sample_mode: str = "bk",
     max_physical_batch_size: int = 0,
     extra_loss: ExtraLoss | None = None,
     device: torch.device | str = "cpu",
@@ -237,8 +240,8 @@ def train_private(
 def per_sample_losses(model: nn.Module, mode: str) -> tuple[PerSampleLosses, Callable[[], None]]:
     """(batch -> ``B`` per-sample losses whose summed backward fills ``p.grad_sample``, a
     function that removes the hooks and per-sample attributes again) for `mode`."""
-    if mode == "ew":
-        objective = ExpandedWeightsObjective(model)
+    if mode in ("bk", "ew"):
+        objective = ExpandedWeightsObjective(model, book_keeping=mode == "bk")
         return objective, objective.close
     wrapped = GradSampleModule(model, batch_first=True, loss_reduction="sum",
                                force_functorch=mode == "functorch")
@@ -274,7 +277,7 @@ def _per_user_rows(optimizer: DPOptimizer, users: np.ndarray) -> int:
     user's clips in the batch (so clipping bounds the user's whole contribution)."""
     ids, rows = np.unique(users, return_inverse=True)
     for p in optimizer.params:
-        grad_sample = p.grad_sample
+        grad_sample = per_sample_rows(p.grad_sample)
         index = torch.as_tensor(rows, device=grad_sample.device)
         summed = torch.zeros((len(ids), *grad_sample.shape[1:]), dtype=grad_sample.dtype,
                              device=grad_sample.device).index_add_(0, index, grad_sample)

@@ -39,6 +39,7 @@ from torch.nn.utils._expanded_weights.layer_norm_expanded_weights import LayerNo
 from torch.nn.utils._expanded_weights.linear_expanded_weights import LinearPerSampleGrad
 from torch.nn.utils._per_sample_grad import call_for_per_sample_grads
 
+from fedmirasol.privacy.book_keeping import BookKeepingLinear
 from fedmirasol.privacy.objective import sample_losses
 
 # Attributes the per-sample machinery (expanded weights, DPOptimizer) leaves on parameters.
@@ -69,13 +70,17 @@ _RELEASING = {
 }
 
 
+# "bk": Linear weights keep their inputs and output gradients instead of their rows.
+_BOOK_KEEPING = {**_RELEASING, F.linear: BookKeepingLinear}
+
+
 @contextmanager
-def _releasing_saved_inputs() -> Iterator[None]:
-    """Expanded weights dispatch to the releasing functions inside the block (the graph
-    nodes built in it keep them for their backward)."""
+def _dispatching_to(functions: Mapping[Any, type]) -> Iterator[None]:
+    """Expanded weights dispatch to `functions` inside the block (the graph nodes built in it
+    keep them for their backward)."""
     handled = expanded_weights_impl.HANDLED_FUNCTIONS
-    originals = {function: handled[function] for function in _RELEASING}
-    handled.update(_RELEASING)
+    originals = {function: handled[function] for function in functions}
+    handled.update(functions)
     try:
         yield
     finally:
@@ -95,17 +100,19 @@ class _Objective(nn.Module):
 
 class ExpandedWeightsObjective:
     """``B`` per-sample losses whose ``.sum().backward()`` fills ``p.grad_sample`` (not
-    ``p.grad``) for every trainable parameter of `model` the batch reaches."""
+    ``p.grad``) for every trainable parameter of `model` the batch reaches; with
+    `book_keeping`, a Linear weight's is `LinearRows` (`fedmirasol.privacy.book_keeping`)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, *, book_keeping: bool = False) -> None:
         self.model = model
         self._objective = _Objective(model)
+        self._functions = _BOOK_KEEPING if book_keeping else _RELEASING
 
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         size = int(batch["label"].shape[0])
         forward = call_for_per_sample_grads(self._objective, batch_size=size,
                                             loss_reduction="sum")
-        with _releasing_saved_inputs():
+        with _dispatching_to(self._functions):
             return forward(batch)
 
     def close(self) -> None:

@@ -1,0 +1,146 @@
+"""Per-sample gradients of Linear weights kept as the layer's inputs and output gradients.
+
+`privacy.grad-sample-mode = "bk"` (book-keeping, Bu et al. 2023, "Differentially private
+optimization on large model at small cost"). A Linear weight's per-sample gradient is
+``G_i = g_i^T a_i`` (``a_i``: the sample's ``T x in`` inputs, ``g_i``: its ``T x out`` output
+gradients). DP-SGD needs only two things from the ``G_i``: their norms and the clipped sum
+``sum_i c_i G_i``. Both can be had without ever forming the ``B x out x in`` rows:
+
+- ``||G_i||^2 = <a_i a_i^T, g_i g_i^T>`` (the ghost norm: two ``T x T`` Gram matrices),
+- ``sum_i c_i G_i = (c * g)^T a``: one matrix product over the whole batch, the same product
+  plain SGD's backward computes (with the clip factors folded into ``g``).
+
+That is cheaper than the rows when ``T (in + out) <= in * out`` (few tokens per sample: the
+text decoder, the autoregressive model, the audio encoder of Mirasol's small config), and it
+keeps ``a`` and ``g`` instead of the rows, which is then also less memory. A layer with many
+tokens (the video encoder, the combiner) gets its rows as before, and their norms are taken
+right away while they are in the cache. `LinearRows` is what the backward pass leaves on
+``weight.grad_sample`` for `LeanDPOptimizer`, which clips and sums it like a tensor of rows;
+`dense()` gives the rows where a caller needs them (user-level DP averages a user's rows).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn.utils._expanded_weights.expanded_weights_impl import ExpandedWeight
+from torch.nn.utils._expanded_weights.expanded_weights_utils import (
+    set_grad_sample_if_exists,
+    unpack_expanded_weight_or_tensor,
+)
+from torch.nn.utils._expanded_weights.linear_expanded_weights import LinearPerSampleGrad
+
+
+def _ghost_is_cheaper(tokens: int, inputs: int, outputs: int) -> bool:
+    """Whether the Gram matrices (``T^2 (in + out)`` per sample) cost no more than the rows
+    (``T in out``)."""
+    return tokens * (inputs + outputs) <= inputs * outputs
+
+
+class LinearRows:
+    """The ``B`` per-sample gradients (``out x in`` each) of one Linear weight in one pass."""
+
+    def __init__(self, inputs: torch.Tensor, output_grads: torch.Tensor) -> None:
+        """`inputs` ``B x T x in``, `output_grads` ``B x T x out``."""
+        self.inputs: torch.Tensor | None = inputs
+        self.output_grads: torch.Tensor | None = output_grads
+        self.rows: torch.Tensor | None = None
+        if not _ghost_is_cheaper(*inputs.shape[1:], output_grads.shape[-1]):
+            self._densify()
+        self._norms = self._squared_norms()  # now, while the tensors are in the cache
+
+    def __len__(self) -> int:
+        return self.batch_size
+
+    @property
+    def batch_size(self) -> int:
+        kept = self.rows if self.rows is not None else self.inputs
+        assert kept is not None
+        return int(kept.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        kept = self.rows if self.rows is not None else self.inputs
+        assert kept is not None
+        return kept.device
+
+    def _densify(self) -> None:
+        if self.rows is None:
+            assert self.inputs is not None and self.output_grads is not None
+            self.rows = torch.bmm(self.output_grads.transpose(1, 2), self.inputs)
+            self.inputs = self.output_grads = None
+
+    def dense(self) -> torch.Tensor:
+        """The ``B x out x in`` per-sample gradients."""
+        self._densify()
+        assert self.rows is not None
+        return self.rows
+
+    def add(self, other: "LinearRows") -> None:
+        """Add a second use of the weight in the same pass (a module run once per chunk):
+        each sample's gradient is the sum of its uses, i.e. one use over all their tokens."""
+        if self.rows is None and other.rows is None:
+            assert self.inputs is not None and other.inputs is not None
+            assert self.output_grads is not None and other.output_grads is not None
+            self.inputs = torch.cat([self.inputs, other.inputs], dim=1)
+            self.output_grads = torch.cat([self.output_grads, other.output_grads], dim=1)
+            if not _ghost_is_cheaper(*self.inputs.shape[1:], self.output_grads.shape[-1]):
+                self._densify()
+        else:
+            self.rows = self.dense() + other.dense()
+        self._norms = self._squared_norms()
+
+    def _squared_norms(self) -> torch.Tensor:
+        if self.rows is not None:
+            return torch.linalg.vector_norm(self.rows.reshape(len(self.rows), -1), dim=1).square()
+        assert self.inputs is not None and self.output_grads is not None
+        inputs_gram = torch.bmm(self.inputs, self.inputs.transpose(1, 2))
+        grads_gram = torch.bmm(self.output_grads, self.output_grads.transpose(1, 2))
+        # <A, G> of two Gram matrices is >= 0; rounding must not make a norm's sqrt NaN
+        return (inputs_gram * grads_gram).sum(dim=(1, 2)).clamp_(min=0)
+
+    def squared_norms(self) -> torch.Tensor:
+        """``B`` squared Frobenius norms of the per-sample gradients."""
+        return self._norms
+
+    def weighted_sum(self, weights: torch.Tensor) -> torch.Tensor:
+        """``sum_i weights[i] * G_i`` (``out x in``)."""
+        if self.rows is not None:
+            return (weights @ self.rows.reshape(len(self.rows), -1)).view(self.rows.shape[1:])
+        assert self.inputs is not None and self.output_grads is not None
+        scaled = self.output_grads * weights.view(-1, 1, 1)
+        return scaled.reshape(-1, scaled.shape[-1]).T @ self.inputs.reshape(-1, self.inputs.shape[-1])
+
+
+def per_sample_rows(grad_sample: Any) -> torch.Tensor:
+    """A parameter's ``B x *shape`` per-sample gradients, whichever form the pass left."""
+    return grad_sample.dense() if isinstance(grad_sample, LinearRows) else grad_sample
+
+
+class BookKeepingLinear(LinearPerSampleGrad):
+    """Expanded weights' Linear whose weight gets `LinearRows` (not its rows) and whose saved
+    inputs are dropped from the autograd context once its backward has run."""
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> Any:  # type: ignore[override]
+        inputs, weight = ctx.args
+        bias = ctx.kwargs["bias"]
+        del ctx.args, ctx.kwargs
+        input_grad = (grad_output.matmul(unpack_expanded_weight_or_tensor(weight))
+                      if inputs.requires_grad else None)
+        if not ctx.batch_first:
+            grad_output, inputs = grad_output.transpose(0, 1), inputs.transpose(0, 1)
+        batch = inputs.shape[0]
+        output_grads = grad_output.reshape(batch, -1, grad_output.shape[-1])
+        if isinstance(weight, ExpandedWeight):
+            if weight.batch_size != batch:
+                raise RuntimeError(f"book-keeping expects batch {weight.batch_size}, got {batch}")
+            rows = LinearRows(inputs.reshape(batch, -1, inputs.shape[-1]).detach(), output_grads)
+            original = weight.orig_weight
+            if getattr(original, "grad_sample", None) is None:
+                original.grad_sample = rows
+            else:
+                original.grad_sample.add(rows)
+        set_grad_sample_if_exists(bias, lambda _: output_grads.sum(dim=1))
+        return None, None, input_grad, None, None
