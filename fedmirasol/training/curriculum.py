@@ -43,6 +43,7 @@ def parse_stages(frames: str, epochs: str, clips: str) -> tuple[Stage, ...]:
         per_stage.append(values * len(lengths) if len(values) == 1 else values)
     return tuple(Stage(f, e, c) for f, e, c in zip(lengths, *per_stage))
 
+
 def train_curriculum(
     model: torch.nn.Module,
     model_config: MirasolConfig,
