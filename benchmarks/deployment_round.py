@@ -45,6 +45,14 @@ def _durations(run_dir: Path) -> list[float]:
     return [float(r["duration_s"]) for r in rundir.read_metrics(run_dir)[1:]]
 
 
+def _rounds_done(runs: Path) -> int:
+    """Rounds (after round 0) in the run's metrics.jsonl so far."""
+    from fedmirasol.runs import run_dir as rundir
+
+    found = list(runs.iterdir()) if runs.exists() else []
+    return sum(r["round"] >= 1 for r in rundir.read_metrics(found[0])) if found else 0
+
+
 def deployment_rounds(root: Path, settings: dict, isolation: str, timeout: float) -> list[float]:
     from fedmirasol.testing.loopback import Loopback
 
@@ -59,8 +67,12 @@ def deployment_rounds(root: Path, settings: dict, isolation: str, timeout: float
                                        for key, value in settings.items()))
         run_id = link.run({"config-file": str(config_file),
                            "output.runs-dir": str(root / "runs")})
-        link.wait_for(lambda: link.run_status(run_id).startswith("finished"), timeout,
-                      f"the {isolation} run", every=2.0)
+        # Each `flwr ls` is a CLI process (imports Flower, ~1-2 s of CPU): asked only once
+        # the last round is in metrics.jsonl, so that polling does not slow the rounds.
+        link.wait_for(lambda: _rounds_done(root / "runs") >= settings["num-rounds"], timeout,
+                      f"the {isolation} run's rounds", every=1.0)
+        link.wait_for(lambda: link.run_status(run_id).startswith("finished"), 300.0,
+                      f"the {isolation} run to finish", every=2.0)
         status = link.run_status(run_id)
         if status != "finished:completed":
             raise RuntimeError(f"{isolation}: {status}\n{link.log('superlink')[-3000:]}")

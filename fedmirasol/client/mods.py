@@ -28,6 +28,7 @@ from fedmirasol.client import task as client_task
 from fedmirasol.client.attacks import UPDATE_ATTACKS, AttackRound
 from fedmirasol.client.handlers import partition_id, run_config
 from fedmirasol.config.run import RunConfig
+from fedmirasol.core.packing import is_packed, pack, unpack
 from fedmirasol.core.parameters import NumpyState, from_record, to_record
 
 
@@ -138,7 +139,21 @@ def node_defaults(defaults: Mapping[str, Any]) -> Mod:
     return mod
 
 
+def packed_wire(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """A message that came with its arrays packed (a deployment's server packs them,
+    `fedmirasol.core.packing`) is unpacked for the ClientApp, and its reply packed the same
+    way. Encoding only: the reply's values are the ones the ClientApp released."""
+    if not message.has_content() or not is_packed(message.content):
+        return call_next(message, context)
+    message.content = unpack(message.content)  # PackingError: Flower replies with the error
+    reply = call_next(message, context)
+    if reply.has_content():
+        reply.content = pack(reply.content)
+    return reply
+
+
 def client_mods(defaults: Mapping[str, Any] | None = None) -> list[Mod]:
     """The mods of fedmirasol's ClientApp, outermost first (`defaults`: node-config keys every
     node gets unless it sets them, see `node_defaults`)."""
-    return ([node_defaults(defaults)] if defaults else []) + [_on_train(mod) for mod in TRAIN_MODS]
+    return [packed_wire, *([node_defaults(defaults)] if defaults else []),
+            *[_on_train(mod) for mod in TRAIN_MODS]]

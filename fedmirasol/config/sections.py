@@ -161,6 +161,9 @@ class FaultsConfig(Section):
 
 class ServerConfig(Section):
     evaluate_every: int = 1  # centralized evaluation every N rounds (0: never)
+    # Deployed runs: seconds between the ServerApp's pulls for a round's replies from the
+    # SuperLink (Flower's own SuperLink Grid waits 3 s between pulls)
+    pull_interval: float = Field(0.2, gt=0.0, le=10.0)
 
 
 class SimulationConfig(Section):

@@ -26,6 +26,7 @@ from fedmirasol.config import RunConfig, from_flower_run_config
 from fedmirasol.pretrained.checkpoint import with_digest
 from fedmirasol.server.aggregators.he_step import ServerStepOnClients
 from fedmirasol.server.aggregators import Auditor
+from fedmirasol.server.exchange import for_deployment
 from fedmirasol.server.loop import FederatedRun, Progress
 from fedmirasol.secagg import client as secagg_client
 from fedmirasol.secagg.identity import Identity
@@ -77,6 +78,7 @@ def build_server_app(config: RunConfig | None = None, run_dir: Path | None = Non
         else:  # a new run, or a deployed run restarted (output.resume-from)
             opened = open_run(cfg, cfg.output.resume_from or None)
         with opened.guard():  # a directory made here is removed here if the run fails early
+            grid = for_deployment(grid, opened.config.server.pull_interval)
             run = FederatedRun(grid, opened.config, opened.run_dir,
                                progress if config is not None else print_progress,
                                simulation_slots=simulation_slots, auditor=auditor)

@@ -2,13 +2,69 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from fedmirasol.core.packing import PackingError, pack, unpack
 from fedmirasol.core.reply_checks import Rejection
+
+log = logging.getLogger("fedmirasol.server")
+
+
+class DeployedGrid:
+    """Delegates to Flower's SuperLink Grid (`HttpGrid`, what a deployed ServerApp gets) with
+    two changes on the wire: messages go with their arrays packed (one object per ArrayRecord,
+    `fedmirasol.core.packing`; replies are unpacked), and `send_and_receive` pulls the
+    replies every `pull_interval` seconds (`server.pull-interval`) instead of Flower's fixed
+    3 s. Only the Grid's public `push_messages` / `pull_messages` are used."""
+
+    def __init__(self, grid: Grid, pull_interval: float) -> None:
+        self._grid = grid
+        self.pull_interval = pull_interval
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        messages = list(messages)
+        contents = [m.content if m.has_content() else None for m in messages]
+        for message, content in zip(messages, contents):
+            if content is not None:
+                message.content = pack(content)
+        try:
+            return list(self._grid.push_messages(messages))
+        finally:  # the caller keeps reading its messages as it built them
+            for message, content in zip(messages, contents):
+                if content is not None:
+                    message.content = content
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        replies = list(self._grid.pull_messages(message_ids))
+        for reply in replies:
+            if reply.has_content():
+                try:
+                    reply.content = unpack(reply.content)
+                except PackingError as error:  # left packed: the reply checks reject it
+                    log.warning("reply from node %s: %s", reply.metadata.src_node_id, error)
+        return replies
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> list[Message]:
+        return _push_and_pull(self, list(messages), timeout, self.pull_interval, None)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def for_deployment(grid: Grid, pull_interval: float) -> Grid:
+    """`grid` as a DeployedGrid when it is the SuperLink's (the simulation engine's Grid
+    passes messages in memory and pulls every 0.1 s; test grids answer in send_and_receive)."""
+    from flwr.superlink.grid import HttpGrid
+
+    if isinstance(grid, HttpGrid):
+        return DeployedGrid(grid, pull_interval)  # type: ignore[return-value]
+    return grid
 
 
 def _pulls_replies(grid: Grid) -> bool:
@@ -16,7 +72,28 @@ def _pulls_replies(grid: Grid) -> bool:
     replies can be pulled one by one as they arrive, with send_and_receive not replaced."""
     from flwr.superlink.grid import HttpGrid, InMemoryGrid
 
-    return isinstance(grid, (InMemoryGrid, HttpGrid)) and "send_and_receive" not in vars(grid)
+    return isinstance(grid, DeployedGrid) or (
+        isinstance(grid, (InMemoryGrid, HttpGrid)) and "send_and_receive" not in vars(grid))
+
+
+def _push_and_pull(grid: Grid, messages: list[Message], timeout: float | None,
+                   interval: float, on_reply: Callable[[Message], None] | None
+                   ) -> list[Message]:
+    """Push `messages`, then pull every `interval` s until each has its reply or `timeout`
+    (None: no limit) has passed; `on_reply` is told of each reply as it arrives."""
+    pending = set(grid.push_messages(messages))
+    end = None if timeout is None else time.time() + timeout
+    replies: list[Message] = []
+    while pending and (end is None or time.time() < end):
+        arrived = list(grid.pull_messages(pending))
+        for reply in arrived:
+            pending.discard(reply.metadata.reply_to_message_id)
+            replies.append(reply)
+            if on_reply is not None:
+                on_reply(reply)
+        if pending:
+            time.sleep(interval)
+    return replies
 
 
 def send_and_receive(grid: Grid, messages: list[Message], timeout: float,
@@ -29,19 +106,8 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float,
         for reply in replies if on_reply is not None else ():
             on_reply(reply)
         return replies
-    pending = set(grid.push_messages(messages))
-    interval = float(getattr(grid, "pull_interval", 1.0))  # the SuperLink's Grid: 1 s
-    end = time.time() + timeout
-    replies: list[Message] = []
-    while pending and time.time() < end:
-        arrived = list(grid.pull_messages(pending))
-        for reply in arrived:
-            pending.discard(reply.metadata.reply_to_message_id)
-            replies.append(reply)
-            on_reply(reply)
-        if pending:
-            time.sleep(interval)
-    return replies
+    interval = float(getattr(grid, "pull_interval", 1.0))  # the simulation engine's: 0.1 s
+    return _push_and_pull(grid, messages, timeout, interval, on_reply)
 
 
 def missing(messages: list[Message], replies: list[Message],
