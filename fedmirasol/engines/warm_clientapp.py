@@ -55,7 +55,7 @@ class ForkingExecutor:
         if max_children < 1:
             raise ValueError(f"max_children must be >= 1, not {max_children}")
         self.max_children = max_children
-        self.children: set[int] = set()
+        self.children: dict[int, float] = {}  # pid -> when it was forked (monotonic)
         self._run_task = run_task or _run_task
 
     def has_capacity(self) -> bool:
@@ -97,7 +97,7 @@ class ForkingExecutor:
                 code = self._run_task(spec)
             finally:
                 os._exit(code)
-        self.children.add(pid)
+        self.children[pid] = time.monotonic()
         log.info("ClientApp task %s in process %d", spec.task_id, pid)
         return LaunchResult.accepted()
 
@@ -107,13 +107,15 @@ class ForkingExecutor:
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:  # already reaped elsewhere
-                self.children.discard(pid)
+                self.children.pop(pid, None)
                 continue
             if done:
-                self.children.discard(pid)
+                took = time.monotonic() - self.children.pop(pid)
                 if os.waitstatus_to_exitcode(status) != 0:
-                    log.warning("ClientApp process %d exited with %d", pid,
-                                os.waitstatus_to_exitcode(status))
+                    log.warning("ClientApp process %d exited with %d after %.1f s", pid,
+                                os.waitstatus_to_exitcode(status), took)
+                else:
+                    log.info("ClientApp process %d done in %.1f s", pid, took)
 
     def close(self, grace: float = CLOSE_GRACE_SECONDS) -> None:
         """SIGTERM the running tasks (Flower's ClientApp pushes its status on SIGTERM), wait
@@ -132,7 +134,7 @@ class ForkingExecutor:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
-            self.children.discard(pid)
+            self.children.pop(pid, None)
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -206,7 +208,8 @@ def serve(runtime_api_address: str, *, insecure: bool, root_certificates: str | 
     signal.signal(signal.SIGTERM, _stop)  # a supervisor's stop: close() the running tasks
     try:
         while not max_tasks or launched < max_tasks:
-            executor.wait_for_capacity(poll_seconds=poll_seconds)  # reaps the finished
+            executor.reconcile()  # reap the finished
+            executor.wait_for_capacity(poll_seconds=poll_seconds)
             types, _ = executor.get_eligible_capacity(set(plugin.supported_task_types))
             reply = client.AcquireTask(AcquireTaskRequest(supported_task_types=types))
             if reply.HasField("task") and reply.token:

@@ -98,8 +98,10 @@ class Loopback:
             f'root-certificates = "{self.creds.ca_cert}"\n')
         # Flower starts its own tools (flower-superexec, flwr-serverapp, ...) from PATH.
         path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        # Flower's telemetry opt-out: with no route out (CI), every Flower process (each
+        # ClientApp task's included) would wait 4 s at exit for its telemetry event.
         self.env = {**os.environ, "FLWR_HOME": str(self.flwr_home), "OMP_NUM_THREADS": "1",
-                    "PYTHONUNBUFFERED": "1", "PATH": path}
+                    "PYTHONUNBUFFERED": "1", "PATH": path, "FLWR_TELEMETRY_ENABLED": "0"}
         self.node_ports = {i: free_port() for i in range(self.nodes + 1)}
 
     # -- processes -----------------------------------------------------------------------
