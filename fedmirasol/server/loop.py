@@ -73,11 +73,12 @@ Progress = Callable[[Mapping[str, Any]], None]
 def with_constants(state: NumpyState, constants: Mapping[str, np.ndarray]) -> NumpyState:
     """`state` with the model's constants as built (a warning names those an aggregate moved:
     only a faulty or malicious client's update changes them)."""
-    moved = sorted(name for name, value in constants.items()
+    present = {name: value for name, value in constants.items() if name in state}
+    moved = sorted(name for name, value in present.items()
                    if not np.array_equal(state[name], value))
     if moved:
         log.warning("the aggregate changed the model's constants %s; kept as built", moved)
-    return {**state, **{name: value.copy() for name, value in constants.items()}}
+    return {**state, **{name: value.copy() for name, value in present.items()}}
 
 
 @contextmanager
