@@ -12,7 +12,7 @@ the last quarter of the rounds), the honest clients' mean validation accuracy, a
 targeted attacks (backdoor, label flipping) the attack success rate. Results go to a JSON file
 cell by cell, so an interrupted table continues where it stopped (`--results`).
 
-    python benchmarks/byzantine_table.py [--rounds 10] [--attacks none,sign-flip,...]
+    python benchmarks/byzantine_table.py [--rounds 20] [--attacks none,sign-flip,...]
         [--defenses fedavg,median,...] [--set key=value ...] [--results PATH] [--table]
 """
 
@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 ATTACKS = ("none", "sign-flip", "scale", "gaussian", "little-is-enough", "label-flip",
-           "backdoor")
+           "label-flip-boosted", "backdoor")
+KIND = {"label-flip-boosted": "label-flip"}  # rows that are another row's attack.kind
 ATTACKERS = 0.2
 # Defense -> config overrides. Krum and MultiKrum are told the true number of attackers (2 of
 # 10); Flower's Bulyan needs 4 f + 3 updates, so with 10 clients it can be told f = 1 at most.
@@ -41,11 +42,23 @@ DEFENSES: dict[str, dict[str, object]] = {
     "bulyan": {"strategy.name": "bulyan", "strategy.num-malicious": 1},
     "norm-bound": {"strategy.name": "fedavg", "defense.median-norm-bound": True},
 }
-TARGETED = ("label-flip", "backdoor")
+TARGETED = ("label-flip", "label-flip-boosted", "backdoor")
 # Attack settings other than the defaults, each because the default did not measurably hurt
 # FedAvg (benchmarks/README.md gives the measurement): model replacement's own factor
 # (data.num-clients = 10) moved FedAvg's accuracy by 2 points in 10 rounds; x30 overshoots.
-ATTACK_SETTINGS: dict[str, dict[str, object]] = {"scale": {"attack.scale": 30.0}}
+# Little-is-enough: Baruch et al.'s z_max for 10 clients and 2 attackers is 0.25 (mean - 0.25
+# std), which did not hurt FedAvg; z = 1.42 is the expected lowest of the round's 8 honest
+# values in std units (E[min of 8 standard normals]), the largest z that still keeps the
+# attackers' value inside the honest updates' per-value range, the spread the attack hides in.
+# Gaussian noise of std 0.1 (the default) did not hurt FedAvg in 20 rounds once the server
+# keeps the model's constants; std 1 (10x) is the row.
+# Plain label flipping by 2 of 10 clients did not hurt FedAvg in 20 rounds; the boosted row
+# scales the flipped update by data.num-clients (explicit boosting, Bhagoji et al. 2019: model
+# replacement's factor on a data-poisoned update).
+ATTACK_SETTINGS: dict[str, dict[str, object]] = {"scale": {"attack.scale": 30.0},
+                                                 "gaussian": {"attack.noise-std": 1.0},
+                                                 "little-is-enough": {"attack.z": 1.42},
+                                                 "label-flip-boosted": {"attack.scale": 10.0}}
 
 
 def run_cell(attack: str, defense: str, rounds: int, overrides: list[str],
@@ -63,7 +76,7 @@ def run_cell(attack: str, defense: str, rounds: int, overrides: list[str],
     settings: dict[str, object] = {"num-rounds": rounds, "client.threads": 1,
                                    "output.plots": False, **DEFENSES[defense]}
     if attack != "none":
-        settings.update({"attack.kind": attack, "attack.fraction": ATTACKERS,
+        settings.update({"attack.kind": KIND.get(attack, attack), "attack.fraction": ATTACKERS,
                          **ATTACK_SETTINGS.get(attack, {})})
     config = load_config(None, [*(f"{k}={json.dumps(v)}" for k, v in settings.items()),
                                 *overrides])
@@ -75,10 +88,13 @@ def run_cell(attack: str, defense: str, rounds: int, overrides: list[str],
     report = FederatedRun(grid, config, run_dir).run()
     seconds = time.perf_counter() - started
     attack_summary = report.get("attack", {})
+    if attack == "none":  # the backdoor's triggered clips against the model nobody attacked
+        attack_summary = unattacked_backdoor_asr(run_dir, config)
     return {
         "attack": attack, "defense": defense, "rounds": rounds, "seconds": round(seconds, 1),
         "load": os.getloadavg()[0], "run_dir": str(run_dir),
         "attackers": attack_summary.get("attackers", []),
+        "attack_settings": ATTACK_SETTINGS.get(attack, {}),
         "clean_final": report["final_centralized_accuracy"],
         "clean_last_quarter": report["last_quarter_centralized_accuracy"],
         "honest_client_mean": report["final_mean_client_accuracy"],
@@ -87,6 +103,26 @@ def run_cell(attack: str, defense: str, rounds: int, overrides: list[str],
         "aggregation_failures": sum(r.get("aggregate_kept_previous") is not None
                                     for r in rundir.read_metrics(run_dir) if r["round"] > 0),
     }
+
+
+def unattacked_backdoor_asr(run_dir: Path, config) -> dict:
+    """The backdoor's attack success rate (its triggered test clips classified as the target)
+    of a run without attackers, from its checkpoints: final round and last quarter's mean, as
+    the report gives them for an attacked run. What the trigger alone does to a clean model."""
+    from statistics import mean
+
+    from fedmirasol.runs import run_dir as rundir
+    from fedmirasol.server.evaluation import make_evaluate_fn
+
+    backdoor = config.model_copy(update={"attack": config.attack.model_copy(
+        update={"kind": "backdoor"})})  # only the poisoned test set is built from it
+    evaluate = make_evaluate_fn(backdoor)
+    metas = sorted((run_dir / rundir.CHECKPOINT_DIR).glob("round-*.json"))
+    last_quarter = metas[-max(1, len(metas) // 4):]
+    rates = [evaluate(rundir.read_checkpoint(m).global_shared)["attack-success-rate"]
+             for m in last_quarter]
+    return {"final_attack_success_rate": rates[-1],
+            "last_quarter_attack_success_rate": mean(rates)}
 
 
 def _pct(value: float | None) -> str:
@@ -108,7 +144,7 @@ def markdown(cells: dict[tuple[str, str], dict], attacks: list[str],
                 row.append("")
                 continue
             text = _pct(cell["clean_last_quarter"])
-            if attack in TARGETED:
+            if attack in TARGETED or cell.get("asr_last_quarter") is not None:
                 text += f" (ASR {_pct(cell['asr_last_quarter'])})"
             row.append(text)
         done = [cells[(attack, d)] for d in defenses if (attack, d) in cells]
@@ -127,7 +163,7 @@ def load(path: Path) -> dict[tuple[str, str], dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--defenses", default=",".join(DEFENSES))
     parser.add_argument("--set", dest="overrides", action="append", default=[],

@@ -36,9 +36,10 @@ from fedmirasol.runs import run_dir as rundir
 from fedmirasol.runs.plots import plot_run
 from fedmirasol.server.aggregators.mean import strategy_step
 from fedmirasol.server.filters import NormBound, Screening
-from fedmirasol.server.loop import FederatedRun
+from fedmirasol.server.loop import FederatedRun, with_constants
 from fedmirasol.server.strategy import build_strategy
 from fedmirasol.task import data as task_data
+from fedmirasol.task.model import fixed_shared
 from fedmirasol.testing.dropout import initial_shared
 from fedmirasol.testing.local_grid import LocalGrid
 from secagg_app_fixtures import run, secagg_config
@@ -353,6 +354,35 @@ def test_a_run_whose_model_an_attacker_blows_up_still_records_its_rounds(tmp_pat
     last = rundir.read_metrics(tmp_path)[-1]
     assert last["round"] == 1 and last["aggregate_kept_previous"] is None
     assert last["centralized_loss"] is None  # the diverged model's loss is not finite
+
+
+def test_the_server_keeps_the_models_constants_as_built() -> None:
+    """Buffers that training never changes (the mel filterbank, the STFT window) are constants:
+    an aggregate that moves them is put back; a normalization layer's running statistics and
+    the parameters are learned and left alone."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    model.register_buffer("window", torch.ones(3))
+    names = list(model.state_dict())
+    assert fixed_shared(model, names) == ["window"]
+    constants = {"window": np.ones(3, np.float32)}
+    moved = {"0.weight": np.full((2, 2), 7.0, np.float32), "window": np.full(3, -5.0, np.float32)}
+    kept = with_constants(moved, constants)
+    np.testing.assert_array_equal(kept["window"], np.ones(3))
+    np.testing.assert_array_equal(kept["0.weight"], moved["0.weight"])
+
+
+@pytest.mark.slow
+def test_gaussian_noise_never_reaches_the_models_constants(tmp_path: Path) -> None:
+    """Noise on the mel filterbank makes every log-mel NaN; the server keeps it as built, so
+    the noised model stays finite."""
+    cfg = config(**{"num-rounds": 1, "attack.kind": "gaussian", "attack.clients": "1"})
+    rundir.write_config(tmp_path, cfg)
+    grid = LocalGrid(build_client_app(), {10 + pid: {"partition-id": pid} for pid in range(4)})
+    FederatedRun(grid, cfg, tmp_path).run()
+    fb = "audio_encoder.log_mel.mel.mel_scale.fb"
+    after = rundir.latest_checkpoint(tmp_path).global_shared
+    np.testing.assert_array_equal(after[fb], initial_shared(cfg)[fb])
+    assert rundir.read_metrics(tmp_path)[-1]["centralized_loss"] is not None
 
 
 @pytest.mark.slow

@@ -42,11 +42,11 @@ from fedmirasol.server.nodes import (
     discover_partitions,
     registered_partitions,
 )
-from fedmirasol.core.parameters import model_state, to_record
+from fedmirasol.core.parameters import NumpyState, model_state, to_record
 from fedmirasol.runs.report import write_report
 from fedmirasol.runs.trackers import RunTrackers, open_trackers
 from fedmirasol.config import RunConfig, to_json
-from fedmirasol.task.model import parameter_split, trainable_shared
+from fedmirasol.task.model import fixed_shared, parameter_split, trainable_shared
 from fedmirasol.server.aggregators import Auditor, choose_aggregator
 from fedmirasol.server.evaluation import central_objective, full_state, make_evaluate_fn
 from fedmirasol.server.federated_evaluation import PERSONAL_EVAL_KEYS
@@ -68,6 +68,17 @@ DISCOVERY_TIMEOUT_S = 300.0
 # "done" (replies so far), "sampled" (messages sent), "elapsed_s" (since they were sent) and,
 # for a reply, "node", "partition" (None for an error the SuperLink sent) and "error".
 Progress = Callable[[Mapping[str, Any]], None]
+
+
+def with_constants(state: NumpyState, constants: Mapping[str, np.ndarray]) -> NumpyState:
+    """`state` with the model's constants as built (a warning names those an aggregate moved:
+    only a faulty or malicious client's update changes them)."""
+    present = {name: value for name, value in constants.items() if name in state}
+    moved = sorted(name for name, value in present.items()
+                   if not np.array_equal(state[name], value))
+    if moved:
+        log.warning("the aggregate changed the model's constants %s; kept as built", moved)
+    return {**state, **{name: value.copy() for name, value in present.items()}}
 
 
 @contextmanager
@@ -112,6 +123,10 @@ class FederatedRun:
         self.split = parameter_split(model, config)
         self.global_shared = model_state(model, self.split.shared)
         self.expected = {k: tuple(v.shape) for k, v in self.global_shared.items()}
+        # the model's constants as built: no update may move them (a Byzantine client's noise
+        # on the mel filterbank makes every later log-mel NaN)
+        self.constants = {name: self.global_shared[name].copy()
+                          for name in fixed_shared(model, self.global_shared)}
         self.evaluate_global = make_evaluate_fn(config)
         self.aggregator = choose_aggregator(config, self.global_shared, auditor)
         self.privacy = ServerPrivacy(config, run_dir, trainable_shared(model, self.global_shared))
@@ -213,7 +228,7 @@ class FederatedRun:
                 server_round, arrays, train_config, train_grid))
         population = max(population, len(messages))  # never below the draw
         outcome = self.aggregator.train(self, server_round, messages, population)
-        self.global_shared = outcome.global_shared
+        self.global_shared = with_constants(outcome.global_shared, self.constants)
         accepted, exhausted, rejected = outcome.accepted, outcome.exhausted, outcome.rejected
         kept_reason = outcome.kept_reason
         train_rows = {}

@@ -41,6 +41,18 @@ def parameter_split(model: nn.Module, config: RunConfig) -> ParameterSplit:
                                      frozen_names(config.pretrained, model))
 
 
+def fixed_shared(model: nn.Module, shared: Collection[str]) -> list[str]:
+    """The `shared` names of `model`'s constants: the buffers that training never changes (the
+    log-mel front end's STFT window and mel filterbank), i.e. every buffer but a normalization
+    layer's running statistics. No honest update changes them; the server keeps them as built."""
+    running = {canonical_name(f"{module_name}.{name}" if module_name else name)
+               for module_name, module in model.named_modules()
+               if isinstance(module, nn.modules.batchnorm._NormBase)
+               for name, _ in module.named_buffers(recurse=False)}
+    parameters = {canonical_name(name) for name, _ in model.named_parameters()}
+    return [name for name in shared if name not in parameters and name not in running]
+
+
 def trainable_shared(model: nn.Module, shared: Collection[str]) -> list[str]:
     """The `shared` names of `model`'s trainable parameters (what client-level DP clips and
     noises; buffers keep their global value)."""
