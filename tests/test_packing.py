@@ -129,3 +129,26 @@ def test_deployed_grid_packs_what_it_sends_unpacks_replies_and_pulls_promptly(mo
     assert len(replies) == 2 and all(not is_packed(r.content) for r in replies)
     assert _arrays(replies[0].content["arrays"]) == _arrays(content["arrays"])
     assert took < 2.0 and link.pulls >= 3  # pulled every 0.05 s, not Flower's 3 s
+
+
+def test_a_reply_whose_description_lies_stays_packed_and_the_reply_check_rejects_it(
+        monkeypatch) -> None:
+    """A client that sends sizes not fitting its bytes does not crash the round: the reply is
+    left packed and the update check names what is wrong with it."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedmirasol.core.reply_checks import check_update
+    from fedmirasol.server.exchange import DeployedGrid
+
+    for key in ("_run_id", "_task_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, key, 1)
+    link = _SuperLinkStandIn(after=0.0)
+    grid = DeployedGrid(link, pull_interval=0.01)
+    content = _content()
+    ids = grid.push_messages([Message(content=content, dst_node_id=1, message_type="train")])
+    _, _, sent = link.pushed[0]
+    sent[META_PREFIX + "arrays"]["sizes"] = [s + 1 for s in sent[META_PREFIX + "arrays"]["sizes"]]
+    [reply] = grid.pull_messages(ids)
+    assert is_packed(reply.content)
+    expected = {key: tuple(array.shape) for key, array in content["arrays"].items()}
+    assert "does not fit their bytes" in check_update(reply.content, expected)

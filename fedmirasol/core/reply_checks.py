@@ -15,6 +15,8 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 from flwr.app import Message, RecordDict
 
+from fedmirasol.core.packing import is_packed
+
 UPDATE_DTYPE = np.dtype(np.float32)
 WEIGHT_KEY = "num-examples"
 
@@ -65,6 +67,8 @@ def check_metrics(content: RecordDict, required: Iterable[str]) -> str | None:
 
 def check_update(content: RecordDict, expected: Mapping[str, tuple[int, ...]]) -> str | None:
     """Why the update (``arrays``) in `content` is unusable, or None when it is fine."""
+    if is_packed(content):  # the server could not unpack it (fedmirasol.core.packing)
+        return "reply's arrays arrived packed with a description that does not fit their bytes"
     records = content.array_records
     if set(records) != {"arrays"}:
         return f"reply must carry exactly one array record 'arrays', got {sorted(records)}"
