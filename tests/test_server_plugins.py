@@ -163,3 +163,41 @@ def test_fresh_or_resume_is_decided_in_one_place(tmp_path) -> None:
     assert again.run_dir.is_dir()
     with pytest.raises(ValueError):
         open_run()
+
+
+class _ReversingGrid:
+    """Answers every message at once, the last-sent first (as a fast late client would)."""
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for message in messages:
+            reply = Message(RecordDict({"metrics": MetricRecord({"x": 1})}), reply_to=message)
+            replies.append(reply)
+        return replies[::-1]
+
+
+class _ExchangeRun:
+    def __init__(self, partitions) -> None:
+        from fedmirasol.core.metrics import Traffic
+
+        self.grid, self.timeout, self.partitions = _ReversingGrid(), 5.0, partitions
+        self.traffic = Traffic()
+
+    def watch(self, server_round, phase, messages):
+        return None
+
+    def check_registered(self, replies) -> None: ...
+
+
+def test_replies_reach_the_aggregate_in_partition_order_not_arrival_order() -> None:
+    # float32 sums depend on their order: arrival order would make two runs of one config
+    # end with different models
+    partitions = {30: 2, 10: 0, 20: 1}  # node -> partition
+    messages = []
+    for node in (20, 30, 10):
+        message = Message(RecordDict({}), dst_node_id=node, message_type=MessageType.TRAIN)
+        messages.append(message)
+    run = _ExchangeRun(partitions)
+    replies = StrategyMean().exchange(run, 1, "train", messages)
+    assert [r.metadata.src_node_id for r in replies] == [10, 20, 30]
+    assert set(run.traffic.up) == {10, 20, 30}

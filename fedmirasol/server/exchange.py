@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -108,6 +109,13 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float,
         return replies
     interval = float(getattr(grid, "pull_interval", 1.0))  # the simulation engine's: 0.1 s
     return _push_and_pull(grid, messages, timeout, interval, on_reply)
+
+
+def in_partition_order(replies: list[Message], partitions: Mapping[int, int]) -> list[Message]:
+    """`replies` sorted by their sender's partition (unknown senders last, by node id), so that
+    the aggregate's floating-point sums do not depend on which client answered first."""
+    return sorted(replies, key=lambda r: (partitions.get(r.metadata.src_node_id, math.inf),
+                                          r.metadata.src_node_id))
 
 
 def missing(messages: list[Message], replies: list[Message],

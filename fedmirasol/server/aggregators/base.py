@@ -15,7 +15,8 @@ from fedmirasol.config.run import RunConfig
 from fedmirasol.core.metrics import Traffic
 from fedmirasol.core.parameters import NumpyState
 from fedmirasol.core.reply_checks import Rejection, validate_evaluate_replies
-from fedmirasol.server.exchange import destinations, missing, send_and_receive
+from fedmirasol.server.exchange import (destinations, in_partition_order, missing,
+                                        send_and_receive)
 from fedmirasol.server.federated_evaluation import EvaluationOutcome, in_clear
 
 if TYPE_CHECKING:
@@ -76,10 +77,12 @@ class Aggregator(ABC):
 
     def exchange(self, run: Run, server_round: int, phase: str, messages: list[Message]
                  ) -> list[Message]:
-        """Send `messages` of `phase` ("train"/"evaluate") and collect the replies, counting
-        the bytes both ways in `run.traffic`."""
-        replies = send_and_receive(run.grid, messages, run.timeout,
-                                   run.watch(server_round, phase, messages))
+        """Send `messages` of `phase` ("train"/"evaluate") and collect the replies in partition
+        order (not arrival order: the run is then the same however the clients are
+        scheduled), counting the bytes both ways in `run.traffic`."""
+        replies = in_partition_order(send_and_receive(run.grid, messages, run.timeout,
+                                                      run.watch(server_round, phase, messages)),
+                                     run.partitions)
         run.traffic.count(messages, replies)
         run.check_registered(replies)
         return replies
