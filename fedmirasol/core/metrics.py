@@ -8,14 +8,28 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from flwr.app import Message
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_object import InflatableObject
 
 
 def wire_bytes(message: Message) -> int:
     """The bytes Flower sends for `message`: every object it is made of (the message with its
     metadata, its records, arrays and array chunks), serialized as Flower pushes them
     (`InflatableObject.deflate`), each distinct object once."""
-    return sum(len(part.deflate()) for part in get_all_nested_objects(message).values())
+    return sum(_part_sizes(message, {}).values())
+
+
+def _part_sizes(obj: InflatableObject, seen: dict[int, dict[str, int]]) -> dict[str, int]:
+    """{object id: serialized size} of `obj` and of every object in it. `seen` holds the parts
+    of the objects already measured (by Python identity): the messages of a round share the
+    global model's record, which is then serialized once, not once a message."""
+    if id(obj) in seen:
+        return seen[id(obj)]
+    sizes: dict[str, int] = {}
+    for child in (obj.children or {}).values():
+        sizes.update(_part_sizes(child, seen))
+    sizes[obj.object_id] = len(obj.deflate())
+    seen[id(obj)] = sizes
+    return sizes
 
 
 @dataclass
@@ -26,10 +40,13 @@ class Traffic:
     up: Counter = field(default_factory=Counter)
 
     def count(self, messages: Iterable[Message], replies: Iterable[Message]) -> None:
+        """Add each message's and reply's `wire_bytes` (an object several of them share is
+        serialized once: the objects must not change during the call)."""
+        seen: dict[int, dict[str, int]] = {}
         for message in messages:
-            self.down[message.metadata.dst_node_id] += wire_bytes(message)
+            self.down[message.metadata.dst_node_id] += sum(_part_sizes(message, seen).values())
         for reply in replies:
-            self.up[reply.metadata.src_node_id] += wire_bytes(reply)
+            self.up[reply.metadata.src_node_id] += sum(_part_sizes(reply, seen).values())
 
     def add(self, other: "Traffic") -> None:
         self.down.update(other.down)

@@ -19,12 +19,12 @@ from fedmirasol.client import handlers as client_handlers
 from fedmirasol.client.he import HEOpener
 from fedmirasol.client.mods import client_mods
 from fedmirasol.client.secure import secure_hooks
+from fedmirasol.engines.client_server_step import DeferredServerStep
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.runs.report import print_progress
 from fedmirasol.runs.resume import OpenedRun, open_run
 from fedmirasol.config import RunConfig, from_flower_run_config
 from fedmirasol.pretrained.checkpoint import with_digest
-from fedmirasol.server.aggregators.he_step import ServerStepOnClients
 from fedmirasol.server.aggregators import Auditor
 from fedmirasol.server.exchange import for_deployment
 from fedmirasol.server.loop import FederatedRun, Progress
@@ -43,8 +43,9 @@ def build_client_app(identities: Sequence[Identity] | None = None,
     `he_secret`: a simulation's site CKKS context file, for homomorphic encryption)."""
     app = ClientApp(mods=client_mods(node_defaults))
     # under homomorphic encryption the server's arrays are its encrypted state: the clients
-    # decrypt it and run the server's step (ServerStepOnClients), and seal their updates
-    opener = HEOpener(ServerStepOnClients(), he_secret)
+    # decrypt it and run the server's step (ServerStepOnClients, imported only then), and seal
+    # their updates
+    opener = HEOpener(DeferredServerStep(), he_secret)
     app.train()(functools.partial(client_handlers.handle_train, opener=opener))
     app.evaluate()(functools.partial(client_handlers.handle_evaluate, opener=opener))
     app.query()(client_handlers.handle_query)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import sys
+import threading
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from fedmirasol.config import RunConfig, with_values
 from fedmirasol.errors import ConfigError
@@ -47,6 +50,23 @@ class _DropRunSimulationDeprecation(logging.Filter):
         text = " ".join(str(arg) for arg in record.args) if isinstance(record.args, tuple) \
             else str(record.msg)
         return "`run_simulation` function is deprecated" not in text
+
+
+@contextlib.contextmanager
+def _importing_meanwhile(module: str) -> Iterator[None]:
+    """Import `module` on a thread while the body runs (Ray's start mostly waits for its
+    processes); a failed import is left to the import that needs the module."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    thread = threading.Thread(target=load, name=f"import {module}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
 
 
 def _run_simulation(**kwargs: Any) -> None:
@@ -137,7 +157,10 @@ def _simulate(config: RunConfig, run_dir: Path, checkpoint: rundir.Checkpoint | 
     if quiet_flower:
         logging.getLogger("flwr").setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
-    session = open_ray(config)
+    import ray  # noqa: F401  (before the thread below and Ray's start, which both need it)
+
+    with _importing_meanwhile("flwr.simulation"):  # Flower's engine: about 1 s of imports
+        session = open_ray(config)
     try:
         server_app = build_server_app(config, run_dir, checkpoint, progress,
                                       simulation_slots=parallel_clients(config, session),
