@@ -142,12 +142,18 @@ class SecureDPOptimizer(LeanDPOptimizer):
         super().__init__(*args, **kwargs)
         self.secure_noise = noise
 
+    def _noise_is_own(self) -> bool:
+        return True  # a CSPRNG: the sampler's draws beside the worker's take nothing from it
+
+    def _draw_noise(self, entry: Any) -> torch.Tensor:
+        std, shape, _, device = entry
+        return self.secure_noise.normal(shape, std, device=device)
+
     def add_noise(self) -> None:
         std = self.noise_multiplier * self.max_grad_norm
-        for p in self.params:
+        for p, noise in zip(self.params, self._noise(std)):
             summed = p.summed_grad
             _check_processed_flag(summed)
-            noise = self.secure_noise.normal(summed.shape, std, device=summed.device)
             p.grad = noise.add_(summed).to(summed.dtype).view_as(p)
             _mark_as_processed(summed)
 
@@ -230,9 +236,12 @@ def train_private(
         loader = poisson_loader(dataset, plan.sample_rate, generator, noise=noise,
                                 groups=groups, clips_per_user=clips_per_user)
         rows = None if groups is None else np.asarray(groups)
-        return _run_steps(model, losses_of, dp_optimizer, loader, steps=total,
-                          max_physical_batch_size=max_physical_batch_size,
-                          extra_loss=extra_loss, device=device, groups=rows)
+        try:
+            return _run_steps(model, losses_of, dp_optimizer, loader, steps=total,
+                              max_physical_batch_size=max_physical_batch_size,
+                              extra_loss=extra_loss, device=device, groups=rows)
+        finally:
+            dp_optimizer.close()  # the noise drawn ahead for a step not taken is discarded
     finally:
         close()  # removes the hooks and every grad_sample attribute
 

@@ -1,0 +1,155 @@
+"""Noise drawn ahead on a worker thread (`fedmirasol.privacy.noise_ahead`): every step releases
+the noise a synchronous optimizer would, each draw is released at most once and never
+reused, a draw made for other settings is discarded, and the worker stops on close."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from opacus.optimizers import DPOptimizer
+from torch import nn
+
+from fedmirasol.privacy.dp_optimizer import LeanDPOptimizer
+from fedmirasol.privacy.dp_training import SecureDPOptimizer
+from fedmirasol.privacy.noise_ahead import NoiseAhead
+from fedmirasol.privacy.secure_noise import SecureNoise
+
+SIGMA, CLIP, BATCH = 1.3, 0.7, 4
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    # a weight of 5600 (clipped apart) beside small tensors (clipped side by side)
+    return nn.Sequential(nn.Linear(80, 70), nn.Tanh(), nn.Linear(70, 3))
+
+
+def _optimizer(kind: type[DPOptimizer], model: nn.Module, seed: int = 7, **extra) -> DPOptimizer:
+    return kind(torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=SIGMA,
+                max_grad_norm=CLIP, expected_batch_size=BATCH, loss_reduction="mean",
+                generator=torch.Generator().manual_seed(seed), **extra)
+
+
+def _unrelated(first: torch.Tensor, second: torch.Tensor) -> bool:
+    """Two noise vectors share no draw: not equal and uncorrelated."""
+    correlation = torch.corrcoef(torch.stack([first, second]))[0, 1]
+    return not torch.equal(first, second) and abs(float(correlation)) < 0.1
+
+
+def _released(optimizer: DPOptimizer, model: nn.Module, step: int, *, zero: bool = False):
+    generator = torch.Generator().manual_seed(100 + step)
+    for p in model.parameters():
+        rows = torch.randn((BATCH, *p.shape), generator=generator)
+        p.grad_sample = torch.zeros_like(rows) if zero else rows
+    assert optimizer.pre_step()
+    released = [p.grad.clone() for p in model.parameters()]
+    optimizer.zero_grad(set_to_none=True)
+    return released
+
+
+def test_each_step_releases_what_opacus_releases_from_the_same_generator() -> None:
+    ours_model, opacus_model = _model(), _model()
+    ours = _optimizer(LeanDPOptimizer, ours_model)
+    opacus = _optimizer(DPOptimizer, opacus_model)
+    assert ours._noise_ahead is not None
+    try:
+        for step in range(4):
+            for mine, reference in zip(_released(ours, ours_model, step),
+                                       _released(opacus, opacus_model, step)):
+                torch.testing.assert_close(mine, reference, rtol=1e-6, atol=1e-7)
+    finally:
+        ours.close()
+
+
+def test_noise_is_fresh_every_step_and_each_draw_released_once() -> None:
+    """With zero gradients the release is the noise / B: step k's noise is the k-th block of
+    the generator's stream, so no block is skipped, repeated or handed out twice."""
+    model = _model()
+    optimizer = _optimizer(LeanDPOptimizer, model)
+    stream = torch.Generator().manual_seed(7)
+    try:
+        releases = [torch.cat([g.flatten() for g in _released(optimizer, model, step, zero=True)])
+                    for step in range(3)]
+    finally:
+        optimizer.close()
+    for release in releases:
+        expected = torch.cat([torch.normal(0, SIGMA * CLIP, size=p.shape, generator=stream)
+                              .flatten() for p in model.parameters()]) / BATCH
+        torch.testing.assert_close(release, expected, rtol=1e-6, atol=1e-7)
+    for first in range(3):
+        for second in range(first + 1, 3):
+            assert _unrelated(releases[first], releases[second])
+
+
+def test_noise_drawn_for_other_settings_is_discarded_never_released() -> None:
+    model = _model()
+    optimizer = _optimizer(LeanDPOptimizer, model)
+    stream = torch.Generator().manual_seed(7)
+
+    def draw(std: float) -> torch.Tensor:
+        return torch.cat([torch.normal(0, std, size=p.shape, generator=stream).flatten()
+                          for p in model.parameters()]) / BATCH
+
+    try:
+        first = torch.cat([g.flatten() for g in _released(optimizer, model, 0, zero=True)])
+        optimizer.noise_multiplier = 2 * SIGMA  # e.g. a noise scheduler between two steps
+        second = torch.cat([g.flatten() for g in _released(optimizer, model, 1, zero=True)])
+    finally:
+        optimizer.close()
+    torch.testing.assert_close(first, draw(SIGMA * CLIP))
+    discarded = draw(SIGMA * CLIP)  # drawn ahead at the old std, then dropped
+    torch.testing.assert_close(second, draw(2 * SIGMA * CLIP))
+    assert _unrelated(second, discarded)
+
+
+def test_draws_never_overlap_and_close_stops_the_worker() -> None:
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def draw_one(entry: int) -> torch.Tensor:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.002)
+        with lock:
+            running[0] -= 1
+        return torch.full((1,), float(entry))
+
+    ahead = NoiseAhead(draw_one)
+    spec = list(range(20))
+    for _ in range(3):
+        assert [float(t) for t in ahead.take(spec)] == [float(e) for e in spec]
+    ahead.take(spec[:5])  # other settings: the pending draw of 20 is finished, then dropped
+    assert most[0] == 1
+    ahead.close()
+    assert not any(t.name.startswith("dp-noise") for t in threading.enumerate())
+    assert len(ahead.take(spec[:2])) == 2  # usable again after close (draws synchronously)
+    ahead.close()
+
+
+def test_only_a_generator_of_its_own_is_used_ahead() -> None:
+    """Torch's global generator also serves the model (dropout, init): never from a worker."""
+    model = _model()
+    shared = LeanDPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0,
+                             max_grad_norm=1.0, expected_batch_size=BATCH)
+    assert shared._noise_ahead is None
+    inline = _optimizer(LeanDPOptimizer, model, noise_ahead=False)
+    assert inline._noise_ahead is None
+
+
+def test_secure_noise_is_drawn_ahead_fresh_with_its_std() -> None:
+    model = _model()
+    optimizer = SecureDPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                  noise=SecureNoise(), noise_multiplier=SIGMA,
+                                  max_grad_norm=CLIP, expected_batch_size=BATCH)
+    assert optimizer._noise_ahead is not None
+    try:
+        releases = [torch.cat([g.flatten() for g in _released(optimizer, model, step, zero=True)])
+                    for step in range(2)]
+    finally:
+        optimizer.close()
+    for release in releases:
+        assert float(release.std() * BATCH) == pytest.approx(SIGMA * CLIP, rel=0.05)
+    assert _unrelated(releases[0], releases[1])
