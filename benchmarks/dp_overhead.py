@@ -26,8 +26,10 @@ shared machine falls on all modes alike; the median step (block / ``--block``) o
 over the rounds, after a warm-up step, divided by plain's, both in wall-clock time (``time x``)
 and in the process's CPU time (``cpu x``: all its threads, so the noise drawn ahead counts;
 with one torch thread, the step's own work, without the waits for a core that a loaded
-machine adds). A block ends when the noise drawn ahead for the next step is ready, so it
-holds exactly one draw per step, and none spills into another mode's block. Memory: a fresh subprocess per mode, its peak RSS during the steps minus its RSS
+machine adds), and in the main thread's CPU time (``path x``: the step's critical path, what
+its wall time is where a second core is free for the noise drawn ahead; the same as ``cpu x``
+for modes without a worker). A block ends when the noise drawn ahead for the next step is
+ready, so it holds exactly one draw per step, and none spills into another mode's block. Memory: a fresh subprocess per mode, its peak RSS during the steps minus its RSS
 before the first step (activations, gradients, per-sample gradients), as chunk_scaling.py
 measures it. Ghost clipping's per-sample norms are also checked against the exact ones.
 
@@ -147,17 +149,21 @@ def measure_times(modes: list[str], config_name: str, batch_size: int, steps: in
         _settle(functions[mode])
     wall: dict[str, list[float]] = {mode: [] for mode in modes}
     cpu: dict[str, list[float]] = {mode: [] for mode in modes}
+    path: dict[str, list[float]] = {mode: [] for mode in modes}
     for round_index in range(steps):
         shift = round_index % len(modes)
         for mode in modes[shift:] + modes[:shift]:
             started, started_cpu = time.perf_counter(), time.process_time()
+            started_path = time.thread_time()
             for _ in range(block):
                 functions[mode]()
             _settle(functions[mode])
             wall[mode].append((time.perf_counter() - started) / block)
             cpu[mode].append((time.process_time() - started_cpu) / block)
+            path[mode].append((time.thread_time() - started_path) / block)
     return {"seconds": {mode: statistics.median(values) for mode, values in wall.items()},
             "cpu_seconds": {mode: statistics.median(values) for mode, values in cpu.items()},
+            "path_seconds": {mode: statistics.median(values) for mode, values in path.items()},
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
@@ -239,14 +245,15 @@ def main() -> None:
           f"{args.threads} torch thread(s), "
           f"load average {load_average()} at the start", flush=True)
     print(f"{'config':>6} {'batch':>5} {'mode':>9} {'params':>9} {'s/step':>8} "
-          f"{'cpu s':>7} {'peak MiB':>9} {'time x':>7} {'cpu x':>6} {'memory x':>9}", flush=True)
+          f"{'cpu s':>7} {'peak MiB':>9} {'time x':>7} {'cpu x':>6} {'path x':>6} "
+          f"{'memory x':>9}", flush=True)
     for config_name in args.configs:
         for batch_size in args.batch_sizes:
             timing = run_point(args, "time", config_name, batch_size, modes)
             if "failed" in timing:
                 print(f"{config_name:>6} {batch_size:>5} timing failed: {timing['failed']}")
                 continue
-            seconds, cpu = timing["seconds"], timing["cpu_seconds"]
+            seconds, cpu, path = timing["seconds"], timing["cpu_seconds"], timing["path_seconds"]
             memory = {mode: run_point(args, mode, config_name, batch_size, [mode])
                       for mode in modes}
             base_memory = memory["plain"].get("peak_mib", float("nan"))
@@ -259,6 +266,7 @@ def main() -> None:
                 print(f"{config_name:>6} {batch_size:>5} {mode:>9} {timing['parameters']:>9,} "
                       f"{seconds[mode]:>8.3f} {cpu[mode]:>7.3f} {peak:>9.1f} "
                       f"{seconds[mode] / seconds['plain']:>7.2f} {cpu[mode] / cpu['plain']:>6.2f} "
+                      f"{path[mode] / path['plain']:>6.2f} "
                       f"{peak / max(base_memory, 1e-9):>9.2f}", flush=True)
             if "ghost" in modes:
                 check = run_point(args, "ghost-check", config_name, batch_size, ["ghost"])
