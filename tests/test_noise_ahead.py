@@ -108,7 +108,7 @@ def test_draws_never_overlap_and_close_stops_the_worker() -> None:
     running, most = [0], [0]
     lock = threading.Lock()
 
-    def draw_one(entry: int) -> torch.Tensor:
+    def draw_one(entry: int, into: torch.Tensor | None) -> torch.Tensor:
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
@@ -119,14 +119,47 @@ def test_draws_never_overlap_and_close_stops_the_worker() -> None:
 
     ahead = NoiseAhead(draw_one)
     spec = list(range(20))
+    lent: list[list[float]] = []
+
+    def use(noise: list[torch.Tensor]) -> None:
+        lent.append([float(t) for t in noise])
+
     for _ in range(3):
-        assert [float(t) for t in ahead.take(spec)] == [float(e) for e in spec]
-    ahead.take(spec[:5])  # other settings: the pending draw of 20 is finished, then dropped
+        ahead.lend(spec, use)
+    ahead.lend(spec[:5], use)  # other settings: the pending draw of 20 is finished, then dropped
+    assert lent == [[float(e) for e in spec]] * 3 + [[float(e) for e in spec[:5]]]
     assert most[0] == 1
     ahead.close()
     assert not any(t.name.startswith("dp-noise") for t in threading.enumerate())
-    assert len(ahead.take(spec[:2])) == 2  # usable again after close (draws synchronously)
+    ahead.lend(spec[:2], use)  # usable again after close (draws synchronously)
+    assert len(lent[-1]) == 2
     ahead.close()
+
+
+def test_the_next_draw_starts_only_after_the_noise_was_used() -> None:
+    """Refilled in place: while `use` runs, the tensors it was lent do not change."""
+    generator = torch.Generator().manual_seed(0)
+
+    def draw_one(entry: int, into: torch.Tensor | None) -> torch.Tensor:
+        if into is None:
+            return torch.randn(1000, generator=generator)
+        return into.normal_(generator=generator)
+
+    ahead = NoiseAhead(draw_one)
+    seen = []
+
+    def use(noise: list[torch.Tensor]) -> None:
+        before = noise[0].clone()
+        time.sleep(0.02)  # a worker refilling now would change it
+        assert torch.equal(noise[0], before)
+        seen.append(before)
+
+    try:
+        for _ in range(3):
+            ahead.lend([0], use)
+    finally:
+        ahead.close()
+    assert _unrelated(seen[0], seen[1]) and _unrelated(seen[1], seen[2])
 
 
 def test_only_a_generator_of_its_own_is_used_ahead() -> None:

@@ -26,7 +26,7 @@ rows.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from opacus.optimizers import DPOptimizer
@@ -92,27 +92,33 @@ class LeanDPOptimizer(DPOptimizer):
 
     def __init__(self, *args: Any, noise_ahead: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._noise_ahead = (NoiseAhead(self._draw_noise)
+        self._noise_ahead = (NoiseAhead(self._draw_noise, in_place=self._draws_in_place)
                              if noise_ahead and self._noise_is_own() else None)
+
+    _draws_in_place = True  # `_draw_noise` can refill a used noise tensor
 
     def _noise_is_own(self) -> bool:
         """Whether nothing but this optimizer draws from its noise source."""
         return self.generator is not None and not self.secure_mode
 
-    def _draw_noise(self, entry: Any) -> torch.Tensor:
+    def _draw_noise(self, entry: Any, into: torch.Tensor | None = None) -> torch.Tensor:
         """One parameter's noise: `entry` is (std, shape, dtype, device); Opacus' draw without
-        its unused zeros."""
+        its unused zeros (in place into `into`: the same numbers from the same generator)."""
         std, shape, dtype, device = entry
+        if into is not None:
+            return into.normal_(mean=0, std=std, generator=self.generator)
         return torch.normal(mean=0, std=std, size=shape, device=device,
                             generator=self.generator, dtype=dtype)
 
-    def _noise(self, std: float) -> list[torch.Tensor]:
-        """This step's noise, one tensor per parameter (in the summed gradients' dtype)."""
+    def _with_noise(self, std: float, use: Callable[[list[torch.Tensor]], None]) -> None:
+        """`use(noise)` with this step's noise, one tensor per parameter (in the summed
+        gradients' dtype); `use` must not keep the tensors (they are refilled)."""
         spec = [(std, tuple(p.summed_grad.shape), p.summed_grad.dtype, p.summed_grad.device)
                 for p in self.params]  # the same every step: the draw ahead is used
         if self._noise_ahead is not None:
-            return self._noise_ahead.take(spec)
-        return [self._draw_noise(entry) for entry in spec]
+            self._noise_ahead.lend(spec, use)
+        else:
+            use([self._draw_noise(entry) for entry in spec])
 
     def wait_for_noise(self) -> None:
         """Block until the noise drawn ahead for the next step is ready (for timing)."""
@@ -163,19 +169,21 @@ class LeanDPOptimizer(DPOptimizer):
     def add_noise(self) -> None:
         params = self.params
         std = self.noise_multiplier * self.max_grad_norm
-        if std == 0 or self.secure_mode:  # Opacus' zeros / Opacus' own secure draws
-            noises = [_generate_noise(std=std, reference=p.summed_grad, generator=self.generator,
-                                      secure_mode=self.secure_mode) for p in params]
-        else:
-            noises = self._noise(std)
         summed = [p.summed_grad for p in params]
         for one in summed:
             _check_processed_flag(one)
-        if all(s.dtype == n.dtype for s, n in zip(summed, noises)):
-            # into the sums, so noise drawn ahead is freed at once (a + b == b + a)
-            torch._foreach_add_(summed, noises)
+
+        def add(noises: list[torch.Tensor]) -> None:
+            if all(s.dtype == n.dtype for s, n in zip(summed, noises)):
+                torch._foreach_add_(summed, noises)  # into the sums (a + b == b + a)
+            else:
+                summed[:] = [s + n for s, n in zip(summed, noises)]
+
+        if std == 0 or self.secure_mode:  # Opacus' zeros / Opacus' own secure draws
+            add([_generate_noise(std=std, reference=s, generator=self.generator,
+                                 secure_mode=self.secure_mode) for s in summed])
         else:
-            summed = [s + n for s, n in zip(summed, noises)]
+            self._with_noise(std, add)
         for p, noised in zip(params, summed):
             p.grad = noised.view_as(p)
             _mark_as_processed(p.summed_grad)

@@ -142,20 +142,27 @@ class SecureDPOptimizer(LeanDPOptimizer):
         super().__init__(*args, **kwargs)
         self.secure_noise = noise
 
+    _draws_in_place = False
+
     def _noise_is_own(self) -> bool:
         return True  # a CSPRNG: the sampler's draws beside the worker's take nothing from it
 
-    def _draw_noise(self, entry: Any) -> torch.Tensor:
-        std, shape, _, device = entry
+    def _draw_noise(self, entry: Any, into: torch.Tensor | None = None) -> torch.Tensor:
+        std, shape, _, device = entry  # float64 from numpy: always a new tensor
         return self.secure_noise.normal(shape, std, device=device)
 
     def add_noise(self) -> None:
+        params = self.params
         std = self.noise_multiplier * self.max_grad_norm
-        for p, noise in zip(self.params, self._noise(std)):
-            summed = p.summed_grad
-            _check_processed_flag(summed)
-            p.grad = noise.add_(summed).to(summed.dtype).view_as(p)
-            _mark_as_processed(summed)
+
+        def add(noises: list[torch.Tensor]) -> None:
+            for p, noise in zip(params, noises):
+                summed = p.summed_grad
+                _check_processed_flag(summed)
+                p.grad = noise.add_(summed).to(summed.dtype).view_as(p)
+                _mark_as_processed(summed)
+
+        self._with_noise(std, add)
 
 
 def _batch_size(batch: Any) -> int:
