@@ -14,8 +14,10 @@ large batches.
 
 Batches are Poisson-sampled (what the accountants assume; empty batches are collated here)
 from a CSPRNG (`SecureNoise`) and the noise is drawn from it in
-float64 and added to the float64 sum of the clipped gradients (`SecureDPOptimizer`); a test
-or benchmark may pass seeded torch generators instead. With ``groups`` (privacy.unit =
+float64 and added to the float64 sum of the clipped gradients (`SecureDPOptimizer`; each
+step's noise drawn during the previous step's forward and backward on a worker thread,
+`fedmirasol.privacy.noise_ahead`); a test or benchmark may pass seeded torch generators
+instead. With ``groups`` (privacy.unit =
 "user") a step samples *users*, takes at most `clips_per_user` of each sampled user's clips,
 and clips each user's mean gradient as one row: the released gradient then bounds a user's
 whole contribution, and the accountant's sample rate is the users' rate.
