@@ -49,6 +49,15 @@ def _released(optimizer: DPOptimizer, model: nn.Module, step: int, *, zero: bool
     return released
 
 
+def _noise_of_steps(optimizer: DPOptimizer, model: nn.Module, steps: int) -> list[torch.Tensor]:
+    """The releases of `steps` steps with zero gradients (the noise / B), flattened; closes."""
+    try:
+        return [torch.cat([g.flatten() for g in _released(optimizer, model, step, zero=True)])
+                for step in range(steps)]
+    finally:
+        optimizer.close()
+
+
 def test_each_step_releases_what_opacus_releases_from_the_same_generator() -> None:
     ours_model, opacus_model = _model(), _model()
     ours = _optimizer(LeanDPOptimizer, ours_model)
@@ -67,13 +76,8 @@ def test_noise_is_fresh_every_step_and_each_draw_released_once() -> None:
     """With zero gradients the release is the noise / B: step k's noise is the k-th block of
     the generator's stream, so no block is skipped, repeated or handed out twice."""
     model = _model()
-    optimizer = _optimizer(LeanDPOptimizer, model)
+    releases = _noise_of_steps(_optimizer(LeanDPOptimizer, model), model, 3)
     stream = torch.Generator().manual_seed(7)
-    try:
-        releases = [torch.cat([g.flatten() for g in _released(optimizer, model, step, zero=True)])
-                    for step in range(3)]
-    finally:
-        optimizer.close()
     for release in releases:
         expected = torch.cat([torch.normal(0, SIGMA * CLIP, size=p.shape, generator=stream)
                               .flatten() for p in model.parameters()]) / BATCH
@@ -178,11 +182,7 @@ def test_secure_noise_is_drawn_ahead_fresh_with_its_std() -> None:
                                   noise=SecureNoise(), noise_multiplier=SIGMA,
                                   max_grad_norm=CLIP, expected_batch_size=BATCH)
     assert optimizer._noise_ahead is not None
-    try:
-        releases = [torch.cat([g.flatten() for g in _released(optimizer, model, step, zero=True)])
-                    for step in range(2)]
-    finally:
-        optimizer.close()
+    releases = _noise_of_steps(optimizer, model, 2)
     for release in releases:
         assert float(release.std() * BATCH) == pytest.approx(SIGMA * CLIP, rel=0.05)
     assert _unrelated(releases[0], releases[1])
