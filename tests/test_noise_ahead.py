@@ -10,10 +10,13 @@ import time
 import pytest
 import torch
 from opacus.optimizers import DPOptimizer
+from privacy_fixtures import clips, sgd, tiny_model
 from torch import nn
 
+from fedmirasol.privacy.accountant_state import new_accountant
+from fedmirasol.privacy.calibration import SamplingPlan
 from fedmirasol.privacy.dp_optimizer import LeanDPOptimizer
-from fedmirasol.privacy.dp_training import SecureDPOptimizer
+from fedmirasol.privacy.dp_training import SecureDPOptimizer, train_private
 from fedmirasol.privacy.noise_ahead import NoiseAhead
 from fedmirasol.privacy.secure_noise import SecureNoise
 
@@ -186,3 +189,18 @@ def test_secure_noise_is_drawn_ahead_fresh_with_its_std() -> None:
     for release in releases:
         assert float(release.std() * BATCH) == pytest.approx(SIGMA * CLIP, rel=0.05)
     assert _unrelated(releases[0], releases[1])
+
+
+@pytest.mark.parametrize("seeded", [True, False])
+def test_training_leaves_no_worker_behind(seeded: bool) -> None:
+    """`train_private` closes its optimizer: the draw ahead for a step never taken is dropped
+    and the worker ends, with seeded torch noise and with the CSPRNG."""
+    model = tiny_model()
+    plan = SamplingPlan.for_round(4, 2, 1)
+    generators = (dict(generator=torch.Generator().manual_seed(0),
+                       noise_generator=torch.Generator().manual_seed(1)) if seeded else {})
+    metrics = train_private(model, clips(4), sgd(model), accountant=new_accountant("rdp"),
+                            plan=plan, epochs=1, noise_multiplier=1.0, max_grad_norm=1.0,
+                            **generators)
+    assert metrics["steps"] == plan.steps >= 2
+    assert not any(t.name.startswith("dp-noise") for t in threading.enumerate())
