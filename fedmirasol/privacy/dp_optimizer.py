@@ -112,8 +112,8 @@ class LeanDPOptimizer(DPOptimizer):
                             generator=self.generator, dtype=dtype)
 
     def _with_noise(self, std: float, use: Callable[[list[torch.Tensor]], None]) -> None:
-        """`use(noise)` with this step's noise, one tensor per parameter (in the summed
-        gradients' dtype); `use` must not keep the tensors (they are refilled)."""
+        """`use(noise)` with this step's noise, one tensor per parameter (as `_draw_noise` draws
+        it); `use` must not keep the tensors (they may be refilled)."""
         spec = [(std, tuple(p.summed_grad.shape), p.summed_grad.dtype, p.summed_grad.device)
                 for p in self.params]  # the same every step: the draw ahead is used
         if self._noise_ahead is not None:

@@ -15,7 +15,7 @@ large batches.
 Batches are Poisson-sampled (what the accountants assume; empty batches are collated here)
 from a CSPRNG (`SecureNoise`) and the noise is drawn from it in
 float64 and added to the float64 sum of the clipped gradients (`SecureDPOptimizer`; each
-step's noise drawn during the previous step's forward and backward on a worker thread,
+step's noise drawn on a worker thread while that step's forward and backward run,
 `fedmirasol.privacy.noise_ahead`); a test or benchmark may pass seeded torch generators
 instead. With ``groups`` (privacy.unit =
 "user") a step samples *users*, takes at most `clips_per_user` of each sampled user's clips,
