@@ -11,9 +11,11 @@ from torch import nn
 from fedmirasol.privacy.dp_optimizer import LeanDPOptimizer
 
 
-def _model(dtype: torch.dtype = torch.float32) -> nn.Module:
+def _model(dtype: torch.dtype = torch.float32, last: torch.dtype | None = None) -> nn.Module:
+    """Small tensors only (clipped side by side); `last`: the last layer's dtype."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).to(dtype)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).to(dtype)
+    return model if last is None else model[:2].append(model[2].to(last))
 
 
 def _set_grad_samples(model: nn.Module, batch: int, seed: int) -> None:
@@ -26,8 +28,9 @@ def _set_grad_samples(model: nn.Module, batch: int, seed: int) -> None:
 
 
 def _released(optimizer_class: type[DPOptimizer], *, batches: list[int], noise: float,
-              dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
-    model = _model(dtype)
+              dtype: torch.dtype = torch.float32,
+              last: torch.dtype | None = None) -> list[torch.Tensor]:
+    model = _model(dtype, last)
     optimizer = optimizer_class(torch.optim.SGD(model.parameters(), lr=0.1),
                                 noise_multiplier=noise, max_grad_norm=0.7,
                                 expected_batch_size=4, loss_reduction="mean",
@@ -80,6 +83,16 @@ def test_release_equals_opacus_in_float64() -> None:
     for mine, reference in zip(ours, opacus):
         assert mine.dtype == torch.float64
         torch.testing.assert_close(mine, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_release_equals_opacus_with_tensors_of_two_dtypes() -> None:
+    """Small tensors of different dtypes are not clipped side by side in one matrix."""
+    ours = _released(LeanDPOptimizer, batches=[4], noise=1.0, last=torch.float64)
+    opacus = _released(DPOptimizer, batches=[4], noise=1.0, last=torch.float64)
+    assert [t.dtype for t in ours] == [torch.float32] * 2 + [torch.float64] * 2
+    for mine, reference in zip(ours, opacus):
+        assert mine.dtype == reference.dtype
+        torch.testing.assert_close(mine, reference, rtol=1e-6, atol=1e-7)
 
 
 def test_clipping_bounds_each_row() -> None:

@@ -14,8 +14,10 @@ large batches.
 
 Batches are Poisson-sampled (what the accountants assume; empty batches are collated here)
 from a CSPRNG (`SecureNoise`) and the noise is drawn from it in
-float64 and added to the float64 sum of the clipped gradients (`SecureDPOptimizer`); a test
-or benchmark may pass seeded torch generators instead. With ``groups`` (privacy.unit =
+float64 and added to the float64 sum of the clipped gradients (`SecureDPOptimizer`; each
+step's noise drawn on a worker thread while that step's forward and backward run,
+`fedmirasol.privacy.noise_ahead`); a test or benchmark may pass seeded torch generators
+instead. With ``groups`` (privacy.unit =
 "user") a step samples *users*, takes at most `clips_per_user` of each sampled user's clips,
 and clips each user's mean gradient as one row: the released gradient then bounds a user's
 whole contribution, and the accountant's sample rate is the users' rate.
@@ -142,14 +144,27 @@ class SecureDPOptimizer(LeanDPOptimizer):
         super().__init__(*args, **kwargs)
         self.secure_noise = noise
 
+    _draws_in_place = False
+
+    def _noise_is_own(self) -> bool:
+        return True  # a CSPRNG: the sampler's draws beside the worker's take nothing from it
+
+    def _draw_noise(self, entry: Any, into: torch.Tensor | None = None) -> torch.Tensor:
+        std, shape, _, device = entry  # float64 from numpy: always a new tensor
+        return self.secure_noise.normal(shape, std, device=device)
+
     def add_noise(self) -> None:
+        params = self.params
         std = self.noise_multiplier * self.max_grad_norm
-        for p in self.params:
-            summed = p.summed_grad
-            _check_processed_flag(summed)
-            noise = self.secure_noise.normal(summed.shape, std, device=summed.device)
-            p.grad = noise.add_(summed).to(summed.dtype).view_as(p)
-            _mark_as_processed(summed)
+
+        def add(noises: list[torch.Tensor]) -> None:
+            for p, noise in zip(params, noises):
+                summed = p.summed_grad
+                _check_processed_flag(summed)
+                p.grad = noise.add_(summed).to(summed.dtype).view_as(p)
+                _mark_as_processed(summed)
+
+        self._with_noise(std, add)
 
 
 def _batch_size(batch: Any) -> int:
@@ -230,9 +245,12 @@ def train_private(
         loader = poisson_loader(dataset, plan.sample_rate, generator, noise=noise,
                                 groups=groups, clips_per_user=clips_per_user)
         rows = None if groups is None else np.asarray(groups)
-        return _run_steps(model, losses_of, dp_optimizer, loader, steps=total,
-                          max_physical_batch_size=max_physical_batch_size,
-                          extra_loss=extra_loss, device=device, groups=rows)
+        try:
+            return _run_steps(model, losses_of, dp_optimizer, loader, steps=total,
+                              max_physical_batch_size=max_physical_batch_size,
+                              extra_loss=extra_loss, device=device, groups=rows)
+        finally:
+            dp_optimizer.close()  # the noise drawn ahead for a step not taken is discarded
     finally:
         close()  # removes the hooks and every grad_sample attribute
 

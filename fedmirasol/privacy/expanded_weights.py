@@ -85,9 +85,10 @@ class _LayerNormFromSavedStatistics(LayerNormPerSampleGrad):
                 (True, False, False))[0]
         kept = len(normalized_shape)
         if isinstance(weight, ExpandedWeight):
-            normalized = (inputs - ctx.mean) * ctx.rstd
+            # (x - mean) * rstd * grad in one buffer (the same products, in the same order)
+            scaled = (inputs - ctx.mean).mul_(ctx.rstd).mul_(grad_output)
             set_grad_sample_if_exists(weight, lambda _: sum_over_all_but_batch_and_last_n(
-                normalized * grad_output, kept))
+                scaled, kept))
         if isinstance(bias, ExpandedWeight):
             set_grad_sample_if_exists(bias, lambda _: sum_over_all_but_batch_and_last_n(
                 grad_output, kept))
