@@ -21,7 +21,8 @@ from fedmirasol.privacy.calibration import (
     calibrate_noise_multiplier,
     planned_epsilon,
 )
-from fedmirasol.privacy.client_round import EXHAUSTED, PrivateRound, RoundSpend
+from fedmirasol.privacy.budget import EXHAUSTED
+from fedmirasol.privacy.client_round import PrivateRound, RoundSpend
 from fedmirasol.privacy.release_log import Charge, ReleaseLog, accountant_of
 from fedmirasol.config.privacy import PrivacyConfig as PrivacySettings
 from fedmirasol.config.privacy import SitePrivacyConfig

@@ -13,7 +13,7 @@ import pytest
 from flwr.app import Message, MessageType, MetricRecord, RecordDict
 
 from fedmirasol.config import load_config, with_values
-from fedmirasol.privacy.client_round import EXHAUSTED
+from fedmirasol.privacy.budget import EXHAUSTED
 from fedmirasol.privacy.server_side import ServerPrivacy
 from fedmirasol.runs import run_dir as rundir
 from fedmirasol.runs.report import add_to_report, build_report

@@ -43,6 +43,18 @@ def test_the_client_app_unpickles_without_the_servers_stack(tmp_path: Path) -> N
     assert done.stdout.split() == ["ClientApp", "[]"], done.stdout
 
 
+def test_a_run_without_dp_starts_without_importing_opacus() -> None:
+    """The server's side of a simulation (engine, ServerApp, round loop, aggregators) imports
+    Opacus only where a run uses DP (its accountants take about a second to import)."""
+    probe = ("import sys; import fedmirasol.engines.simulation, fedmirasol.engines.apps, "
+             "fedmirasol.server.loop, fedmirasol.server.aggregators; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'opacus'))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": ""}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[]"], done.stdout
+
+
 def test_the_deferred_server_step_steps_as_the_server_step() -> None:
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     config = load_config(None, ["strategy.name='fedadam'"])

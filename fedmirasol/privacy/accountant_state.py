@@ -6,11 +6,16 @@ through `IAccountant.load_state_dict()`, so it composes every step taken before.
 
 from __future__ import annotations
 
-from opacus.accountants import IAccountant, create_accountant
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # Opacus' accountants take about a second to import: only when one is made
+    from opacus.accountants import IAccountant
 
 
 def new_accountant(mechanism: str) -> IAccountant:
     """A fresh Opacus accountant ("rdp" or "prv")."""
+    from opacus.accountants import create_accountant
+
     return create_accountant(mechanism=mechanism)
 
 

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from fedmirasol.privacy.accountant_state import epsilon
 from fedmirasol.privacy.release_log import History, accountant_of
+
+# the reply metric of a client whose budget is spent (it trained nothing, sends no update)
+EXHAUSTED = "dp-budget-exhausted"
+
+
+def budget_exhausted(metrics: dict[str, Any]) -> bool:
+    """Whether a client's reply says its privacy budget is spent (the server drops it)."""
+    return bool(metrics.get(EXHAUSTED, 0))
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,6 @@ import math
 import warnings
 from dataclasses import dataclass
 
-from opacus.accountants.utils import get_noise_multiplier
-
 from fedmirasol.privacy.accountant_state import epsilon
 from fedmirasol.privacy.release_log import History, accountant_of
 
@@ -48,6 +46,8 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sample_rate:
         return _bisect(target_epsilon, delta, sample_rate, steps, accountant, tolerance,
                        list(fixed))
     try:
+        from opacus.accountants.utils import get_noise_multiplier  # ~1 s: only under DP
+
         sigma = float(get_noise_multiplier(
             target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
             steps=steps, accountant=accountant, epsilon_tolerance=tolerance))

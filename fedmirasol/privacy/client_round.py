@@ -35,7 +35,7 @@ from torch.utils.data import Dataset, Subset
 from fedmirasol.config.privacy import PrivacyConfig, SitePrivacyConfig
 from fedmirasol.errors import ConfigError
 from fedmirasol.privacy.accountant_state import epsilon, new_accountant, total_steps
-from fedmirasol.privacy.budget import BudgetCheck, check_budget
+from fedmirasol.privacy.budget import EXHAUSTED, BudgetCheck, check_budget
 from fedmirasol.privacy.calibration import SamplingPlan, calibrate_noise_multiplier
 from fedmirasol.privacy.dp_metrics import loss_bounds, loss_sums, noised_sums
 from fedmirasol.privacy.dp_training import ExtraLoss, SecurePoissonSampler, train_private
@@ -49,7 +49,6 @@ from fedmirasol.privacy.site_policy import (
 
 # Keys of the reply's MetricRecord (the server's ledger reads them back).
 METRIC_PREFIX = "dp-"
-EXHAUSTED = "dp-budget-exhausted"
 
 
 @dataclass(frozen=True)
@@ -243,8 +242,3 @@ def _charges(phase: str, sigma: float, sample_rate: float, spend: RoundSpend,
     return [Charge(phase, sigma, sample_rate, spend.steps),
             Charge(f"{phase}-evaluation", settings.eval_noise_multiplier, 1.0,
                    spend.evaluations)]
-
-
-def budget_exhausted(metrics: dict[str, Any]) -> bool:
-    """Whether a client's reply says its privacy budget is spent (the server drops it)."""
-    return bool(metrics.get(EXHAUSTED, 0))

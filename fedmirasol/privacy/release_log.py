@@ -20,13 +20,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from flwr.app import ConfigRecord, RecordDict
-from opacus.accountants import IAccountant
 
 from fedmirasol.errors import ConfigError
 from fedmirasol.privacy.accountant_state import new_accountant
+
+if TYPE_CHECKING:
+    from opacus.accountants import IAccountant
 
 STATE_KEY = "privacy-log"  # ConfigRecord in context.state (clients without a state folder)
 

@@ -35,7 +35,7 @@ from fedmirasol.core.reply_checks import (
 )
 from fedmirasol.privacy import ledger
 from fedmirasol.privacy.client_level import ClientLevelAccountant, clip_update, noise_aggregate
-from fedmirasol.privacy.client_round import EXHAUSTED, budget_exhausted
+from fedmirasol.privacy.budget import EXHAUSTED, budget_exhausted
 from fedmirasol.privacy.round_figures import aggregates_only, dp_round_figures
 
 EXHAUSTED_FIELD = "budget_exhausted"  # metrics.jsonl: partitions that replied "exhausted"
