@@ -99,10 +99,12 @@ class DefenseConfig(Section):
     its update to that L2 norm before it leaves (under secure aggregation: before masking),
     and on the plain path the server clips every reply to it as well; `median-norm-bound`
     clips every reply to the round's median update norm instead (plain path only: the server
-    must see the updates)."""
+    must see the updates). `root-clips`: the size of the server's own clean root data that
+    `strategy.name = "fltrust"` trains its reference update on."""
 
     norm_bound: float = Field(0.0, ge=0.0)  # L2 bound of an update (0: off)
     median_norm_bound: bool = False
+    root_clips: int = Field(100, ge=1)  # FLTrust's root data (Cao et al. use 100 examples)
 
     @model_validator(mode="after")
     def _check(self) -> "DefenseConfig":
