@@ -101,13 +101,14 @@ class ReferenceTrainer:
         load_state(model, self.initial)
         load_state(model, global_shared)
         seed = seed_for(self.config.seed, server_round, ROOT_STREAM)
-        torch.manual_seed(seed)
         loader = task_data.loader(task_data.root_dataset(self.config), client.batch_size,
                                   shuffle=True, seed=seed)
-        model.to(self.device)
-        train_epochs(model, loader, local_optimizer(model, client),
-                     epochs=client.local_epochs, device=self.device)
-        model.to("cpu")
+        with torch.random.fork_rng(devices=[]):  # the server's own torch stream stays as it was
+            torch.manual_seed(seed)
+            model.to(self.device)
+            train_epochs(model, loader, local_optimizer(model, client),
+                         epochs=client.local_epochs, device=self.device)
+            model.to("cpu")
         return delta(model_state(model, list(global_shared)), global_shared)
 
 
