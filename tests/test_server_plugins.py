@@ -23,6 +23,7 @@ from fedmirasol.server.aggregators.audited import AuditedMean
 from fedmirasol.server.aggregators.client_level_dp import ClientLevelDPMean
 from fedmirasol.server.aggregators.he import HEMean
 from fedmirasol.server.aggregators.compressed import CompressedMean
+from fedmirasol.server.aggregators.fltrust import FLTrustMean
 from fedmirasol.server.aggregators.mean import StrategyMean
 from fedmirasol.server.aggregators.secure import SecureMean
 from fedmirasol.server.filters import Screening, masked_check, reply_filters, screen
@@ -37,7 +38,8 @@ SHARED = {"w": np.zeros((2, 3), np.float32)}
 def test_registry_names_each_aggregator_by_its_name() -> None:
     assert AGGREGATORS == {"strategy": StrategyMean, "client-level-dp": ClientLevelDPMean,
                            "secagg": SecureMean, "he": HEMean,
-                           "compressed": CompressedMean, "audited": AuditedMean}
+                           "compressed": CompressedMean, "audited": AuditedMean,
+                           "fltrust": FLTrustMean}
 
 
 @pytest.mark.parametrize("values, outer, inner", [
@@ -48,6 +50,8 @@ def test_registry_names_each_aggregator_by_its_name() -> None:
     ({"compression.codec": "top-k"}, CompressedMean, StrategyMean),
     ({"compression.downlink": "quantize", "privacy.client-level": True}, CompressedMean,
      ClientLevelDPMean),
+    ({"strategy.name": "fltrust"}, FLTrustMean, None),
+    ({"strategy.name": "fltrust", "compression.codec": "top-k"}, CompressedMean, FLTrustMean),
 ])
 def test_one_aggregator_is_chosen_per_run(values, outer, inner) -> None:
     config = with_values(load_config(None, ["data.num-clients=3"]), values)

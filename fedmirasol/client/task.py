@@ -42,6 +42,7 @@ from fedmirasol.personalization.adaptation import fine_tune
 from fedmirasol.privacy.client_level import clip_update
 from fedmirasol.training.device import resolve_device
 from fedmirasol.training.loop import evaluate, train_epochs
+from fedmirasol.training.optimizers import local_optimizer
 from fedmirasol.training.text_eval import text_reply_metrics
 
 if TYPE_CHECKING:
@@ -90,17 +91,6 @@ def prepare_model(config: Mapping[str, Any], global_shared: Mapping[str, np.ndar
     return model, split
 
 
-def _optimizer(model: nn.Module, client: Mapping[str, Any],
-               lr: float | None = None) -> torch.optim.Optimizer:
-    """The client's optimizer over `model`'s trainable parameters (lr: None = client.lr)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    lr = client.lr if lr is None else lr
-    if client.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=client.momentum,
-                               weight_decay=client.weight_decay)
-    return torch.optim.Adam(params, lr=lr, weight_decay=client.weight_decay)
-
-
 def train(config: Mapping[str, Any], partition_id: int, server_round: int,
           global_shared: Mapping[str, np.ndarray], state: RecordDict,
           proximal_mu: float = 0.0, privacy_log: ReleaseLog | None = None,
@@ -142,7 +132,7 @@ def train(config: Mapping[str, Any], partition_id: int, server_round: int,
                              extra_loss=extra_loss, device=device)
 
     metrics = train_round(config.personalization, LocalWork(
-        model=model, loader=loader, make_optimizer=lambda m, lr: _optimizer(m, client, lr),
+        model=model, loader=loader, make_optimizer=lambda m, lr: local_optimizer(m, client, lr),
         train=train_on_data, epochs=client.local_epochs, personal=split.local,
         global_shared=global_shared, state=state, device=device, extra_loss=extra,
         private=private is not None,
@@ -287,7 +277,7 @@ def evaluate_local(config: Mapping[str, Any], partition_id: int,
         return private.train(target, data.train, optimizer, steps=steps, device=device)
 
     metrics.update(evaluate_personal(config.personalization, model, tune, val,
-                                     lambda m, lr: _optimizer(m, client, lr), state, result,
+                                     lambda m, lr: local_optimizer(m, client, lr), state, result,
                                      device))
     model.to("cpu")
     if private is None:

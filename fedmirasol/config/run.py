@@ -55,6 +55,8 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
         strategy = self.strategy.name
+        if strategy == "fltrust":
+            self._check_fltrust()
         if self.secagg.enabled and strategy not in SECAGG_STRATEGIES:
             raise ConfigError(f"config key 'secagg.enabled' needs strategy.name in "
                               f"{SECAGG_STRATEGIES} (the server sees only the mean), got "
@@ -104,6 +106,29 @@ class RunConfig(Section):
         if self.secagg.enabled and compression.downlink != "none":
             raise ConfigError("compression.downlink cannot be combined with secagg.enabled "
                               "(the secure-aggregation stages send the model whole)")
+
+    def _check_fltrust(self) -> None:
+        """FLTrust scores every client's own update against the server's reference update:
+        the server must read each update, and hold root data of the task."""
+        hidden = "secagg.enabled" if self.secagg.enabled else (
+            "he.enabled" if self.he.enabled else
+            "privacy.client-level" if self.privacy.client_level else None)
+        if hidden:
+            raise ConfigError(f"strategy.name = 'fltrust' cannot be combined with {hidden}: it "
+                              "scores each client's own update against the server's reference "
+                              "update, so the server must see every update in the clear "
+                              "(secure aggregation and encryption reveal only the sum; "
+                              "client-level DP's noise is calibrated to a plain mean); use "
+                              "defense.norm-bound there (each client clips before it sends)")
+        if self.data.source != "synthetic" or self.task.name != "classification":
+            raise ConfigError(f"strategy.name = 'fltrust' trains the server's reference update "
+                              f"on its own root data (defense.root-clips), which this build "
+                              f"renders for synthetic classification clips only: data.source = "
+                              f"{self.data.source!r}, task.name = {self.task.name!r}")
+        if self.pretrain.enabled or self.personalization.method != "none":
+            raise ConfigError("strategy.name = 'fltrust' compares each update with a reference "
+                              "trained on the task's labels the way a plain client trains: not "
+                              "with pretrain.objective or personalization.method")
 
     def _check_videoqa(self) -> None:
         """The answers are generated text: the model must train its text decoder."""

@@ -20,7 +20,7 @@ PARTITIONERS = ("iid", "dirichlet", "pathological", "quantity")
 OPTIMIZERS = ("adam", "sgd")
 TRACKERS = ("tensorboard", "mlflow")  # fedmirasol.runs.trackers
 STRATEGIES = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "fedadagrad", "fedavgm",
-              "trimmed-mean", "median", "krum", "multikrum", "bulyan")
+              "trimmed-mean", "median", "krum", "multikrum", "bulyan", "fltrust")
 # Strategies that only need the (weighted) mean of the updates, which is what secure
 # aggregation reveals; robust aggregators need every update and cannot run under it.
 SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedbn", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
@@ -90,7 +90,8 @@ class ClientConfig(Section):
 
 
 class StrategyConfig(Section):
-    """The server's aggregation (Flower's strategies)."""
+    """The server's aggregation (Flower's strategies; "fltrust": FLTrust's trust-scored mean,
+    `fedmirasol.server.aggregators.fltrust`, its root data in `defense`)."""
 
     name: Literal[STRATEGIES] = "fedavg"  # type: ignore[valid-type]
     fraction_train: float = Field(1.0, ge=0.0, le=1.0)

@@ -1,7 +1,8 @@
 """Flower strategies from the run config's `strategy` section, and their resumable state.
 
 Every algorithm is one of Flower's own (flwr.serverapp.strategy); FedBN is FedAvg over the
-shared parameters only (the split keeps normalization layers on the clients).
+shared parameters only (the split keeps normalization layers on the clients); FLTrust samples
+as FedAvg and aggregates in `fedmirasol.server.aggregators.fltrust`.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def build_strategy(config: RunConfig) -> Strategy:
         min_available_nodes=s.min_available_nodes,
     )
     name = s.name
-    if name in ("fedavg", "fedbn"):
+    if name in ("fedavg", "fedbn", "fltrust"):  # FLTrust's aggregate: its own aggregator
         return FedAvg(**common)
     if name == "fedprox":
         return FedProx(**common, proximal_mu=s.proximal_mu)

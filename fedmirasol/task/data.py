@@ -32,6 +32,7 @@ from fedmirasol.models.tokenizer import ByteTokenizer
 from fedmirasol.training.pretraining import synthetic_prompts
 
 TEST_SEED_OFFSET = 1_000_003  # the test set never shares clips with the client pool
+ROOT_SEED_OFFSET = 2_000_029  # nor the server's root data (FLTrust) with either
 LABEL_SEED = 0x1ABE1  # which training clips keep their labels under data.label-fraction
 
 
@@ -348,6 +349,21 @@ def test_dataset(config: Mapping[str, Any]) -> Dataset:
     """The server's held-out test set (neutral domain, both modalities; LEAF: the sampled
     users' test parts)."""
     return _test_cached(data_key(config))
+
+
+@functools.lru_cache(maxsize=2)
+def _root_cached(config: RunConfig, size: int) -> Dataset:
+    return Materialized(synthetic_dataset(config, size, seed=config.seed + ROOT_SEED_OFFSET))
+
+
+def root_dataset(config: Mapping[str, Any]) -> Dataset:
+    """The server's own clean root data (`strategy.name = "fltrust"`): `defense.root-clips`
+    synthetic clips of the neutral domain, from a seed that neither the client pool nor the
+    test set uses."""
+    if config.data.source != "synthetic":
+        raise ValueError("the server's root data is synthetic only: data.source = "
+                         f"{config.data.source!r}")
+    return _root_cached(data_key(config), config.defense.root_clips)
 
 
 def pooled_train(config: Mapping[str, Any], partition_ids: Sequence[int] | None = None) -> Dataset:

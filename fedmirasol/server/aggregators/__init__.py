@@ -17,6 +17,7 @@ from fedmirasol.server.aggregators.base import Aggregator, TrainOutcome
 from fedmirasol.server.aggregators.client_level_dp import ClientLevelDPMean
 from fedmirasol.server.aggregators.he import HEMean
 from fedmirasol.server.aggregators.compressed import CompressedMean
+from fedmirasol.server.aggregators.fltrust import FLTrustMean
 from fedmirasol.server.aggregators.mean import StrategyMean
 from fedmirasol.server.aggregators.secure import SecureMean
 
@@ -27,6 +28,7 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     HEMean.name: HEMean,
     CompressedMean.name: CompressedMean,
     AuditedMean.name: AuditedMean,
+    FLTrustMean.name: FLTrustMean,
 }
 
 
@@ -34,7 +36,8 @@ def choose_aggregator(config: RunConfig, global_shared: Mapping[str, np.ndarray]
                       auditor: Auditor | None = None) -> Aggregator:
     """The run's aggregator: the strategy's mean, or client-level DP's noised mean under
     `privacy.client-level`; either of them over a secure sum under `secagg.enabled`; the sum
-    of encrypted updates under `he.enabled` (the server holds the `he.public-context`); the
+    of encrypted updates under `he.enabled` (the server holds the `he.public-context`);
+    FLTrust's trust-scored mean under `strategy.name = "fltrust"`; the
     mean of decoded updates under `compression.*`; or observed by an audit's `auditor`
     (`fedmirasol privacy-audit`, never with secure, encrypted or compressed updates)."""
     if config.he.enabled:
@@ -44,8 +47,11 @@ def choose_aggregator(config: RunConfig, global_shared: Mapping[str, np.ndarray]
 
         context = load_server(config.he.public_context)
         return AGGREGATORS[HEMean.name](context, config)  # type: ignore[call-arg]
-    mean = AGGREGATORS[ClientLevelDPMean.name if config.privacy.client_level
-                       else StrategyMean.name]()
+    if config.strategy.name == "fltrust":  # scores every update against its own reference
+        mean = AGGREGATORS[FLTrustMean.name](config)  # type: ignore[call-arg]
+    else:
+        mean = AGGREGATORS[ClientLevelDPMean.name if config.privacy.client_level
+                           else StrategyMean.name]()
     if auditor is not None:
         if config.secagg.enabled or config.compression.enabled:
             raise ValueError("an audit needs the updates in the clear and uncompressed: "
