@@ -409,3 +409,30 @@ def test_under_secure_aggregation_honest_clients_clip_before_masking(tmp_path: P
         mean = sum(w * u[name].astype(np.float64) for w, u in zip(weights, clipped)) / sum(weights)
         moved = federated.global_shared[name].astype(np.float64) - before[name]
         np.testing.assert_allclose(moved, mean, atol=step)
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "median", "trimmed-mean", "krum",
+                                      "multikrum", "bulyan"])
+def test_robust_and_mean_strategies_aggregate_updates_as_they_would_weights(strategy: str) -> None:
+    """These strategies aggregate the updates themselves (the server optimizers still get
+    weights, tests/test_federated_server_optimizers.py): the new model is still the strategy's
+    aggregate of the clients' models, which Flower computes here from weights."""
+    from fedmirasol.core.parameters import apply_delta, from_record, to_record
+    from fedmirasol.server.aggregators.mean import aggregate_weights
+
+    rng = np.random.default_rng(3)
+    model = {"w": rng.normal(size=(4, 3)).astype(np.float32), "b": np.ones(3, np.float32)}
+    updates = [{k: (rng.normal(size=v.shape) * 0.1).astype(np.float32) for k, v in model.items()}
+               for _ in range(9)]
+    cfg = config(**{"strategy.name": strategy, "strategy.num-malicious": 1,
+                    "data.num-clients": 9})
+    new, reason = strategy_step(build_strategy(cfg), 1, _replies(updates), model)
+    weights = _replies(updates)
+    for reply in weights:
+        reply.content["arrays"] = to_record(apply_delta(
+            model, from_record(reply.content.array_records["arrays"])))
+    expected, expected_reason = aggregate_weights(build_strategy(cfg), 1, weights, model)
+    assert reason is None and expected_reason is None
+    assert not np.allclose(expected["w"], model["w"])  # the model moved
+    for name in model:
+        np.testing.assert_allclose(new[name], expected[name], rtol=0, atol=1e-6)

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 from flwr.app import Message
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
 
 from fedmirasol.core.parameters import NumpyState, apply_delta, from_record, to_record
 from fedmirasol.server.aggregators.base import Aggregator, Run, TrainOutcome
@@ -21,11 +30,26 @@ def _to_weights(replies: list[Message], global_shared: NumpyState) -> None:
         reply.content["arrays"] = to_record(apply_delta(global_shared, update))
 
 
+# Flower's strategies whose aggregate moves with its inputs: a weighted mean (FedAvg, FedProx),
+# order statistics (trimmed mean, median) or a choice by pairwise distances (Krum, MultiKrum,
+# Bulyan), so aggregate(model + update_i) == model + aggregate(update_i). They aggregate the
+# updates as they arrived, without first turning each into weights (one decode and one encode
+# of every reply's arrays less a round). The server optimizers (FedAdam, FedAvgM, ...) keep
+# their own copy of the model and get weights. Exact types: those subclass FedAvg.
+AGGREGATE_UPDATES = (FedAvg, FedProx, FedTrimmedAvg, FedMedian, Krum, MultiKrum, Bulyan)
+
+
 def strategy_step(strategy: Strategy, server_round: int, accepted: list[Message],
                   global_shared: NumpyState) -> tuple[NumpyState, str | None]:
     """The strategy's aggregate, or the unchanged global model and the reason it was kept."""
     if not accepted:
         return global_shared, "no accepted updates"
+    if type(strategy) in AGGREGATE_UPDATES:
+        zero = {name: np.zeros_like(value, np.float32) for name, value in global_shared.items()}
+        combined, reason = aggregate_weights(strategy, server_round, accepted, zero)
+        if reason is not None:
+            return global_shared, reason
+        return apply_delta(global_shared, combined), None
     _to_weights(accepted, global_shared)
     return aggregate_weights(strategy, server_round, accepted, global_shared)
 
