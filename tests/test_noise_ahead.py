@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 from opacus.optimizers import DPOptimizer
@@ -204,3 +205,31 @@ def test_training_leaves_no_worker_behind(seeded: bool) -> None:
                             **generators)
     assert metrics["steps"] == plan.steps >= 2
     assert not any(t.name.startswith("dp-noise") for t in threading.enumerate())
+
+
+def test_one_generator_cannot_serve_both_batches_and_noise() -> None:
+    """The noise is drawn on a worker thread while the main thread draws batches: one shared
+    torch generator would make both streams depend on thread timing."""
+    model = tiny_model()
+    shared = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="two generators"):
+        train_private(model, clips(4), sgd(model), accountant=new_accountant("rdp"),
+                      plan=SamplingPlan.for_round(4, 2, 1), epochs=1, noise_multiplier=1.0,
+                      max_grad_norm=1.0, generator=shared, noise_generator=shared)
+
+
+def test_secure_noise_drawn_from_two_threads_never_repeats_a_draw() -> None:
+    """The CSPRNG serves the batch sampler (main thread) and the noise drawn ahead (worker) at
+    once: numpy's generator locks its AES counter, so no output is handed out twice."""
+    noise, drawn = SecureNoise(), {}
+
+    def draw(name: str) -> None:
+        drawn[name] = np.concatenate([noise.uniform(1000) for _ in range(200)])
+
+    threads = [threading.Thread(target=draw, args=(name,)) for name in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    both = np.concatenate([drawn["a"], drawn["b"]])
+    assert len(np.unique(both)) == len(both) == 400_000

@@ -226,6 +226,9 @@ def train_private(
                          f"sample rate {plan.sample_rate}")
     if groups is not None and max_physical_batch_size > 0:
         raise ValueError("user-level batches cannot be split (max-physical-batch-size)")
+    if noise_generator is not None and noise_generator is generator:
+        raise ValueError("generator and noise_generator must be two generators: the noise is "
+                         "drawn on a worker thread while the batches are drawn")
     total = epochs * per_epoch if steps is None else steps
     device = torch.device(device)
     noise = noise or SecureNoise()
