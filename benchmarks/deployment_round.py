@@ -13,7 +13,15 @@ Per-round seconds are the server's (metrics.jsonl `duration_s`: sending the roun
 to aggregating the replies, evaluation included). Prints the mean of rounds 2..N of each
 arm, the ratio of each deployment arm to the simulation, and the load average.
 
+`--supernode-idle-sleep flower 0.2` runs each deployment arm twice: with Flower's SuperNode as
+it is (`flower`: it sleeps a fixed 3 s whenever it pulls no message) and started through
+`benchmarks/supernode_idle_sleep.py`, which sets that one sleep to 0.2 s. That is a diagnosis
+of where a deployed round's time goes, not how fedmirasol runs: Flower 1.42 has no setting
+for it. `--keep-logs DIR` keeps each arm's process logs (the warm ClientApp servers log when
+each task was forked and how long it ran).
+
     python benchmarks/deployment_round.py [--modes process subprocess] [--rounds 3] [--secagg]
+        [--supernode-idle-sleep flower 0.2] [--keep-logs DIR]
 """
 
 from __future__ import annotations
@@ -22,9 +30,19 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from fedmirasol.testing.loopback import Loopback
+
+LAUNCHER = Path(__file__).resolve().with_name("supernode_idle_sleep.py")
 
 SETTINGS = {
     "num-rounds": 3, "model.name": "tiny", "model.num-frames": 8, "data.num-clients": 3,
@@ -53,10 +71,24 @@ def _rounds_done(runs: Path) -> int:
     return sum(r["round"] >= 1 for r in rundir.read_metrics(found[0])) if found else 0
 
 
-def deployment_rounds(root: Path, settings: dict, isolation: str, timeout: float) -> list[float]:
+def _loopback(root: Path, isolation: str, idle_sleep: float | None) -> "Loopback":
+    """The loopback deployment; with `idle_sleep`, its SuperNodes start through LAUNCHER."""
     from fedmirasol.testing.loopback import Loopback
 
-    with Loopback(root, nodes=3, isolation=isolation) as link:
+    class IdleSleepLoopback(Loopback):
+        def _start(self, name: str, args: list[str]) -> "subprocess.Popen":
+            if Path(args[0]).name == "flower-supernode":
+                args = [sys.executable, str(LAUNCHER), "--idle-sleep", str(idle_sleep), "--",
+                        *args[1:]]
+            return super()._start(name, args)
+
+    kind = Loopback if idle_sleep is None else IdleSleepLoopback
+    return kind(root, nodes=3, isolation=isolation)
+
+
+def deployment_rounds(root: Path, settings: dict, isolation: str, timeout: float,
+                      idle_sleep: float | None = None) -> list[float]:
+    with _loopback(root, isolation, idle_sleep) as link:
         link.start_superlink()
         for i in range(3):
             link.register(i)
@@ -90,6 +122,24 @@ def simulation_rounds(root: Path, settings: dict) -> list[float]:
     return _durations(simulate(config, progress=None))
 
 
+def _idle_sleep(value: str) -> float | None:
+    """`flower` (Flower's own 3 s) -> None; else seconds >= 0."""
+    if value == "flower":
+        return None
+    seconds = float(value)
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"not flower or seconds >= 0: {value}")
+    return seconds
+
+
+def _keep_logs(root: Path, to: Path) -> None:
+    to.mkdir(parents=True, exist_ok=True)
+    for log in root.glob("*.log"):
+        shutil.copy2(log, to / log.name)
+    for metrics in (root / "runs").glob("*/metrics.jsonl"):
+        shutil.copy2(metrics, to / "metrics.jsonl")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modes", nargs="+", default=["process"],
@@ -97,6 +147,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--secagg", action="store_true")
     parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--supernode-idle-sleep", nargs="+", default=["flower"],
+                        type=_idle_sleep, metavar="flower|SECONDS",
+                        help="one deployment arm per value: Flower's SuperNode as it is "
+                             "(flower, the default) or with its 3 s idle sleep set to SECONDS "
+                             "(a diagnosis, not how fedmirasol runs)")
+    parser.add_argument("--keep-logs", type=Path, default=None, metavar="DIR",
+                        help="copy each arm's process logs to DIR/<arm>/")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     settings = {**SETTINGS, "num-rounds": args.rounds, **(SECAGG if args.secagg else {})}
@@ -104,10 +161,19 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes:
-            started = time.perf_counter()
-            rows[f"deployment ({mode})"] = (deployment_rounds(Path(tmp) / mode, settings, mode,
-                                                              args.timeout),
-                                            time.perf_counter() - started)
+            for idle_sleep in args.supernode_idle_sleep:
+                arm = mode if idle_sleep is None else f"{mode}-idle{idle_sleep:g}"
+                name = (f"deployment ({mode})" if idle_sleep is None else
+                        f"deployment ({mode}), SuperNode idle sleep {idle_sleep:g} s "
+                        "instead of 3 s (diagnosis)")
+                started = time.perf_counter()
+                try:
+                    rows[name] = (deployment_rounds(Path(tmp) / arm, settings, mode,
+                                                    args.timeout, idle_sleep),
+                                  time.perf_counter() - started)
+                finally:
+                    if args.keep_logs is not None:
+                        _keep_logs(Path(tmp) / arm, args.keep_logs / arm)
         started = time.perf_counter()
         rows["simulation"] = (simulation_rounds(Path(tmp) / "sim", settings),
                               time.perf_counter() - started)
