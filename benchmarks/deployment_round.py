@@ -86,8 +86,25 @@ def _loopback(root: Path, isolation: str, idle_sleep: float | None) -> "Loopback
     return kind(root, nodes=3, isolation=isolation)
 
 
+def _cpu_seconds(link: "Loopback") -> dict[str, float]:
+    """CPU seconds so far of the SuperNode processes and of the ClientApp tasks that the warm
+    ClientApp servers forked and reaped (`--isolation process` only)."""
+    import psutil
+
+    cpu = {"SuperNodes": 0.0, "ClientApp tasks": 0.0}
+    for name, proc in link.procs.items():
+        if name.startswith("node"):
+            times = psutil.Process(proc.pid).cpu_times()
+            if name.endswith("-clientapps"):
+                cpu["ClientApp tasks"] += times.children_user + times.children_system
+            else:
+                cpu["SuperNodes"] += times.user + times.system
+    return cpu
+
+
 def deployment_rounds(root: Path, settings: dict, isolation: str, timeout: float,
-                      idle_sleep: float | None = None) -> list[float]:
+                      idle_sleep: float | None = None) -> tuple[list[float], dict[str, float]]:
+    """Per-round seconds of the deployed run, and `_cpu_seconds` at its end."""
     with _loopback(root, isolation, idle_sleep) as link:
         link.start_superlink()
         for i in range(3):
@@ -108,8 +125,9 @@ def deployment_rounds(root: Path, settings: dict, isolation: str, timeout: float
         status = link.run_status(run_id)
         if status != "finished:completed":
             raise RuntimeError(f"{isolation}: {status}\n{link.log('superlink')[-3000:]}")
+        cpu = _cpu_seconds(link)
     (run_dir,) = (root / "runs").iterdir()
-    return _durations(run_dir)
+    return _durations(run_dir), cpu
 
 
 def simulation_rounds(root: Path, settings: dict) -> list[float]:
@@ -159,6 +177,7 @@ def main() -> None:
     settings = {**SETTINGS, "num-rounds": args.rounds, **(SECAGG if args.secagg else {})}
     before = os.getloadavg()[0]
     rows = {}
+    cpu: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes:
             for idle_sleep in args.supernode_idle_sleep:
@@ -168,9 +187,9 @@ def main() -> None:
                         "instead of 3 s (diagnosis)")
                 started = time.perf_counter()
                 try:
-                    rows[name] = (deployment_rounds(Path(tmp) / arm, settings, mode,
-                                                    args.timeout, idle_sleep),
-                                  time.perf_counter() - started)
+                    durations, cpu[name] = deployment_rounds(Path(tmp) / arm, settings, mode,
+                                                             args.timeout, idle_sleep)
+                    rows[name] = (durations, time.perf_counter() - started)
                 finally:
                     if args.keep_logs is not None:
                         _keep_logs(Path(tmp) / arm, args.keep_logs / arm)
@@ -184,6 +203,11 @@ def main() -> None:
     for name, (durations, whole) in rows.items():
         print(f"| {name} | {', '.join(f'{d:.1f}' for d in durations)} | {steady[name]:.2f} | "
               f"{steady[name] / steady['simulation']:.2f}x | {whole:.0f} |")
+    print("\n| deployment arm | CPU s of the ClientApp tasks (3 nodes, whole run) | CPU s of "
+          "the 3 SuperNode processes |\n| --- | --- | --- |")
+    for name, seconds in cpu.items():
+        tasks = f"{seconds['ClientApp tasks']:.1f}" if seconds["ClientApp tasks"] else "-"
+        print(f"| {name} | {tasks} | {seconds['SuperNodes']:.1f} |")
     print(f"\n{platform.machine()}, {os.cpu_count()} cores, "
           f"{'DP-SGD + SecAgg+' if args.secagg else 'DP-SGD'}, 3 clients, {args.rounds} rounds; "
           f"load average (1 min) before / after: {before:.1f} / {os.getloadavg()[0]:.1f}; "
