@@ -15,13 +15,15 @@ arm, the ratio of each deployment arm to the simulation, and the load average.
 
 `--supernode-idle-sleep flower 0.2` runs each deployment arm twice: with Flower's SuperNode as
 it is (`flower`: it sleeps a fixed 3 s whenever it pulls no message) and started through
-`benchmarks/supernode_idle_sleep.py`, which sets that one sleep to 0.2 s. That is a diagnosis
-of where a deployed round's time goes, not how fedmirasol runs: Flower 1.42 has no setting
-for it. `--keep-logs DIR` keeps each arm's process logs (the warm ClientApp servers log when
-each task was forked and how long it ran).
+`benchmarks/supernode_idle_sleep.py`, which sets that one sleep to 0.2 s. `--clientapp-phases`
+starts the warm ClientApp servers through `benchmarks/clientapp_phases.py` and prints the wall
+and CPU seconds of each phase of their train and evaluate tasks. Both are a diagnosis of where
+a deployed round's time goes, not how fedmirasol runs (Flower 1.42 has no setting for that
+sleep). Each deployment arm also prints the CPU seconds of its ClientApp tasks and SuperNodes.
+`--keep-logs DIR` keeps each arm's process logs.
 
     python benchmarks/deployment_round.py [--modes process subprocess] [--rounds 3] [--secagg]
-        [--supernode-idle-sleep flower 0.2] [--keep-logs DIR]
+        [--supernode-idle-sleep flower 0.2] [--clientapp-phases] [--keep-logs DIR]
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,7 +45,20 @@ if TYPE_CHECKING:
 
     from fedmirasol.testing.loopback import Loopback
 
-LAUNCHER = Path(__file__).resolve().with_name("supernode_idle_sleep.py")
+HERE = Path(__file__).resolve().parent
+LAUNCHER = HERE / "supernode_idle_sleep.py"
+PHASES_LAUNCHER = HERE / "clientapp_phases.py"
+PHASES = ("message", "fab", "clientapp", "reply")  # clientapp_phases.py's, in task order
+
+
+@dataclass
+class Deployed:
+    """A deployment arm: per-round seconds, CPU seconds (`_cpu_seconds`) and, with
+    `--clientapp-phases`, one record per ClientApp task (clientapp_phases.py's lines)."""
+
+    durations: list[float]
+    cpu: dict[str, float]
+    tasks: list[dict] = field(default_factory=list)
 
 SETTINGS = {
     "num-rounds": 3, "model.name": "tiny", "model.num-frames": 8, "data.num-clients": 3,
@@ -71,19 +87,34 @@ def _rounds_done(runs: Path) -> int:
     return sum(r["round"] >= 1 for r in rundir.read_metrics(found[0])) if found else 0
 
 
-def _loopback(root: Path, isolation: str, idle_sleep: float | None) -> "Loopback":
-    """The loopback deployment; with `idle_sleep`, its SuperNodes start through LAUNCHER."""
+def _loopback(root: Path, isolation: str, idle_sleep: float | None = None,
+              phases: bool = False) -> "Loopback":
+    """The loopback deployment; with `idle_sleep` its SuperNodes start through LAUNCHER, with
+    `phases` its warm ClientApp servers through PHASES_LAUNCHER."""
     from fedmirasol.testing.loopback import Loopback
 
-    class IdleSleepLoopback(Loopback):
-        def _start(self, name: str, args: list[str]) -> "subprocess.Popen":
-            if Path(args[0]).name == "flower-supernode":
-                args = [sys.executable, str(LAUNCHER), "--idle-sleep", str(idle_sleep), "--",
-                        *args[1:]]
-            return super()._start(name, args)
+    launchers = {}
+    if idle_sleep is not None:
+        launchers["flower-supernode"] = [sys.executable, str(LAUNCHER), "--idle-sleep",
+                                         str(idle_sleep), "--"]
+    if phases:
+        launchers["fedmirasol"] = [sys.executable, str(PHASES_LAUNCHER)]
 
-    kind = Loopback if idle_sleep is None else IdleSleepLoopback
-    return kind(root, nodes=3, isolation=isolation)
+    class LaunchedLoopback(Loopback):
+        def _start(self, name: str, args: list[str]) -> "subprocess.Popen":
+            prefix = launchers.get(Path(args[0]).name)
+            return super()._start(name, args if prefix is None else [*prefix, *args[1:]])
+
+    return (LaunchedLoopback if launchers else Loopback)(root, nodes=3, isolation=isolation)
+
+
+def _task_records(root: Path) -> list[dict]:
+    """clientapp_phases.py's lines in the warm ClientApp servers' logs."""
+    from clientapp_phases import PREFIX
+
+    return [json.loads(line[len(PREFIX):]) for log in sorted(root.glob("node*-clientapps.log"))
+            for line in log.read_text(errors="replace").splitlines()
+            if line.startswith(PREFIX)]
 
 
 def _cpu_seconds(link: "Loopback") -> dict[str, float]:
@@ -103,9 +134,8 @@ def _cpu_seconds(link: "Loopback") -> dict[str, float]:
 
 
 def deployment_rounds(root: Path, settings: dict, isolation: str, timeout: float,
-                      idle_sleep: float | None = None) -> tuple[list[float], dict[str, float]]:
-    """Per-round seconds of the deployed run, and `_cpu_seconds` at its end."""
-    with _loopback(root, isolation, idle_sleep) as link:
+                      idle_sleep: float | None = None, phases: bool = False) -> Deployed:
+    with _loopback(root, isolation, idle_sleep, phases) as link:
         link.start_superlink()
         for i in range(3):
             link.register(i)
@@ -127,7 +157,7 @@ def deployment_rounds(root: Path, settings: dict, isolation: str, timeout: float
             raise RuntimeError(f"{isolation}: {status}\n{link.log('superlink')[-3000:]}")
         cpu = _cpu_seconds(link)
     (run_dir,) = (root / "runs").iterdir()
-    return _durations(run_dir), cpu
+    return Deployed(_durations(run_dir), cpu, _task_records(root) if phases else [])
 
 
 def simulation_rounds(root: Path, settings: dict) -> list[float]:
@@ -158,6 +188,27 @@ def _keep_logs(root: Path, to: Path) -> None:
         shutil.copy2(metrics, to / "metrics.jsonl")
 
 
+def _mean_pair(values: list[list[float]]) -> str:
+    """[[wall, cpu], ...] -> 'mean wall / mean cpu'."""
+    return (f"{sum(v[0] for v in values) / len(values):.2f} / "
+            f"{sum(v[1] for v in values) / len(values):.2f}")
+
+
+def _print_phases(deployed: dict[str, Deployed]) -> None:
+    """Mean wall / CPU seconds of each phase of the train and evaluate tasks, per arm."""
+    print("\n| deployment arm | task | n | " + " | ".join(PHASES) + " | whole task |\n|"
+          + " --- |" * (len(PHASES) + 4))
+    for name, arm in deployed.items():
+        for kind in ("train", "evaluate"):
+            found = [t for t in arm.tasks if t["type"] == kind]
+            if found:
+                cells = [_mean_pair([t["phases"].get(p, [0.0, 0.0]) for t in found])
+                         for p in PHASES]
+                print(f"| {name} | {kind} | {len(found)} | {' | '.join(cells)} | "
+                      f"{_mean_pair([t['task'] for t in found])} |")
+    print("(seconds, wall / CPU of the task process, mean over the run's tasks of that kind)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modes", nargs="+", default=["process"],
@@ -170,6 +221,9 @@ def main() -> None:
                         help="one deployment arm per value: Flower's SuperNode as it is "
                              "(flower, the default) or with its 3 s idle sleep set to SECONDS "
                              "(a diagnosis, not how fedmirasol runs)")
+    parser.add_argument("--clientapp-phases", action="store_true",
+                        help="time the phases of each ClientApp task (process mode; a "
+                             "diagnosis, not how fedmirasol runs)")
     parser.add_argument("--keep-logs", type=Path, default=None, metavar="DIR",
                         help="copy each arm's process logs to DIR/<arm>/")
     args = parser.parse_args()
@@ -177,7 +231,7 @@ def main() -> None:
     settings = {**SETTINGS, "num-rounds": args.rounds, **(SECAGG if args.secagg else {})}
     before = os.getloadavg()[0]
     rows = {}
-    cpu: dict[str, dict[str, float]] = {}
+    deployed: dict[str, Deployed] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes:
             for idle_sleep in args.supernode_idle_sleep:
@@ -187,9 +241,10 @@ def main() -> None:
                         "instead of 3 s (diagnosis)")
                 started = time.perf_counter()
                 try:
-                    durations, cpu[name] = deployment_rounds(Path(tmp) / arm, settings, mode,
-                                                             args.timeout, idle_sleep)
-                    rows[name] = (durations, time.perf_counter() - started)
+                    deployed[name] = deployment_rounds(
+                        Path(tmp) / arm, settings, mode, args.timeout, idle_sleep,
+                        args.clientapp_phases and mode == "process")
+                    rows[name] = (deployed[name].durations, time.perf_counter() - started)
                 finally:
                     if args.keep_logs is not None:
                         _keep_logs(Path(tmp) / arm, args.keep_logs / arm)
@@ -205,9 +260,11 @@ def main() -> None:
               f"{steady[name] / steady['simulation']:.2f}x | {whole:.0f} |")
     print("\n| deployment arm | CPU s of the ClientApp tasks (3 nodes, whole run) | CPU s of "
           "the 3 SuperNode processes |\n| --- | --- | --- |")
-    for name, seconds in cpu.items():
-        tasks = f"{seconds['ClientApp tasks']:.1f}" if seconds["ClientApp tasks"] else "-"
-        print(f"| {name} | {tasks} | {seconds['SuperNodes']:.1f} |")
+    for name, arm in deployed.items():
+        tasks = f"{arm.cpu['ClientApp tasks']:.1f}" if arm.cpu["ClientApp tasks"] else "-"
+        print(f"| {name} | {tasks} | {arm.cpu['SuperNodes']:.1f} |")
+    if args.clientapp_phases:
+        _print_phases(deployed)
     print(f"\n{platform.machine()}, {os.cpu_count()} cores, "
           f"{'DP-SGD + SecAgg+' if args.secagg else 'DP-SGD'}, 3 clients, {args.rounds} rounds; "
           f"load average (1 min) before / after: {before:.1f} / {os.getloadavg()[0]:.1f}; "
