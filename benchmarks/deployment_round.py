@@ -13,8 +13,8 @@ Per-round seconds are the server's (metrics.jsonl `duration_s`: sending the roun
 to aggregating the replies, evaluation included). Prints the mean of rounds 2..N of each
 arm, the ratio of each deployment arm to the simulation, and the load average.
 
-`--supernode-idle-sleep flower 0.2` runs each deployment arm twice: with Flower's SuperNode as
-it is (`flower`: it sleeps a fixed 3 s whenever it pulls no message) and started through
+`--supernode-idle-sleep flower 0.2` runs two deployment arms per mode: with Flower's SuperNode
+as it is (`flower`: it sleeps a fixed 3 s whenever it pulls no message) and started through
 `benchmarks/supernode_idle_sleep.py`, which sets that one sleep to 0.2 s. `--clientapp-phases`
 starts the warm ClientApp servers through `benchmarks/clientapp_phases.py` and prints the wall
 and CPU seconds of each phase of their train and evaluate tasks. Both are a diagnosis of where
@@ -59,6 +59,7 @@ class Deployed:
     durations: list[float]
     cpu: dict[str, float]
     tasks: list[dict] = field(default_factory=list)
+
 
 SETTINGS = {
     "num-rounds": 3, "model.name": "tiny", "model.num-frames": 8, "data.num-clients": 3,
