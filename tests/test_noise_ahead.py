@@ -125,6 +125,10 @@ def test_draws_never_overlap_and_close_stops_the_worker() -> None:
             running[0] -= 1
         return torch.full((1,), float(entry))
 
+    def noise_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("dp-noise")}
+
+    others = noise_threads()  # other tests' optimizers may still have theirs until collected
     ahead = NoiseAhead(draw_one)
     spec = list(range(20))
     lent: list[list[float]] = []
@@ -137,8 +141,9 @@ def test_draws_never_overlap_and_close_stops_the_worker() -> None:
     ahead.lend(spec[:5], use)  # other settings: the pending draw of 20 is finished, then dropped
     assert lent == [[float(e) for e in spec]] * 3 + [[float(e) for e in spec[:5]]]
     assert most[0] == 1
+    assert noise_threads() - others  # the worker ran
     ahead.close()
-    assert not any(t.name.startswith("dp-noise") for t in threading.enumerate())
+    assert not noise_threads() - others
     ahead.lend(spec[:2], use)  # usable again after close (draws synchronously)
     assert len(lent[-1]) == 2
     ahead.close()
