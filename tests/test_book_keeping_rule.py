@@ -37,14 +37,15 @@ def test_ghost_and_rows_give_the_same_norms_and_sums(monkeypatch: pytest.MonkeyP
 
 @pytest.mark.parametrize("batch, tokens, inputs, outputs, ghost", [
     (8, 1, 128, 8, True),        # the classifier: one token, Gram matrices 1 x 1
-    (8, 37, 128, 128, False),    # text decoder: Gram matrices 2.7x the rows' two passes
-    (8, 32, 128, 256, False),    # audio encoder MLP
+    (8, 32, 128, 256, True),     # Gram matrices' multiply-adds 12x the rows' numbers
+    (8, 37, 128, 128, False),    # 21x
+    (8, 24, 128, 128, True),     # 9x
+    (32, 38, 128, 128, False),   # 23x
+    (8, 48, 128, 128, False),    # 36x
     (8, 64, 3072, 128, False),   # video patch projection, 12 MiB of rows
     (32, 64, 3072, 128, True),   # the same at batch 32: 48 MiB of rows, over the cap
     (32, 64, 768, 128, False),   # audio patch projection at batch 32: 12 MiB
-    (8, 272, 128, 256, False),   # combiner
-    (8, 4, 128, 128, True),      # few tokens: 16 * 256 <= 2 * 128 * 128
-    (8, 12, 128, 128, False),    # 144 * 256 > 2 * 128 * 128
+    (8, 272, 128, 256, False),   # the combiner's 272 tokens
 ])
 def test_the_choice_follows_compute_and_the_memory_cap(batch: int, tokens: int, inputs: int,
                                                        outputs: int, ghost: bool) -> None:
@@ -52,9 +53,9 @@ def test_the_choice_follows_compute_and_the_memory_cap(batch: int, tokens: int, 
 
 
 def test_a_layer_used_twice_is_rechosen_on_all_its_tokens() -> None:
-    """Two ghost uses of 4 tokens each (16 * 48 <= 2 * 32 * 16) make 8 tokens (64 * 48 > 1024):
-    the joined use gets its rows, with the sum of both uses' norms and sums."""
-    a1, g1, a2, g2 = (torch.randn(3, 4, n, dtype=torch.float64) for n in (32, 16, 32, 16))
+    """Two ghost uses of 10 tokens each (100 * 48 <= 16 * 32 * 16) make 20 tokens
+    (400 * 48 > 8192): the joined use gets its rows, with the sum of both uses' norms."""
+    a1, g1, a2, g2 = (torch.randn(3, 10, n, dtype=torch.float64) for n in (32, 16, 32, 16))
     kept = LinearRows(a1, g1)
     assert kept.rows is None
     kept.add(LinearRows(a2, g2))

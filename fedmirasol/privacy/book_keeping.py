@@ -14,13 +14,16 @@ Which of the two a layer gets is chosen per layer, as in mixed ghost clipping (B
 2022), here by compute: the rows are formed by the same multiply-adds as the clipped sum
 ``(c * g)^T a`` (``T in out`` a sample), after which their norm and their clipped sum take one
 pass each over ``in out`` numbers, while the ghost norm adds its two Gram matrices,
-``T^2 (in + out)``. A layer is therefore book-kept where ``T^2 (in + out) <= 2 in out`` (a
-handful of tokens a sample) or where its rows would take more than `ROWS_MAX_BYTES` (writing
-and reading that much fresh memory costs more than the Gram matrices: Mirasol small's video
-patch projection at batch 32, 48 MiB of rows); elsewhere it gets its rows, their norms taken
-right away while they are in the cache. On Mirasol small every Linear layer but the
-one-token classifier gets its rows at batch 8; at batch 32 the video patch projection is
-book-kept too. `LinearRows` is what the backward pass leaves on
+``T^2 (in + out)`` multiply-adds. A pass over numbers that do not stay in the cache costs
+about as much as `PASS_COST` multiply-adds a number (measured in the training step of
+Mirasol small at batch 8 and 32: the crossover lies between 32 and 37 tokens for 128 x 128
+and 128 x 256 weights). A layer is therefore book-kept where ``T^2 (in + out) <= 2 PASS_COST
+in out`` or where its rows would take more than `ROWS_MAX_BYTES` (writing and reading that
+much fresh memory costs more than the Gram matrices: Mirasol small's video patch projection
+at batch 32, 48 MiB of rows); elsewhere it gets its rows, their norms taken right away while
+they are in the cache. On Mirasol small the layers of 1-32 tokens a sample are book-kept,
+those of 48 and more get their rows (but the video patch projection at batch 32), and those
+of 37-38 tokens, near the crossover, go either way with their widths. `LinearRows` is what the backward pass leaves on
 ``weight.grad_sample`` for `LeanDPOptimizer`, which clips and sums it like a tensor of rows;
 `dense()` gives the rows where a caller needs them (user-level DP averages a user's rows).
 """
@@ -38,6 +41,8 @@ from torch.nn.utils._expanded_weights.expanded_weights_utils import (
 from torch.nn.utils._expanded_weights.linear_expanded_weights import LinearPerSampleGrad
 
 
+# Multiply-adds that one pass over a number in memory costs (the rows' norm, their clipped sum).
+PASS_COST = 8
 # The most memory one Linear weight's per-sample rows may take (a bigger layer is book-kept).
 ROWS_MAX_BYTES = 32 * 2**20
 
@@ -45,9 +50,9 @@ ROWS_MAX_BYTES = 32 * 2**20
 def keeps_ghost(batch: int, tokens: int, inputs: int, outputs: int, item_bytes: int) -> bool:
     """Whether a Linear layer's per-sample gradients are kept as inputs and output gradients
     (ghost norm) rather than as rows: its two Gram matrices (``T^2 (in + out)`` multiply-adds a
-    sample) cost no more than a norm and a clipped sum over its rows (``2 in out``), or its
-    rows (``B in out`` numbers) would exceed `ROWS_MAX_BYTES`."""
-    return (tokens * tokens * (inputs + outputs) <= 2 * inputs * outputs
+    sample) cost no more than a norm and a clipped sum over its rows (two passes over
+    ``in out`` numbers), or its rows (``B in out`` numbers) would exceed `ROWS_MAX_BYTES`."""
+    return (tokens * tokens * (inputs + outputs) <= 2 * PASS_COST * inputs * outputs
             or batch * inputs * outputs * item_bytes > ROWS_MAX_BYTES)
 
 
