@@ -23,9 +23,11 @@ much fresh memory costs more than the Gram matrices: Mirasol small's video patch
 at batch 32, 48 MiB of rows); elsewhere it gets its rows, their norms taken right away while
 they are in the cache. On Mirasol small the layers of 1-32 tokens a sample are book-kept,
 those of 48 and more get their rows (but the video patch projection at batch 32), and those
-of 37-38 tokens, near the crossover, go either way with their widths. `LinearRows` is what the backward pass leaves on
-``weight.grad_sample`` for `LeanDPOptimizer`, which clips and sums it like a tensor of rows;
-`dense()` gives the rows where a caller needs them (user-level DP averages a user's rows).
+of 37-38 tokens, near the crossover, go either way with their widths.
+
+`LinearRows` is what the backward pass leaves on ``weight.grad_sample`` for
+`LeanDPOptimizer`, which clips and sums it like a tensor of rows; `dense()` gives the rows
+where a caller needs them (user-level DP averages a user's rows).
 """
 
 from __future__ import annotations
