@@ -10,13 +10,24 @@ gradients). DP-SGD needs only two things from the ``G_i``: their norms and the c
 - ``sum_i c_i G_i = (c * g)^T a``: one matrix product over the whole batch, the same product
   plain SGD's backward computes (with the clip factors folded into ``g``).
 
-That is cheaper than the rows when ``T (in + out) <= in * out`` (few tokens per sample: the
-text decoder, the autoregressive model, the audio encoder of Mirasol's small config), and it
-keeps ``a`` and ``g`` instead of the rows, which is then also less memory. A layer with many
-tokens (the video encoder, the combiner) gets its rows as before, and their norms are taken
-right away while they are in the cache. `LinearRows` is what the backward pass leaves on
-``weight.grad_sample`` for `LeanDPOptimizer`, which clips and sums it like a tensor of rows;
-`dense()` gives the rows where a caller needs them (user-level DP averages a user's rows).
+Which of the two a layer gets is chosen per layer, as in mixed ghost clipping (Bu et al.
+2022), here by compute: the rows are formed by the same multiply-adds as the clipped sum
+``(c * g)^T a`` (``T in out`` a sample), after which their norm and their clipped sum take one
+pass each over ``in out`` numbers, while the ghost norm adds its two Gram matrices,
+``T^2 (in + out)`` multiply-adds. A pass over numbers that do not stay in the cache costs
+about as much as `PASS_COST` multiply-adds a number (measured in the training step of
+Mirasol small at batch 8 and 32: the crossover lies between 32 and 37 tokens for 128 x 128
+and 128 x 256 weights). A layer is therefore book-kept where ``T^2 (in + out) <= 2 PASS_COST
+in out`` or where its rows would take more than `ROWS_MAX_BYTES` (writing and reading that
+much fresh memory costs more than the Gram matrices: Mirasol small's video patch projection
+at batch 32, 48 MiB of rows); elsewhere it gets its rows, their norms taken right away while
+they are in the cache. On Mirasol small the layers of 1-32 tokens a sample are book-kept,
+those of 48 and more get their rows (but the video patch projection at batch 32), and those
+of 37-38 tokens, near the crossover, go either way with their widths.
+
+`LinearRows` is what the backward pass leaves on ``weight.grad_sample`` for
+`LeanDPOptimizer`, which clips and sums it like a tensor of rows; `dense()` gives the rows
+where a caller needs them (user-level DP averages a user's rows).
 """
 
 from __future__ import annotations
@@ -32,10 +43,24 @@ from torch.nn.utils._expanded_weights.expanded_weights_utils import (
 from torch.nn.utils._expanded_weights.linear_expanded_weights import LinearPerSampleGrad
 
 
-def _ghost_is_cheaper(tokens: int, inputs: int, outputs: int) -> bool:
-    """Whether the Gram matrices (``T^2 (in + out)`` per sample) cost no more than the rows
-    (``T in out``)."""
-    return tokens * (inputs + outputs) <= inputs * outputs
+# Multiply-adds that one pass over a number in memory costs (the rows' norm, their clipped sum).
+PASS_COST = 8
+# The most memory one Linear weight's per-sample rows may take (a bigger layer is book-kept).
+ROWS_MAX_BYTES = 32 * 2**20
+
+
+def keeps_ghost(batch: int, tokens: int, inputs: int, outputs: int, item_bytes: int) -> bool:
+    """Whether a Linear layer's per-sample gradients are kept as inputs and output gradients
+    (ghost norm) rather than as rows: its two Gram matrices (``T^2 (in + out)`` multiply-adds a
+    sample) cost no more than a norm and a clipped sum over its rows (two passes over
+    ``in out`` numbers), or its rows (``B in out`` numbers) would exceed `ROWS_MAX_BYTES`."""
+    return (tokens * tokens * (inputs + outputs) <= 2 * PASS_COST * inputs * outputs
+            or batch * inputs * outputs * item_bytes > ROWS_MAX_BYTES)
+
+
+def _keeps_ghost(inputs: torch.Tensor, output_grads: torch.Tensor) -> bool:
+    batch, tokens, width = inputs.shape
+    return keeps_ghost(batch, tokens, width, output_grads.shape[-1], inputs.element_size())
 
 
 class LinearRows:
@@ -46,7 +71,7 @@ class LinearRows:
         self.inputs: torch.Tensor | None = inputs
         self.output_grads: torch.Tensor | None = output_grads
         self.rows: torch.Tensor | None = None
-        if not _ghost_is_cheaper(*inputs.shape[1:], output_grads.shape[-1]):
+        if not _keeps_ghost(inputs, output_grads):
             self._densify()
         self._norms = self._squared_norms()  # now, while the tensors are in the cache
 
@@ -85,7 +110,7 @@ class LinearRows:
             assert self.output_grads is not None and other.output_grads is not None
             self.inputs = torch.cat([self.inputs, other.inputs], dim=1)
             self.output_grads = torch.cat([self.output_grads, other.output_grads], dim=1)
-            if not _ghost_is_cheaper(*self.inputs.shape[1:], self.output_grads.shape[-1]):
+            if not _keeps_ghost(self.inputs, self.output_grads):
                 self._densify()
         else:
             self.rows = self.dense() + other.dense()
