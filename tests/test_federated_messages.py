@@ -36,7 +36,7 @@ from fedmirasol.core.parameters import (
     model_state,
     to_record,
 )
-from fedmirasol.core.reply_checks import validate_train_replies
+from fedmirasol.core.reply_checks import ArrayChecks, validate_train_replies
 from fedmirasol.config import load_config, to_json
 from fedmirasol.server.aggregators.mean import strategy_step as _aggregate
 from fedmirasol.task.model import init_model
@@ -111,7 +111,9 @@ def test_robust_aggregation_of_deltas_matches_aggregation_of_weights(strategy) -
     ({"a": None}, "lacks"),
     ({"c": np.zeros(1, np.float32)}, "unexpected"),
 ])
-def test_bad_updates_are_rejected_with_a_reason(bad: dict, reason: str) -> None:
+@pytest.mark.parametrize("checked_ahead", [False, True])
+def test_bad_updates_are_rejected_with_a_reason(bad: dict, reason: str,
+                                                checked_ahead: bool) -> None:
     rng = np.random.default_rng(2)
     good = random_update(rng)
     update = dict(good)
@@ -121,7 +123,10 @@ def test_bad_updates_are_rejected_with_a_reason(bad: dict, reason: str) -> None:
         else:
             update[key] = value
     replies = [reply(0, good, 5), reply(1, update, 5)]
-    accepted, rejected = validate_train_replies(replies, SHAPES, {0: 0, 1: 1})
+    ahead = ArrayChecks(SHAPES) if checked_ahead else None
+    for message in replies if ahead is not None else ():  # as the replies arrive
+        ahead.check(message.content)
+    accepted, rejected = validate_train_replies(replies, SHAPES, {0: 0, 1: 1}, ahead=ahead)
     assert [m.metadata.src_node_id for m in accepted] == [0]
     assert len(rejected) == 1 and rejected[0].partition_id == 1
     assert reason in rejected[0].reason
@@ -129,6 +134,19 @@ def test_bad_updates_are_rejected_with_a_reason(bad: dict, reason: str) -> None:
     new, why = _aggregate(FedAvg(), 1, accepted, global_shared)
     assert why is None and all(np.isfinite(v).all() for v in new.values())
     np.testing.assert_allclose(new["a"], global_shared["a"] + good["a"], rtol=1e-6)
+
+
+def test_an_update_replaced_after_its_early_check_is_checked_again() -> None:
+    """The checks done as a reply arrives serve only the arrays they saw: a reply whose
+    update was replaced since (e.g. a compressed update decoded) is checked afresh."""
+    rng = np.random.default_rng(3)
+    message = reply(0, random_update(rng), 5)
+    ahead = ArrayChecks(SHAPES)
+    ahead.check(message.content)  # fine when it arrived
+    message.content["arrays"] = ArrayRecord({k: Array(np.full(s, np.nan, np.float32))
+                                             for k, s in SHAPES.items()})
+    accepted, rejected = validate_train_replies([message], SHAPES, {0: 0}, ahead=ahead)
+    assert not accepted and "NaN/Inf" in rejected[0].reason
 
 
 def test_error_replies_and_bad_metrics_are_rejected() -> None:

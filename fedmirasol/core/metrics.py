@@ -48,9 +48,44 @@ class Traffic:
         for reply in replies:
             self.up[reply.metadata.src_node_id] += sum(_part_sizes(reply, seen).values())
 
+    def counting(self, messages: list[Message]) -> "ExchangeCount":
+        """Count an exchange of `messages` as its replies arrive (`ExchangeCount`)."""
+        return ExchangeCount(self, messages)
+
     def add(self, other: "Traffic") -> None:
         self.down.update(other.down)
         self.up.update(other.up)
+
+
+class ExchangeCount:
+    """One exchange's bytes, counted into a `Traffic` while the clients still work: each reply
+    as it arrives (`reply`), the parts of the messages' contents once (`contents`: the global
+    model's record, shared by all of them, is the costly part), and the messages themselves
+    when the exchange is over (`finish`: their metadata changes while they are delivered).
+    The counts are those of `Traffic.count(messages, replies)`; the messages and their contents
+    must not change until `finish`."""
+
+    def __init__(self, traffic: Traffic, messages: list[Message]) -> None:
+        self.traffic = traffic
+        self.messages = messages  # kept alive: `seen` is keyed by their parts' identities
+        self.seen: dict[int, dict[str, int]] = {}
+        self.contents_measured = False
+
+    def contents(self) -> None:
+        """Measure the messages' contents (once; `finish` reuses the sizes)."""
+        if not self.contents_measured:
+            self.contents_measured = True
+            for message in self.messages:
+                if message.has_content():
+                    _part_sizes(message.content, self.seen)
+
+    def reply(self, reply: Message) -> None:
+        self.traffic.up[reply.metadata.src_node_id] += sum(_part_sizes(reply, {}).values())
+
+    def finish(self) -> None:
+        for message in self.messages:
+            self.traffic.down[message.metadata.dst_node_id] += sum(
+                _part_sizes(message, self.seen).values())
 
 
 def client_metrics(message: Message) -> dict[str, float]:

@@ -27,7 +27,8 @@ from flwr.app import Message
 
 from fedmirasol.config.run import RunConfig
 from fedmirasol.core.parameters import from_record, to_record
-from fedmirasol.core.reply_checks import Rejection, validate_train_replies, weight_problem
+from fedmirasol.core.reply_checks import (ArrayChecks, Rejection, validate_train_replies,
+                                          weight_problem)
 from fedmirasol.privacy.client_level import clip_update
 from fedmirasol.privacy.server_side import ServerPrivacy
 
@@ -52,6 +53,10 @@ class ReplyFilter:
     def screen(self, s: Screening) -> None:
         """Move the replies of `s.kept` this filter does not keep."""
         raise NotImplementedError
+
+    def arrived(self, reply: Message) -> None:
+        """A train reply has arrived while the round's other clients may still work: work
+        `screen` can reuse may be done now (the reply does not change until then)."""
 
     def check_masked(self, server_round: int, reply: Message) -> str | None:
         """Why a masked reply must stay out of the secure sum (None: it may go in)."""
@@ -88,11 +93,22 @@ class Validation(ReplyFilter):
 
     def __init__(self, expected: Mapping[str, tuple[int, ...]]) -> None:
         self.expected = expected
+        self.ahead = ArrayChecks(expected)  # the arrays of replies checked as they arrived
+
+    def arrived(self, reply: Message) -> None:
+        if not reply.has_error():
+            self.ahead.check(reply.content)
 
     def screen(self, s: Screening) -> None:
-        s.kept, rejected = validate_train_replies(s.kept, self.expected, s.partitions,
-                                                  s.destinations)
+        try:
+            s.kept, rejected = validate_train_replies(s.kept, self.expected, s.partitions,
+                                                      s.destinations, self.ahead)
+        finally:
+            self.ahead.clear()
         s.rejected += rejected
+
+    def screen_masked(self, s: Screening) -> None:
+        self.ahead.clear()  # nothing to reuse: masked or encrypted updates
 
 
 class WeightBound(ReplyFilter):

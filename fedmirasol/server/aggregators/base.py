@@ -79,11 +79,27 @@ class Aggregator(ABC):
                  ) -> list[Message]:
         """Send `messages` of `phase` ("train"/"evaluate") and collect the replies in partition
         order (not arrival order: the run is then the same however the clients are
-        scheduled), counting the bytes both ways in `run.traffic`."""
-        replies = in_partition_order(send_and_receive(run.grid, messages, run.timeout,
-                                                      run.watch(server_round, phase, messages)),
+        scheduled), counting the bytes both ways in `run.traffic`.
+
+        Where replies arrive one by one (Flower's Grids), the work each needs is done as it
+        arrives, while later clients still work: its bytes are counted and (train replies)
+        the reply filters look at it ahead (`ReplyFilter.arrived`); the round then waits only
+        for the last reply's share."""
+        count = run.traffic.counting(messages)
+        watch = run.watch(server_round, phase, messages)
+        ahead = run.filters if phase == "train" else []
+
+        def arrived(reply: Message) -> None:
+            if watch is not None:
+                watch(reply)
+            count.reply(reply)
+            count.contents()
+            for check in ahead:
+                check.arrived(reply)
+
+        replies = in_partition_order(send_and_receive(run.grid, messages, run.timeout, arrived),
                                      run.partitions)
-        run.traffic.count(messages, replies)
+        count.finish()
         run.check_registered(replies)
         return replies
 
