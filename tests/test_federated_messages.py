@@ -25,7 +25,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmirasol.client import handlers as client_handlers
@@ -134,6 +134,43 @@ def test_bad_updates_are_rejected_with_a_reason(bad: dict, reason: str,
     new, why = _aggregate(FedAvg(), 1, accepted, global_shared)
     assert why is None and all(np.isfinite(v).all() for v in new.values())
     np.testing.assert_allclose(new["a"], global_shared["a"] + good["a"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", [FedAvg(), FedProx(proximal_mu=0.1)])
+def test_the_mean_of_updates_decoded_on_arrival_has_the_bits_of_flowers_fedavg(strategy
+                                                                              ) -> None:
+    """FedAvg's aggregate from the updates the checks decoded as the replies arrived is the
+    one Flower's strategy computes from the replies, bit for bit (a run's model does not
+    depend on which of the two made it)."""
+    rng = np.random.default_rng(4)
+    global_shared = random_update(rng)
+    replies = [reply(i, random_update(rng), int(n)) for i, n in enumerate((7, 20, 3, 11))]
+    ahead = ArrayChecks(SHAPES)
+    for message in replies:
+        ahead.check(message.content)
+    accepted, _ = validate_train_replies(replies, SHAPES, {i: i for i in range(4)}, ahead=ahead)
+    assert all(ahead.decoded(m.content.array_records["arrays"]) is not None for m in accepted)
+    fast, why = _aggregate(strategy, 1, accepted, global_shared, ahead)
+    flower, why_flower = _aggregate(strategy, 1, accepted, global_shared)
+    assert why is None and why_flower is None
+    for key in SHAPES:
+        assert fast[key].dtype == flower[key].dtype
+        assert fast[key].tobytes() == flower[key].tobytes()
+    ahead.clear()  # nothing kept: Flower's strategy decodes them
+    again, _ = _aggregate(strategy, 1, accepted, global_shared, ahead)
+    assert all(again[key].tobytes() == flower[key].tobytes() for key in SHAPES)
+
+
+def test_decoded_updates_are_kept_up_to_a_bound() -> None:
+    rng = np.random.default_rng(5)
+    replies = [reply(i, random_update(rng), 5) for i in range(3)]
+    one = sum(np.zeros(shape, np.float32).nbytes for shape in SHAPES.values())
+    ahead = ArrayChecks(SHAPES, keep_bytes=2 * one)
+    for message in replies:
+        ahead.check(message.content)
+    records = [m.content.array_records["arrays"] for m in replies]
+    assert [ahead.decoded(r) is not None for r in records] == [True, True, False]
+    assert all(ahead.problem(r) is None for r in records)
 
 
 def test_an_update_replaced_after_its_early_check_is_checked_again() -> None:

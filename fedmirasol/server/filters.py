@@ -54,10 +54,6 @@ class ReplyFilter:
         """Move the replies of `s.kept` this filter does not keep."""
         raise NotImplementedError
 
-    def arrived(self, reply: Message) -> None:
-        """A train reply has arrived while the round's other clients may still work: work
-        `screen` can reuse may be done now (the reply does not change until then)."""
-
     def check_masked(self, server_round: int, reply: Message) -> str | None:
         """Why a masked reply must stay out of the secure sum (None: it may go in)."""
         return None
@@ -91,24 +87,15 @@ class Validation(ReplyFilter):
     """An update of the global model's shapes, finite, from a node that was sent a message
     (a masked vector is checked by the secure-aggregation protocol itself)."""
 
-    def __init__(self, expected: Mapping[str, tuple[int, ...]]) -> None:
+    def __init__(self, expected: Mapping[str, tuple[int, ...]],
+                 ahead: ArrayChecks | None = None) -> None:
         self.expected = expected
-        self.ahead = ArrayChecks(expected)  # the arrays of replies checked as they arrived
-
-    def arrived(self, reply: Message) -> None:
-        if not reply.has_error():
-            self.ahead.check(reply.content)
+        self.ahead = ahead  # the updates checked as their replies arrived
 
     def screen(self, s: Screening) -> None:
-        try:
-            s.kept, rejected = validate_train_replies(s.kept, self.expected, s.partitions,
-                                                      s.destinations, self.ahead)
-        finally:
-            self.ahead.clear()
+        s.kept, rejected = validate_train_replies(s.kept, self.expected, s.partitions,
+                                                  s.destinations, self.ahead)
         s.rejected += rejected
-
-    def screen_masked(self, s: Screening) -> None:
-        self.ahead.clear()  # nothing to reuse: masked or encrypted updates
 
 
 class WeightBound(ReplyFilter):
@@ -196,12 +183,14 @@ class NormBound(ReplyFilter):
 
 
 def reply_filters(config: RunConfig, privacy: ServerPrivacy,
-                  expected: Mapping[str, tuple[int, ...]]) -> list[ReplyFilter]:
-    """The run's chain, in order. (The privacy filters do nothing in runs without DP; the norm
-    bound is there under `defense.*`.)"""
+                  expected: Mapping[str, tuple[int, ...]],
+                  ahead: ArrayChecks | None = None) -> list[ReplyFilter]:
+    """The run's chain, in order (`ahead`: the run's checks of updates as they arrive). (The
+    privacy filters do nothing in runs without DP; the norm bound is there under
+    `defense.*`.)"""
     defense = config.defense
     bounded = defense.norm_bound > 0 or defense.median_norm_bound
-    return [TakeOutExhausted(privacy), Validation(expected),
+    return [TakeOutExhausted(privacy), Validation(expected, ahead),
             WeightBound(config.strategy.max_num_examples), PrivacyLedger(privacy),
             ClipBound(privacy),
             *([NormBound(defense.norm_bound, defense.median_norm_bound)] if bounded else [])]

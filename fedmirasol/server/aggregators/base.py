@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import Strategy
 from fedmirasol.config.run import RunConfig
 from fedmirasol.core.metrics import Traffic
 from fedmirasol.core.parameters import NumpyState
-from fedmirasol.core.reply_checks import Rejection, validate_evaluate_replies
+from fedmirasol.core.reply_checks import ArrayChecks, Rejection, validate_evaluate_replies
 from fedmirasol.server.exchange import (destinations, in_partition_order, missing,
                                         send_and_receive)
 from fedmirasol.server.federated_evaluation import EvaluationOutcome, in_clear
@@ -37,6 +37,7 @@ class Run(Protocol):
     privacy: ServerPrivacy
     filters: list[ReplyFilter]  # the run's reply-filter chain
     traffic: Traffic  # the round's bytes on the wire, per node
+    ahead: ArrayChecks | None  # train replies' updates checked (and decoded) as they arrive
 
     def watch(self, server_round: int, phase: str, messages: list[Message]
               ) -> Callable[[Message], None] | None:
@@ -83,19 +84,21 @@ class Aggregator(ABC):
 
         Where replies arrive one by one (Flower's Grids), the work each needs is done as it
         arrives, while later clients still work: its bytes are counted and (train replies)
-        the reply filters look at it ahead (`ReplyFilter.arrived`); the round then waits only
-        for the last reply's share."""
+        its update's arrays are checked and decoded (`run.ahead`, which the reply filters
+        and the aggregate reuse); the round then waits only for the last reply's share."""
         count = run.traffic.counting(messages)
         watch = run.watch(server_round, phase, messages)
-        ahead = run.filters if phase == "train" else []
+        ahead = run.ahead if phase == "train" else None
+        if ahead is not None:
+            ahead.clear()  # (what an earlier round left)
 
         def arrived(reply: Message) -> None:
             if watch is not None:
                 watch(reply)
             count.reply(reply)
             count.contents()
-            for check in ahead:
-                check.arrived(reply)
+            if ahead is not None and not reply.has_error():
+                ahead.check(reply.content)
 
         replies = in_partition_order(send_and_receive(run.grid, messages, run.timeout, arrived),
                                      run.partitions)
