@@ -59,33 +59,20 @@ class Traffic:
 
 class ExchangeCount:
     """One exchange's bytes, counted into a `Traffic` while the clients still work: each reply
-    as it arrives (`reply`), the parts of the messages' contents once (`contents`: the global
-    model's record, shared by all of them, is the costly part), and the messages themselves
-    when the exchange is over (`finish`: their metadata changes while they are delivered).
-    The counts are those of `Traffic.count(messages, replies)`; the messages and their contents
-    must not change until `finish`."""
+    as it arrives (`reply`; the server is then the only holder of the reply), the messages
+    when the exchange is over (`finish`: until then the engine may be serializing them, and
+    measuring fills caches inside Flower's objects). The counts are those of
+    `Traffic.count(messages, replies)`."""
 
     def __init__(self, traffic: Traffic, messages: list[Message]) -> None:
         self.traffic = traffic
-        self.messages = messages  # kept alive: `seen` is keyed by their parts' identities
-        self.seen: dict[int, dict[str, int]] = {}
-        self.contents_measured = False
-
-    def contents(self) -> None:
-        """Measure the messages' contents (once; `finish` reuses the sizes)."""
-        if not self.contents_measured:
-            self.contents_measured = True
-            for message in self.messages:
-                if message.has_content():
-                    _part_sizes(message.content, self.seen)
+        self.messages = messages
 
     def reply(self, reply: Message) -> None:
         self.traffic.up[reply.metadata.src_node_id] += sum(_part_sizes(reply, {}).values())
 
     def finish(self) -> None:
-        for message in self.messages:
-            self.traffic.down[message.metadata.dst_node_id] += sum(
-                _part_sizes(message, self.seen).values())
+        self.traffic.count(self.messages, [])
 
 
 def client_metrics(message: Message) -> dict[str, float]:

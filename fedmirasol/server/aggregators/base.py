@@ -85,7 +85,9 @@ class Aggregator(ABC):
         Where replies arrive one by one (Flower's Grids), the work each needs is done as it
         arrives, while later clients still work: its bytes are counted and (train replies)
         its update's arrays are checked and decoded (`run.ahead`, which the reply filters
-        and the aggregate reuse); the round then waits only for the last reply's share."""
+        and the aggregate reuse); the round then waits only for the last reply's share. The
+        messages themselves are not touched before the exchange is over (the engine may be
+        serializing them on its own threads meanwhile)."""
         count = run.traffic.counting(messages)
         watch = run.watch(server_round, phase, messages)
         ahead = run.ahead if phase == "train" else None
@@ -96,7 +98,6 @@ class Aggregator(ABC):
             if watch is not None:
                 watch(reply)
             count.reply(reply)
-            count.contents()
             if ahead is not None and not reply.has_error():
                 ahead.check(reply.content)
 
