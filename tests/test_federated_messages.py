@@ -25,7 +25,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmirasol.client import handlers as client_handlers
@@ -36,7 +36,7 @@ from fedmirasol.core.parameters import (
     model_state,
     to_record,
 )
-from fedmirasol.core.reply_checks import validate_train_replies
+from fedmirasol.core.reply_checks import ArrayChecks, validate_train_replies
 from fedmirasol.config import load_config, to_json
 from fedmirasol.server.aggregators.mean import strategy_step as _aggregate
 from fedmirasol.task.model import init_model
@@ -111,7 +111,9 @@ def test_robust_aggregation_of_deltas_matches_aggregation_of_weights(strategy) -
     ({"a": None}, "lacks"),
     ({"c": np.zeros(1, np.float32)}, "unexpected"),
 ])
-def test_bad_updates_are_rejected_with_a_reason(bad: dict, reason: str) -> None:
+@pytest.mark.parametrize("checked_ahead", [False, True])
+def test_bad_updates_are_rejected_with_a_reason(bad: dict, reason: str,
+                                                checked_ahead: bool) -> None:
     rng = np.random.default_rng(2)
     good = random_update(rng)
     update = dict(good)
@@ -121,7 +123,10 @@ def test_bad_updates_are_rejected_with_a_reason(bad: dict, reason: str) -> None:
         else:
             update[key] = value
     replies = [reply(0, good, 5), reply(1, update, 5)]
-    accepted, rejected = validate_train_replies(replies, SHAPES, {0: 0, 1: 1})
+    ahead = ArrayChecks(SHAPES) if checked_ahead else None
+    for message in replies if ahead is not None else ():  # as the replies arrive
+        ahead.check(message.content)
+    accepted, rejected = validate_train_replies(replies, SHAPES, {0: 0, 1: 1}, ahead=ahead)
     assert [m.metadata.src_node_id for m in accepted] == [0]
     assert len(rejected) == 1 and rejected[0].partition_id == 1
     assert reason in rejected[0].reason
@@ -129,6 +134,56 @@ def test_bad_updates_are_rejected_with_a_reason(bad: dict, reason: str) -> None:
     new, why = _aggregate(FedAvg(), 1, accepted, global_shared)
     assert why is None and all(np.isfinite(v).all() for v in new.values())
     np.testing.assert_allclose(new["a"], global_shared["a"] + good["a"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", [FedAvg(), FedProx(proximal_mu=0.1)])
+def test_the_mean_of_updates_decoded_on_arrival_has_the_bits_of_flowers_fedavg(strategy
+                                                                              ) -> None:
+    """FedAvg's aggregate from the updates the checks decoded as the replies arrived is the
+    one Flower's strategy computes from the replies, bit for bit (a run's model does not
+    depend on which of the two made it)."""
+    rng = np.random.default_rng(4)
+    global_shared = random_update(rng)
+    replies = [reply(i, random_update(rng), int(n)) for i, n in enumerate((7, 20, 3, 11))]
+    ahead = ArrayChecks(SHAPES)
+    for message in replies:
+        ahead.check(message.content)
+    accepted, _ = validate_train_replies(replies, SHAPES, {i: i for i in range(4)}, ahead=ahead)
+    assert all(ahead.decoded(m.content.array_records["arrays"]) is not None for m in accepted)
+    fast, why = _aggregate(strategy, 1, accepted, global_shared, ahead)
+    flower, why_flower = _aggregate(strategy, 1, accepted, global_shared)
+    assert why is None and why_flower is None
+    for key in SHAPES:
+        assert fast[key].dtype == flower[key].dtype
+        assert fast[key].tobytes() == flower[key].tobytes()
+    ahead.clear()  # nothing kept: Flower's strategy decodes them
+    again, _ = _aggregate(strategy, 1, accepted, global_shared, ahead)
+    assert all(again[key].tobytes() == flower[key].tobytes() for key in SHAPES)
+
+
+def test_decoded_updates_are_kept_up_to_a_bound() -> None:
+    rng = np.random.default_rng(5)
+    replies = [reply(i, random_update(rng), 5) for i in range(3)]
+    one = sum(np.zeros(shape, np.float32).nbytes for shape in SHAPES.values())
+    ahead = ArrayChecks(SHAPES, keep_bytes=2 * one)
+    for message in replies:
+        ahead.check(message.content)
+    records = [m.content.array_records["arrays"] for m in replies]
+    assert [ahead.decoded(r) is not None for r in records] == [True, True, False]
+    assert all(ahead.problem(r) is None for r in records)
+
+
+def test_an_update_replaced_after_its_early_check_is_checked_again() -> None:
+    """The checks done as a reply arrives serve only the arrays they saw: a reply whose
+    update was replaced since (e.g. a compressed update decoded) is checked afresh."""
+    rng = np.random.default_rng(3)
+    message = reply(0, random_update(rng), 5)
+    ahead = ArrayChecks(SHAPES)
+    ahead.check(message.content)  # fine when it arrived
+    message.content["arrays"] = ArrayRecord({k: Array(np.full(s, np.nan, np.float32))
+                                             for k, s in SHAPES.items()})
+    accepted, rejected = validate_train_replies([message], SHAPES, {0: 0}, ahead=ahead)
+    assert not accepted and "NaN/Inf" in rejected[0].reason
 
 
 def test_error_replies_and_bad_metrics_are_rejected() -> None:

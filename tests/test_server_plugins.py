@@ -186,6 +186,7 @@ class _ExchangeRun:
 
         self.grid, self.timeout, self.partitions = _ReversingGrid(), 5.0, partitions
         self.traffic = Traffic()
+        self.ahead = None
 
     def watch(self, server_round, phase, messages):
         return None

@@ -103,6 +103,12 @@ def test_a_rounds_traffic_counts_each_message_in_full_though_they_share_the_mode
         reply.metadata.__dict__["_src_node_id"] = node
     traffic = Traffic()
     traffic.count(messages, replies)
+    arriving = Traffic()  # counted as the replies arrive, the messages afterwards
+    count = arriving.counting(messages)
+    for reply in replies:
+        count.reply(reply)
+    count.finish()
+    assert arriving == traffic
 
     def serialized(message: Message) -> int:
         return sum(len(part.deflate()) for part in get_all_nested_objects(message).values())

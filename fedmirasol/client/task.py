@@ -40,7 +40,7 @@ from fedmirasol.personalization import (
 from fedmirasol.errors import ConfigError
 from fedmirasol.personalization.adaptation import fine_tune
 from fedmirasol.privacy.client_level import clip_update
-from fedmirasol.training.device import resolve_device
+from fedmirasol.training.device import place, resolve_device
 from fedmirasol.training.loop import evaluate, train_epochs
 from fedmirasol.training.optimizers import local_optimizer
 from fedmirasol.training.text_eval import text_reply_metrics
@@ -116,7 +116,7 @@ def train(config: Mapping[str, Any], partition_id: int, server_round: int,
         private.charge()
     model, split = prepare_model(config, global_shared, state)
     device = resolve_device(client.device)
-    model.to(device)
+    place(model, device)
     seed = seed_for(config.seed, server_round, partition_id)
     torch.manual_seed(seed)
     extra = proximal_term(proximal_mu, global_shared) if proximal_mu > 0 else None
@@ -149,7 +149,7 @@ def train(config: Mapping[str, Any], partition_id: int, server_round: int,
         if "loss_text" in metrics:
             reply["train-text-loss"] = metrics["loss_text"]
         reply.update(reply_metrics(metrics))
-    model.to("cpu")
+    place(model, "cpu")
     client_state.save_local_params(state, model_state(model, split.local))
     update = delta(model_state(model, split.shared), global_shared)
     if privacy.client_level:
@@ -258,7 +258,7 @@ def evaluate_local(config: Mapping[str, Any], partition_id: int,
         private.charge()
     model, _ = prepare_model(config, global_shared, state)
     device = resolve_device(client.device)
-    model.to(device)
+    place(model, device)
     val = client_data.loader(data.val, client.eval_batch_size, shuffle=False)
     bound = config.privacy.metric_loss_bound if private is not None else None
     result = evaluate(model, val, device=device, generation=config.task.generation(),
@@ -279,7 +279,7 @@ def evaluate_local(config: Mapping[str, Any], partition_id: int,
     metrics.update(evaluate_personal(config.personalization, model, tune, val,
                                      lambda m, lr: local_optimizer(m, client, lr), state, result,
                                      device))
-    model.to("cpu")
+    place(model, "cpu")
     if private is None:
         return metrics
     if config.site_privacy.eval_split == "public":

@@ -48,9 +48,31 @@ class Traffic:
         for reply in replies:
             self.up[reply.metadata.src_node_id] += sum(_part_sizes(reply, seen).values())
 
+    def counting(self, messages: list[Message]) -> "ExchangeCount":
+        """Count an exchange of `messages` as its replies arrive (`ExchangeCount`)."""
+        return ExchangeCount(self, messages)
+
     def add(self, other: "Traffic") -> None:
         self.down.update(other.down)
         self.up.update(other.up)
+
+
+class ExchangeCount:
+    """One exchange's bytes, counted into a `Traffic` while the clients still work: each reply
+    as it arrives (`reply`; the server is then the only holder of the reply), the messages
+    when the exchange is over (`finish`: until then the engine may be serializing them, and
+    measuring fills caches inside Flower's objects). The counts are those of
+    `Traffic.count(messages, replies)`."""
+
+    def __init__(self, traffic: Traffic, messages: list[Message]) -> None:
+        self.traffic = traffic
+        self.messages = messages
+
+    def reply(self, reply: Message) -> None:
+        self.traffic.up[reply.metadata.src_node_id] += sum(_part_sizes(reply, {}).values())
+
+    def finish(self) -> None:
+        self.traffic.count(self.messages, [])
 
 
 def client_metrics(message: Message) -> dict[str, float]:

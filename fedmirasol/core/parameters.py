@@ -108,6 +108,9 @@ def _select(model: nn.Module, state: Mapping[str, torch.Tensor], selector: str) 
 
 def model_state(model: nn.Module, names: Iterable[str]) -> NumpyState:
     """Copies of the named entries of `model`'s state as float32/native numpy arrays."""
+    names = list(names)
+    if not names:  # (a split without local parameters: no walk over the model's state)
+        return {}
     state = {canonical_name(k): v for k, v in model.state_dict().items()}
     missing = [name for name in names if name not in state]
     if missing:
@@ -117,6 +120,8 @@ def model_state(model: nn.Module, names: Iterable[str]) -> NumpyState:
 
 def load_state(model: nn.Module, values: Mapping[str, np.ndarray]) -> None:
     """Load the given entries into `model` (other entries stay as they are)."""
+    if not values:
+        return
     target = _unwrap(model)
     current = target.state_dict()
     unknown = [name for name in values if name not in current]

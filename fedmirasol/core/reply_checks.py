@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
-from flwr.app import Message, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 
 from fedmirasol.core.packing import is_packed
 
@@ -65,8 +65,10 @@ def check_metrics(content: RecordDict, required: Iterable[str]) -> str | None:
     return None
 
 
-def check_update(content: RecordDict, expected: Mapping[str, tuple[int, ...]]) -> str | None:
-    """Why the update (``arrays``) in `content` is unusable, or None when it is fine."""
+def check_update(content: RecordDict, expected: Mapping[str, tuple[int, ...]],
+                 ahead: ArrayChecks | None = None) -> str | None:
+    """Why the update (``arrays``) in `content` is unusable, or None when it is fine
+    (`ahead`: the arrays' checks of replies done as they arrived)."""
     if is_packed(content):  # the server could not unpack it (fedmirasol.core.packing)
         return "reply's arrays arrived packed with a description that does not fit their bytes"
     records = content.array_records
@@ -79,6 +81,14 @@ def check_update(content: RecordDict, expected: Mapping[str, tuple[int, ...]]) -
     unexpected = [key for key in update if key not in expected]
     if unexpected:
         return f"update has {len(unexpected)} unexpected parameter(s), e.g. {unexpected[0]!r}"
+    return ahead.problem(update) if ahead is not None else array_problem(update, expected)
+
+
+def array_problem(update: ArrayRecord, expected: Mapping[str, tuple[int, ...]],
+                  decoded: dict[str, np.ndarray] | None = None) -> str | None:
+    """Why the arrays of `update` (which has the `expected` keys) are unusable: a wrong shape
+    or dtype, NaN or Inf values; None when they are fine. `decoded` receives the arrays as
+    they are read."""
     for key, shape in expected.items():
         array = update[key]
         if tuple(array.shape) != tuple(shape):
@@ -89,7 +99,60 @@ def check_update(content: RecordDict, expected: Mapping[str, tuple[int, ...]]) -
         if not np.isfinite(values).all():
             bad = int((~np.isfinite(values)).sum())
             return f"parameter {key!r} holds {bad} NaN/Inf value(s)"
+        if decoded is not None:
+            decoded[key] = values
     return None
+
+
+# At most this many bytes of decoded updates are kept between their check and the aggregate
+# (beyond it an update is decoded again there, as Flower's strategies do).
+KEEP_DECODED_BYTES = 512 * 2**20
+
+
+class ArrayChecks:
+    """The array checks of train replies' updates (`array_problem`), done as the replies
+    arrive while the round's other clients still train, and their decoded arrays: looked up
+    when the replies are screened and aggregated. An update is known by its ArrayRecord's
+    identity (one replaced since, e.g. a compressed update decoded, is checked afresh). Holds
+    what it checked until `clear`; decoded arrays up to `keep_bytes` in all."""
+
+    def __init__(self, expected: Mapping[str, tuple[int, ...]],
+                 keep_bytes: int = KEEP_DECODED_BYTES) -> None:
+        self.expected = expected
+        self.keep_bytes = keep_bytes
+        self.kept_bytes = 0
+        self.done: dict[int, tuple[ArrayRecord, str | None, dict[str, np.ndarray] | None]] = {}
+
+    def check(self, content: RecordDict) -> None:
+        """Check the arrays of `content` now, if it carries an update of the expected keys."""
+        update = content.array_records.get("arrays")
+        if update is None or is_packed(content) or set(update) != set(self.expected):
+            return
+        decoded: dict[str, np.ndarray] = {}
+        problem = array_problem(update, self.expected, decoded)
+        size = sum(values.nbytes for values in decoded.values())
+        keep = problem is None and self.kept_bytes + size <= self.keep_bytes
+        self.kept_bytes += size if keep else 0
+        self.done[id(update)] = (update, problem, decoded if keep else None)
+
+    def _done(self, update: ArrayRecord
+              ) -> tuple[ArrayRecord, str | None, dict[str, np.ndarray] | None] | None:
+        done = self.done.get(id(update))
+        return done if done is not None and done[0] is update else None
+
+    def problem(self, update: ArrayRecord) -> str | None:
+        """`array_problem(update, expected)`, from the check done ahead where there was one."""
+        done = self._done(update)
+        return done[1] if done is not None else array_problem(update, self.expected)
+
+    def decoded(self, update: ArrayRecord) -> dict[str, np.ndarray] | None:
+        """The arrays of `update` as its check read them (None: not kept, or not checked)."""
+        done = self._done(update)
+        return done[2] if done is not None else None
+
+    def clear(self) -> None:
+        self.done.clear()
+        self.kept_bytes = 0
 
 
 def weight_problem(content: RecordDict, max_weight: int) -> str | None:
@@ -125,11 +188,13 @@ def _split_replies(
 def validate_train_replies(
     replies: Iterable[Message], expected: Mapping[str, tuple[int, ...]],
     partitions: Mapping[int, int], destinations: Mapping[str, int] | None = None,
+    ahead: ArrayChecks | None = None,
 ) -> tuple[list[Message], list[Rejection]]:
-    """Split train replies into usable ones and rejections (with reasons)."""
+    """Split train replies into usable ones and rejections (with reasons); `ahead`: the
+    updates' array checks done as the replies arrived."""
     return _split_replies(replies, partitions, lambda message: (
         check_metrics(message.content, (WEIGHT_KEY, "partition-id"))
-        or check_update(message.content, expected)), destinations)
+        or check_update(message.content, expected, ahead)), destinations)
 
 
 EVALUATE_KEYS = (WEIGHT_KEY, "partition-id", "val-loss", "val-accuracy")

@@ -97,6 +97,22 @@ def _push_and_pull(grid: Grid, messages: list[Message], timeout: float | None,
     return replies
 
 
+# Seconds between pulls of the simulation engine's replies (its Grid's own: 0.1 s). A pull
+# there is a lookup in this process's memory (microseconds for a round's messages), and the
+# last reply of a round waited half an interval on average before the server went on.
+IN_MEMORY_PULL_S = 0.01
+
+
+def pull_interval(grid: Grid) -> float:
+    """Seconds between `grid`'s pulls for replies: IN_MEMORY_PULL_S for the simulation
+    engine's Grid, else the Grid's `pull_interval` (a deployment's `server.pull-interval`)."""
+    from flwr.superlink.grid import InMemoryGrid
+
+    if isinstance(grid, InMemoryGrid):
+        return IN_MEMORY_PULL_S
+    return float(getattr(grid, "pull_interval", 1.0))
+
+
 def send_and_receive(grid: Grid, messages: list[Message], timeout: float,
                      on_reply: Callable[[Message], None] | None = None) -> list[Message]:
     """Flower's `Grid.send_and_receive` (push, then pull until every message has its reply
@@ -107,8 +123,7 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float,
         for reply in replies if on_reply is not None else ():
             on_reply(reply)
         return replies
-    interval = float(getattr(grid, "pull_interval", 1.0))  # the simulation engine's: 0.1 s
-    return _push_and_pull(grid, messages, timeout, interval, on_reply)
+    return _push_and_pull(grid, messages, timeout, pull_interval(grid), on_reply)
 
 
 def in_partition_order(replies: list[Message], partitions: Mapping[int, int]) -> list[Message]:

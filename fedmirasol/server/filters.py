@@ -27,7 +27,8 @@ from flwr.app import Message
 
 from fedmirasol.config.run import RunConfig
 from fedmirasol.core.parameters import from_record, to_record
-from fedmirasol.core.reply_checks import Rejection, validate_train_replies, weight_problem
+from fedmirasol.core.reply_checks import (ArrayChecks, Rejection, validate_train_replies,
+                                          weight_problem)
 from fedmirasol.privacy.client_level import clip_update
 from fedmirasol.privacy.server_side import ServerPrivacy
 
@@ -86,12 +87,14 @@ class Validation(ReplyFilter):
     """An update of the global model's shapes, finite, from a node that was sent a message
     (a masked vector is checked by the secure-aggregation protocol itself)."""
 
-    def __init__(self, expected: Mapping[str, tuple[int, ...]]) -> None:
+    def __init__(self, expected: Mapping[str, tuple[int, ...]],
+                 ahead: ArrayChecks | None = None) -> None:
         self.expected = expected
+        self.ahead = ahead  # the updates checked as their replies arrived
 
     def screen(self, s: Screening) -> None:
         s.kept, rejected = validate_train_replies(s.kept, self.expected, s.partitions,
-                                                  s.destinations)
+                                                  s.destinations, self.ahead)
         s.rejected += rejected
 
 
@@ -180,12 +183,14 @@ class NormBound(ReplyFilter):
 
 
 def reply_filters(config: RunConfig, privacy: ServerPrivacy,
-                  expected: Mapping[str, tuple[int, ...]]) -> list[ReplyFilter]:
-    """The run's chain, in order. (The privacy filters do nothing in runs without DP; the norm
-    bound is there under `defense.*`.)"""
+                  expected: Mapping[str, tuple[int, ...]],
+                  ahead: ArrayChecks | None = None) -> list[ReplyFilter]:
+    """The run's chain, in order (`ahead`: the run's checks of updates as they arrive). (The
+    privacy filters do nothing in runs without DP; the norm bound is there under
+    `defense.*`.)"""
     defense = config.defense
     bounded = defense.norm_bound > 0 or defense.median_norm_bound
-    return [TakeOutExhausted(privacy), Validation(expected),
+    return [TakeOutExhausted(privacy), Validation(expected, ahead),
             WeightBound(config.strategy.max_num_examples), PrivacyLedger(privacy),
             ClipBound(privacy),
             *([NormBound(defense.norm_bound, defense.median_norm_bound)] if bounded else [])]

@@ -43,6 +43,7 @@ from fedmirasol.server.nodes import (
     registered_partitions,
 )
 from fedmirasol.core.parameters import NumpyState, model_state, to_record
+from fedmirasol.core.reply_checks import ArrayChecks
 from fedmirasol.runs.report import write_report
 from fedmirasol.runs.trackers import RunTrackers, open_trackers
 from fedmirasol.config import RunConfig, to_json
@@ -130,7 +131,8 @@ class FederatedRun:
         self.evaluate_global = make_evaluate_fn(config)
         self.aggregator = choose_aggregator(config, self.global_shared, auditor)
         self.privacy = ServerPrivacy(config, run_dir, trainable_shared(model, self.global_shared))
-        self.filters = reply_filters(config, self.privacy, self.expected)
+        self.ahead = ArrayChecks(self.expected)  # train updates checked as they arrive
+        self.filters = reply_filters(config, self.privacy, self.expected, self.ahead)
         # simulated Byzantine clients: marked in the records, never asked to evaluate
         self.attackers = config.attack.attackers(config.data.num_clients, config.seed)
         self.start_round = 1

@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import Strategy
 from fedmirasol.config.run import RunConfig
 from fedmirasol.core.metrics import Traffic
 from fedmirasol.core.parameters import NumpyState
-from fedmirasol.core.reply_checks import Rejection, validate_evaluate_replies
+from fedmirasol.core.reply_checks import ArrayChecks, Rejection, validate_evaluate_replies
 from fedmirasol.server.exchange import (destinations, in_partition_order, missing,
                                         send_and_receive)
 from fedmirasol.server.federated_evaluation import EvaluationOutcome, in_clear
@@ -37,6 +37,7 @@ class Run(Protocol):
     privacy: ServerPrivacy
     filters: list[ReplyFilter]  # the run's reply-filter chain
     traffic: Traffic  # the round's bytes on the wire, per node
+    ahead: ArrayChecks | None  # train replies' updates checked (and decoded) as they arrive
 
     def watch(self, server_round: int, phase: str, messages: list[Message]
               ) -> Callable[[Message], None] | None:
@@ -79,11 +80,30 @@ class Aggregator(ABC):
                  ) -> list[Message]:
         """Send `messages` of `phase` ("train"/"evaluate") and collect the replies in partition
         order (not arrival order: the run is then the same however the clients are
-        scheduled), counting the bytes both ways in `run.traffic`."""
-        replies = in_partition_order(send_and_receive(run.grid, messages, run.timeout,
-                                                      run.watch(server_round, phase, messages)),
+        scheduled), counting the bytes both ways in `run.traffic`.
+
+        Where replies arrive one by one (Flower's Grids), the work each needs is done as it
+        arrives, while later clients still work: its bytes are counted and (train replies)
+        its update's arrays are checked and decoded (`run.ahead`, which the reply filters
+        and the aggregate reuse); the round then waits only for the last reply's share. The
+        messages themselves are not touched before the exchange is over (the engine may be
+        serializing them on its own threads meanwhile)."""
+        count = run.traffic.counting(messages)
+        watch = run.watch(server_round, phase, messages)
+        ahead = run.ahead if phase == "train" else None
+        if ahead is not None:
+            ahead.clear()  # (what an earlier round left)
+
+        def arrived(reply: Message) -> None:
+            if watch is not None:
+                watch(reply)
+            count.reply(reply)
+            if ahead is not None and not reply.has_error():
+                ahead.check(reply.content)
+
+        replies = in_partition_order(send_and_receive(run.grid, messages, run.timeout, arrived),
                                      run.partitions)
-        run.traffic.count(messages, replies)
+        count.finish()
         run.check_registered(replies)
         return replies
 
