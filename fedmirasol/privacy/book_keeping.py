@@ -18,11 +18,12 @@ pass each over ``in out`` numbers, while the ghost norm adds its two Gram matric
 about as much as `PASS_COST` multiply-adds a number (measured in the training step of
 Mirasol small at batch 8 and 32: the crossover lies between 32 and 37 tokens for 128 x 128
 and 128 x 256 weights). A layer is therefore book-kept where ``T^2 (in + out) <= 2 PASS_COST
-in out`` or where its rows would take more than `ROWS_MAX_BYTES` (writing and reading that
-much fresh memory costs more than the Gram matrices: Mirasol small's video patch projection
-at batch 32, 48 MiB of rows); elsewhere it gets its rows, their norms taken right away while
+in out`` or where its rows would take more than `ROWS_MAX_BYTES` (the rows' memory: Mirasol
+small's video patch projection takes 12 MiB of rows at batch 8 and 48 MiB at batch 32, for
+about 1 ms a step at batch 8; its Gram matrices are kept instead, which holds DP training's
+memory near plain SGD's); elsewhere it gets its rows, their norms taken right away while
 they are in the cache. On Mirasol small the layers of 1-32 tokens a sample are book-kept,
-those of 48 and more get their rows (but the video patch projection at batch 32), and those
+those of 48 and more get their rows (but the patch projections, over the cap), and those
 of 37-38 tokens, near the crossover, go either way with their widths.
 
 `LinearRows` is what the backward pass leaves on ``weight.grad_sample`` for
@@ -46,7 +47,7 @@ from torch.nn.utils._expanded_weights.linear_expanded_weights import LinearPerSa
 # Multiply-adds that one pass over a number in memory costs (the rows' norm, their clipped sum).
 PASS_COST = 8
 # The most memory one Linear weight's per-sample rows may take (a bigger layer is book-kept).
-ROWS_MAX_BYTES = 32 * 2**20
+ROWS_MAX_BYTES = 8 * 2**20
 
 
 def keeps_ghost(batch: int, tokens: int, inputs: int, outputs: int, item_bytes: int) -> bool:
