@@ -110,6 +110,7 @@ def test_robust_aggregation_of_deltas_matches_aggregation_of_weights(strategy) -
     ({"a": np.zeros((3, 2), np.float64)}, "dtype"),
     ({"a": None}, "lacks"),
     ({"c": np.zeros(1, np.float32)}, "unexpected"),
+    ({"a": "truncated"}, "cannot be decoded"),  # the right shape and dtype, 4 bytes short
 ])
 @pytest.mark.parametrize("checked_ahead", [False, True])
 def test_bad_updates_are_rejected_with_a_reason(bad: dict, reason: str,
@@ -122,7 +123,14 @@ def test_bad_updates_are_rejected_with_a_reason(bad: dict, reason: str,
             update.pop(key)
         else:
             update[key] = value
+    truncated = [key for key, value in update.items() if isinstance(value, str)]
+    for key in truncated:
+        update[key] = good[key]
     replies = [reply(0, good, 5), reply(1, update, 5)]
+    for key in truncated:  # a malicious client's bytes: the npy data cut short
+        whole = replies[1].content["arrays"][key]
+        replies[1].content["arrays"][key] = Array(dtype=whole.dtype, shape=whole.shape,
+                                                  stype=whole.stype, data=whole.data[:-4])
     ahead = ArrayChecks(SHAPES) if checked_ahead else None
     for message in replies if ahead is not None else ():  # as the replies arrive
         ahead.check(message.content)

@@ -87,13 +87,16 @@ def check_update(content: RecordDict, expected: Mapping[str, tuple[int, ...]],
 def array_problem(update: ArrayRecord, expected: Mapping[str, tuple[int, ...]],
                   decoded: dict[str, np.ndarray] | None = None) -> str | None:
     """Why the arrays of `update` (which has the `expected` keys) are unusable: a wrong shape
-    or dtype, NaN or Inf values; None when they are fine. `decoded` receives the arrays as
+    or dtype, bytes that do not decode, NaN or Inf values; None when they are fine. `decoded` receives the arrays as
     they are read."""
     for key, shape in expected.items():
         array = update[key]
         if tuple(array.shape) != tuple(shape):
             return f"parameter {key!r} has shape {tuple(array.shape)}, expected {tuple(shape)}"
-        values = array.numpy()
+        try:
+            values = array.numpy()
+        except (ValueError, TypeError, EOFError) as error:  # bytes that are no such array
+            return f"parameter {key!r} cannot be decoded: {error}"
         if values.dtype != UPDATE_DTYPE:
             return f"parameter {key!r} has dtype {values.dtype}, expected {UPDATE_DTYPE}"
         if not np.isfinite(values).all():
